@@ -1,0 +1,116 @@
+"""The ``pushcut`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pushcut.errors import PushcutError
+
+DESCRIPTION = """\
+pushcut improves a robot Vision-Language-Action policy by practising in simulation
+with nothing but a success/failure signal (the SimpleVLA-RL recipe: GRPO with
+binary rewards, dynamic sampling, clip-higher, no KL).
+
+Start here:
+  pushcut quickstart                   demos -> SFT -> eval -> RL -> eval on the built-in
+                                       MuJoCo tabletop, on a laptop CPU
+  pushcut plugins                      which policies / envs / success detectors exist
+  pushcut config show configs/X.yaml   the fully resolved config a run would use
+
+Usual workflow:
+  pushcut demos tabletop --per-task 1 --out demos/tabletop.hdf5
+  pushcut sft   configs/tabletop_tiny.yaml sft.demos=[demos/tabletop.hdf5]
+  pushcut train configs/tabletop_tiny.yaml policy.checkpoint=runs/sft/policy
+  pushcut eval  runs/tabletop_tiny
+
+Any config field can be overridden as section.key=value, e.g. algo.clip_ratio_high=0.28
+or env.type=libero.
+"""
+
+
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("config", nargs=None if required else "?", help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.iterations=5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pushcut", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list plugins, what they registered, and unavailable ones with the fix")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("config", help="inspect configs")
+    csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    show = csub.add_parser("show", help="print the fully resolved config")
+    _add_config_args(show, required=False)
+    show.add_argument("--doc", action="store_true", help="annotate every field with its documentation")
+
+    p = sub.add_parser("train", help="RL (GRPO) training from a config")
+    _add_config_args(p)
+    p = sub.add_parser("sft", help="cold-start behaviour cloning on demonstrations")
+    _add_config_args(p)
+    p = sub.add_parser("eval", help="greedy evaluation of a run directory or checkpoint")
+    p.add_argument("target", help="run directory or checkpoint directory")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p = sub.add_parser("demos", help="record scripted-expert demonstrations as HDF5")
+    p.add_argument("env", help="env plugin name, e.g. tabletop")
+    p.add_argument("--per-task", type=int, default=1, help="demonstrations per task")
+    p.add_argument("--out", default=None, help="output HDF5 file (default demos/<env>.hdf5)")
+    p.add_argument("overrides", nargs="*", help="env.key=value overrides")
+    p = sub.add_parser("quickstart", help="the whole idea on the embedded default: demos, SFT, RL, before/after table")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from pushcut import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return _dispatch(parser, args)
+    except PushcutError as exc:
+        print(f"pushcut: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pushcut: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from pushcut import commands
+
+    if args.command == "plugins":
+        return commands.plugins(as_json=args.json)
+    if args.command == "config":
+        if args.config_command != "show":
+            parser.parse_args(["config", "--help"])
+        return commands.config_show(args.config, args.overrides, with_docs=args.doc)
+    if args.command == "train":
+        return commands.train(args.config, args.overrides)
+    if args.command == "sft":
+        return commands.sft(args.config, args.overrides)
+    if args.command == "eval":
+        return commands.evaluate(args.target, args.overrides)
+    if args.command == "demos":
+        return commands.demos(args.env, args.per_task, args.out, args.overrides)
+    if args.command == "quickstart":
+        return commands.quickstart(args.overrides)
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,470 @@
+"""Typed run configuration: dataclasses, YAML files, dotted CLI overrides.
+
+A run config has fixed sections (``algo``, ``rollout``, ``train``, ``eval``,
+``sft``) and three plugin sections (``policy``, ``env``, ``success``) whose
+``type`` key selects a registered plugin; that plugin's own config dataclass
+then validates the rest of the section. Every field has a one-line docstring,
+and ``__post_init__`` says what is wrong and what would be right.
+
+Resolution order: dataclass defaults < YAML file < ``a.b.c=value`` overrides.
+The resolved config is saved as ``<run_dir>/config.yaml`` and loads back to the
+same object, so a run can be reproduced from its directory alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from pushcut.errors import ConfigError, PushcutError
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class AlgoConfig:
+    """The RL recipe (SimpleVLA-RL defaults)."""
+
+    group_size: int = 8
+    """Episodes per start state (G); advantages are normalised within a group."""
+    temperature: float = 1.6
+    """Rollout sampling temperature; training log-probs use the same one."""
+    advantage: str = "grpo"
+    """Advantage estimator: grpo, rloo or drgrpo."""
+    policy_loss: str = "vanilla"
+    """Policy-loss variant (vanilla = asymmetric PPO clip)."""
+    clip_ratio_low: float = 0.2
+    """ε_low: the ratio is clipped below at 1 − ε_low."""
+    clip_ratio_high: float = 0.28
+    """ε_high: the ratio is clipped above at 1 + ε_high (clip-higher)."""
+    clip_ratio_c: float | None = None
+    """Dual-clip bound for negative advantages (e.g. 3.0); null = off."""
+    loss_agg_mode: str = "token-mean"
+    """Loss aggregation: token-mean or seq-mean-token-mean (a sequence is an episode)."""
+    accuracy_lower: float = 0.0
+    """Dynamic sampling keeps groups whose success rate is ≥ this (and not all-fail)."""
+    accuracy_upper: float = 1.0
+    """Dynamic sampling keeps groups whose success rate is ≤ this (and not all-success)."""
+    kl_coef: float = 0.0
+    """KL-to-reference coefficient; 0 (default) builds no reference model at all."""
+    kl_type: str = "low_var_kl"
+    """KL estimator when kl_coef > 0: kl, abs, mse or low_var_kl."""
+    entropy_coeff: float = 0.0
+    """Entropy bonus coefficient (0 = off, as in the recipe)."""
+    eps: float = 1e-6
+    """Added to the group std in the GRPO advantage."""
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ConfigError(f"algo.group_size must be >= 2 (advantages need a group), got {self.group_size}")
+        if self.temperature <= 0:
+            raise ConfigError(f"algo.temperature must be > 0 for rollouts (greedy is for eval), got {self.temperature}")
+        for name in ("clip_ratio_low", "clip_ratio_high"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"algo.{name} must be in (0, 1), e.g. 0.2 / 0.28; got {getattr(self, name)}")
+        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1:
+            raise ConfigError(f"algo.clip_ratio_c must be > 1 (e.g. 3.0) or null, got {self.clip_ratio_c}")
+        if not 0 <= self.accuracy_lower <= self.accuracy_upper <= 1:
+            raise ConfigError(
+                "algo.accuracy_lower/upper must satisfy 0 <= lower <= upper <= 1 (SimpleVLA-RL: 0.1 / 0.9), "
+                f"got {self.accuracy_lower} / {self.accuracy_upper}"
+            )
+        if self.kl_coef < 0:
+            raise ConfigError(f"algo.kl_coef must be >= 0, got {self.kl_coef}")
+
+
+@dataclass
+class RolloutConfig:
+    """Closed-loop collection."""
+
+    num_workers: int = 2
+    """Env worker processes (persistent for the whole run)."""
+    envs_per_worker: int = 8
+    """Env instances each worker holds."""
+    max_steps: int = 0
+    """Env-step limit per episode; 0 uses each task's own limit."""
+    step_timeout_s: float = 120.0
+    """A worker that does not answer within this many seconds is restarted and its episodes dropped."""
+    pipeline: bool = False
+    """Split the pool in two halves and step one while the policy serves the other."""
+    transport: str = "process"
+    """How env workers run: process (multiprocessing) or inline (same process, for debugging)."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0 or self.envs_per_worker < 1:
+            raise ConfigError(
+                f"rollout.num_workers must be >= 0 and rollout.envs_per_worker >= 1, "
+                f"got {self.num_workers} and {self.envs_per_worker}"
+            )
+        if self.step_timeout_s <= 0:
+            raise ConfigError(f"rollout.step_timeout_s must be > 0, got {self.step_timeout_s}")
+        if self.transport not in ("process", "inline"):
+            raise ConfigError(f"rollout.transport must be 'process' or 'inline', got {self.transport!r}")
+
+
+@dataclass
+class TrainConfig:
+    """The RL optimisation loop."""
+
+    iterations: int = 100
+    """RL iterations (rollout + update)."""
+    batch_size: int = 8
+    """Groups (start states) per iteration after dynamic sampling."""
+    max_sample_rounds: int = 4
+    """Dynamic-sampling cap: rounds of sampling start states before training on what there is."""
+    ppo_epochs: int = 1
+    """Passes over each iteration's episodes."""
+    minibatch_size: int = 16
+    """Episodes per optimiser step."""
+    micro_batch_size: int = 64
+    """Chunk rows per forward/backward (gradient accumulation below a minibatch)."""
+    lr: float = 5e-6
+    """AdamW learning rate (5e-6 for 7B backbones)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping threshold."""
+    eval_every: int = 10
+    """Evaluate greedily every this many iterations (0 = only at the end)."""
+    save_every: int = 10
+    """Checkpoint every this many iterations (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    device: str = "cpu"
+    """Torch device of the learner and rollout policy."""
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "max_sample_rounds", "ppo_epochs", "minibatch_size",
+                     "micro_batch_size", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.grad_clip <= 0:
+            raise ConfigError(f"train.grad_clip must be > 0, got {self.grad_clip}")
+
+
+@dataclass
+class EvalConfig:
+    """Greedy evaluation on held-out start states."""
+
+    max_init_states: int = 0
+    """Eval start states per task (0 = all of the task's eval split)."""
+    videos_per_task: int = 1
+    """Episodes per task recorded as MP4."""
+    fps: int = 10
+    """Frame rate of the videos."""
+
+
+@dataclass
+class SFTConfig:
+    """Cold-start behaviour cloning on demonstrations."""
+
+    demos: tuple[str, ...] = ()
+    """HDF5 demo files (robomimic/LIBERO layout)."""
+    steps: int = 1000
+    """Optimiser steps."""
+    batch_size: int = 32
+    """Samples per step."""
+    lr: float = 3e-4
+    """AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError(
+                f"sft.steps must be >= 0, sft.batch_size >= 1 and sft.lr > 0; got {self.steps}, {self.batch_size}, {self.lr}"
+            )
+
+
+@dataclass
+class PluginChoice:
+    """A plugin section: ``type`` selects the registered component, ``options`` is
+    an instance of that plugin's own config dataclass."""
+
+    type: str
+    options: Any = None
+
+
+PLUGIN_SECTIONS = {"policy": "policies", "env": "envs", "success": "success_detectors"}
+"""Run-config section → plugin-manager registry attribute."""
+
+
+@dataclass
+class RunConfig:
+    """A whole run: which plugins, the recipe, and where results go."""
+
+    policy: PluginChoice = field(default_factory=lambda: PluginChoice("tiny"))
+    """The policy plugin (``type``) and its options."""
+    env: PluginChoice = field(default_factory=lambda: PluginChoice("tabletop"))
+    """The env plugin (``type``) and its options."""
+    success: PluginChoice = field(default_factory=lambda: PluginChoice("env_success"))
+    """The success-detector plugin (``type``) and its options."""
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    """The RL recipe."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Rollout collection."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The RL loop."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Greedy evaluation."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Cold-start behaviour cloning."""
+    run_dir: str = "runs/default"
+    """Directory for config, metrics, checkpoints, videos."""
+    seed: int = 0
+    """Seed for torch, numpy and start-state sampling."""
+
+
+# --------------------------------------------------------------------------- building
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name → its one-line attribute docstring (read from the class source)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = nxt.value.value.strip().splitlines()[0]
+    return docs
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _unknown_key(path: str, key: str, valid: Sequence[str]) -> ConfigError:
+    where = f"{path}.{key}" if path else key
+    msg = f"unknown config key {where!r}; valid keys{' in ' + repr(path) if path else ''}: {', '.join(sorted(valid))}"
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    if close:
+        msg += f"; did you mean {close[0]!r}?"
+    return ConfigError(msg)
+
+
+def coerce(value: Any, tp: Any, path: str) -> Any:
+    """Convert a YAML value to type ``tp`` or raise a ConfigError naming ``path``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return build_dataclass(tp, value, path)
+    if origin in (tuple, list, Sequence) or tp in (tuple, list):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r} ({type(value).__name__})")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
+            return tuple(coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple or tp is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): coerce(v, vt, f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r} ({type(value).__name__})")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected int, got {value!r} ({type(value).__name__})")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected float, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r} ({type(value).__name__})")
+        return value
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{path}: expected a path string, got {value!r}")
+        return Path(value)
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{path}: unsupported config type {_type_name(tp)} (value {value!r})")
+
+
+def build_dataclass(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, type-checking every field.
+    Unknown keys are errors naming the valid keys and the closest match."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key(path, str(key), list(fields))
+        kwargs[key] = coerce(value, hints[key], f"{path}.{key}" if path else key)
+    missing = [
+        name for name, f in fields.items()
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{path or cls.__name__}: missing required key(s) {', '.join(missing)}")
+    try:
+        return cls(**kwargs)
+    except PushcutError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path or cls.__name__}: {exc}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML-safe data for a config object (PluginChoice flattens to ``{type, **options}``)."""
+    if isinstance(obj, PluginChoice):
+        options = to_dict(obj.options) if obj.options is not None else {}
+        return {"type": obj.type, **options}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- files and overrides
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config YAML file into a dict, with one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        hint = " (did you mean a file under configs/?)" if not path.is_absolute() else ""
+        raise ConfigError(f"config file {str(path)!r} does not exist{hint}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"malformed YAML in {str(path)!r}{where}: {problem}; fix the file's syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a nested dict (values parsed as YAML)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. algo.clip_ratio_high=0.28")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def resolve(data: Mapping[str, Any], manager: Any | None = None) -> RunConfig:
+    """Build a :class:`RunConfig` from a raw dict, resolving each plugin section's
+    ``type`` through the plugin registries and validating its options."""
+    if manager is None:
+        from pushcut.pluginmanager import get_plugin_manager
+
+        manager = get_plugin_manager()
+    data = dict(data)
+    plugin_data = {name: data.pop(name, None) for name in PLUGIN_SECTIONS}
+    config: RunConfig = build_dataclass(RunConfig, data)
+    for section, registry_attr in PLUGIN_SECTIONS.items():
+        raw = plugin_data[section]
+        default: PluginChoice = getattr(config, section)
+        if raw is None:
+            raw = {}
+        if isinstance(raw, str):
+            raw = {"type": raw}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{section}: expected a mapping with a 'type' key, got {raw!r}")
+        raw = dict(raw)
+        type_name = raw.pop("type", default.type)
+        if not isinstance(type_name, str):
+            raise ConfigError(f"{section}.type: expected a plugin name string, got {type_name!r}")
+        entry = getattr(manager, registry_attr).get(type_name)
+        options = build_dataclass(entry.config_class, raw, section)
+        setattr(config, section, PluginChoice(type_name, options))
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), manager: Any | None = None) -> RunConfig:
+    """Defaults < YAML file (optional) < overrides, resolved and validated."""
+    data = read_yaml(path) if path is not None else {}
+    return resolve(apply_overrides(data, overrides), manager)
+
+
+def dump_config(config: RunConfig) -> str:
+    """The fully resolved config as YAML text (what ``config.yaml`` in a run dir holds)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def save_config(config: RunConfig, run_dir: str | Path) -> Path:
+    """Write ``<run_dir>/config.yaml`` atomically."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / "config.yaml"
+    tmp = target.with_suffix(".yaml.tmp")
+    tmp.write_text(dump_config(config))
+    tmp.replace(target)
+    return target

@@ -1,0 +1,96 @@
+"""Every hook a pushcut plugin can implement. These docstrings are the plugin
+author's reference (docs/plugins.md mirrors them, one section per hook).
+
+A plugin is a module (or object) with functions decorated by
+``pushcut.hookimpl`` whose names match the specs below, exposed through the
+``pushcut`` entry-point group::
+
+    [project.entry-points.pushcut]
+    my_env = "my_package.plugin"
+
+Registration hooks are called once when the plugin manager loads; event hooks
+are called by the engine while a run goes on. Event hooks receive plain data
+(dicts of floats, paths) and must not modify it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from pushcut.contracts import Env, Policy, SuccessDetector
+    from pushcut.registry import Registry
+
+hookspec = pluggy.HookspecMarker("pushcut")
+hookimpl = pluggy.HookimplMarker("pushcut")
+
+
+# ----------------------------------------------------------------- registration
+
+
+@hookspec
+def pushcut_register_policies(registry: Registry[Policy]) -> None:
+    """Register policies: ``registry.add(name, ConfigClass, factory)``.
+
+    ``ConfigClass`` is a dataclass whose fields are the policy's options (the
+    keys under ``policy:`` in a run config, besides ``type``); ``factory`` takes
+    an instance of it and returns a :class:`pushcut.contracts.Policy`. Import
+    heavy dependencies at module top: if one is missing, pushcut lists your
+    plugin as unavailable with the install command instead of failing.
+    """
+
+
+@hookspec
+def pushcut_register_envs(registry: Registry[Env]) -> None:
+    """Register envs: ``registry.add(name, ConfigClass, factory)``.
+
+    ``factory(config)`` returns a :class:`pushcut.contracts.Env`. It is called
+    inside env-pool worker processes, once per env instance, so it must be a
+    picklable top-level callable (a class or module-level function).
+    """
+
+
+@hookspec
+def pushcut_register_success_detectors(registry: Registry[SuccessDetector]) -> None:
+    """Register success detectors: ``registry.add(name, ConfigClass, factory)``.
+
+    ``factory(config)`` returns a :class:`pushcut.contracts.SuccessDetector`,
+    which turns a finished episode into the binary reward. The default,
+    ``env_success``, trusts the env's own success flag.
+    """
+
+
+# ----------------------------------------------------------------- events
+
+
+@hookspec
+def pushcut_run_start(run_dir: Path, config: dict[str, Any], command: str) -> None:
+    """A run begins. ``config`` is the fully resolved config (as saved in
+    ``run_dir/config.yaml``); ``command`` is ``train``, ``sft`` or ``eval``."""
+
+
+@hookspec
+def pushcut_after_rollout(run_dir: Path, step: int, metrics: dict[str, float]) -> None:
+    """Rollouts for iteration ``step`` are collected. ``metrics`` holds the
+    ``rollout/*`` and ``time/rollout_s`` values of this iteration."""
+
+
+@hookspec
+def pushcut_after_update(run_dir: Path, step: int, metrics: dict[str, float]) -> None:
+    """The policy was updated at iteration ``step`` (RL or SFT). ``metrics``
+    holds every value of this iteration, as appended to ``metrics.jsonl``."""
+
+
+@hookspec
+def pushcut_after_eval(run_dir: Path, step: int, metrics: dict[str, float], videos: list[Path]) -> None:
+    """A greedy evaluation finished. ``metrics`` holds ``eval/success_rate`` and
+    ``eval/success/<task_id>`` per task; ``videos`` lists MP4 files written."""
+
+
+@hookspec
+def pushcut_run_end(run_dir: Path, summary: dict[str, Any]) -> None:
+    """A run ended (also after an error or interruption: then ``summary``
+    has ``"status": "failed"`` or ``"interrupted"``)."""

@@ -1,0 +1,270 @@
+"""Reusable contract tests for plugin authors (pytest).
+
+Subclass a suite in your own test file and provide its fixtures; every
+``test_*`` method then runs against your component::
+
+    import pytest
+    from pushcut.testing import EnvContract
+
+    class TestMyEnv(EnvContract):
+        @pytest.fixture
+        def env(self):
+            env = MyEnv(MyEnvConfig())
+            yield env
+            env.close()
+
+pushcut runs these same suites over every built-in plugin. The suites check
+the contract (shapes, determinism, log-prob consistency, save/load), not
+whether your policy is good or your simulator realistic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pushcut.contracts import (
+    OBS_IMAGE,
+    OBS_STATE,
+    OBS_WRIST_IMAGE,
+    ActionSample,
+    Env,
+    EpisodeOutcome,
+    ObsBatch,
+    Policy,
+    StepResult,
+    SuccessDetector,
+    TaskSpec,
+)
+from pushcut.pluginmanager import PluginManager, get_plugin_manager
+
+
+@contextlib.contextmanager
+def registered_plugin(plugin: object, name: str, manager: PluginManager | None = None) -> Iterator[PluginManager]:
+    """Register an in-process plugin for the duration of a ``with`` block."""
+    manager = manager or get_plugin_manager()
+    manager.register(plugin, name=name)
+    try:
+        yield manager
+    finally:
+        manager.unregister(name)
+
+
+def _check_observation(obs: dict, where: str) -> None:
+    assert isinstance(obs, dict), f"{where}: observation must be a dict, got {type(obs).__name__}"
+    assert OBS_IMAGE in obs, f"{where}: observation lacks {OBS_IMAGE!r} (keys: {sorted(obs)})"
+    for key in (OBS_IMAGE, OBS_WRIST_IMAGE):
+        if key in obs:
+            img = obs[key]
+            assert isinstance(img, np.ndarray) and img.dtype == np.uint8, f"{where}: {key} must be a uint8 array"
+            assert img.ndim == 3 and img.shape[2] == 3, f"{where}: {key} must be (H, W, 3), got {img.shape}"
+    if OBS_STATE in obs:
+        state = obs[OBS_STATE]
+        assert isinstance(state, np.ndarray) and state.ndim == 1, f"{where}: state must be a 1-D array"
+        assert np.isfinite(state).all(), f"{where}: state has NaN/inf"
+
+
+def _same_obs(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+class EnvContract:
+    """Contract tests for an :class:`~pushcut.contracts.Env`. Provide an ``env`` fixture."""
+
+    chunk: int = 4
+    """Actions per chunk the suite sends."""
+
+    @pytest.fixture
+    def env(self) -> Env:  # pragma: no cover - must be overridden
+        raise NotImplementedError("provide an `env` fixture returning your Env instance")
+
+    def _first_task(self, env: Env) -> TaskSpec:
+        return env.tasks()[0]
+
+    def _actions(self, env: Env, seed: int = 0) -> np.ndarray:
+        spec = env.action_spec
+        rng = np.random.default_rng(seed)
+        return rng.uniform(spec.low, spec.high, size=(self.chunk, spec.action_dim)).astype(np.float32)
+
+    def test_tasks(self, env: Env) -> None:
+        tasks = env.tasks()
+        assert tasks, "tasks() must list at least one task"
+        assert all(isinstance(t, TaskSpec) for t in tasks)
+        ids = [t.task_id for t in tasks]
+        assert len(ids) == len(set(ids)), f"task ids must be unique, got {ids}"
+        for t in tasks:
+            assert t.instruction.strip(), f"task {t.task_id!r} has an empty instruction"
+            assert t.train_init_states, f"task {t.task_id!r} has no train initial states"
+            assert t.eval_init_states, f"task {t.task_id!r} has no eval initial states"
+
+    def test_action_spec(self, env: Env) -> None:
+        spec = env.action_spec
+        assert spec.action_dim >= 1
+        assert all(lo < hi for lo, hi in zip(spec.low, spec.high)), "action bounds must have low < high"
+
+    def test_reset_is_deterministic(self, env: Env) -> None:
+        task = self._first_task(env)
+        init = task.train_init_states[0]
+        a = env.reset(task.task_id, init)
+        _check_observation(a, "reset()")
+        env.step(self._actions(env))
+        b = env.reset(task.task_id, init)
+        assert _same_obs(a, b), "reset() to the same (task, initial state) must give the same observation"
+
+    def test_different_init_states_differ(self, env: Env) -> None:
+        task = self._first_task(env)
+        states = (*task.train_init_states, *task.eval_init_states)
+        if len(states) < 2:
+            pytest.skip("task has a single initial state")
+        a = env.reset(task.task_id, states[0])
+        b = env.reset(task.task_id, states[-1])
+        assert not _same_obs(a, b), "different initial states should give different observations"
+
+    def test_step_chunk(self, env: Env) -> None:
+        task = self._first_task(env)
+        obs0 = env.reset(task.task_id, task.train_init_states[0])
+        result = env.step(self._actions(env), record=True)
+        assert isinstance(result, StepResult)
+        assert 1 <= result.steps <= self.chunk, f"steps must be in 1..{self.chunk}, got {result.steps}"
+        _check_observation(result.observation, "step()")
+        assert result.observation.keys() == obs0.keys(), "step() and reset() must return the same observation keys"
+        for key in obs0:
+            assert result.observation[key].shape == obs0[key].shape, f"{key} changed shape between reset and step"
+        assert isinstance(result.success, bool) and isinstance(result.done, bool)
+        if result.success:
+            assert result.done, "a successful step must be done"
+        assert len(result.frames) == result.steps, "record=True must return one frame per executed action"
+
+    def test_step_is_deterministic(self, env: Env) -> None:
+        task = self._first_task(env)
+        outs = []
+        for _ in range(2):
+            env.reset(task.task_id, task.train_init_states[0])
+            outs.append(env.step(self._actions(env, seed=1)))
+        assert _same_obs(outs[0].observation, outs[1].observation), "same reset + same actions must give the same result"
+        assert outs[0].steps == outs[1].steps and outs[0].success == outs[1].success
+
+    def test_bad_action_shape_is_rejected(self, env: Env) -> None:
+        task = self._first_task(env)
+        env.reset(task.task_id, task.train_init_states[0])
+        bad = np.zeros((self.chunk, env.action_spec.action_dim + 1), dtype=np.float32)
+        with pytest.raises((ValueError, Exception)) as info:
+            env.step(bad)
+        assert str(env.action_spec.action_dim) in str(info.value), "the error should name the expected action_dim"
+
+    def test_render(self, env: Env) -> None:
+        task = self._first_task(env)
+        env.reset(task.task_id, task.train_init_states[0])
+        frame = env.render()
+        assert isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+        assert frame.std() > 0, "render() returned a constant image"
+
+
+class PolicyContract:
+    """Contract tests for a :class:`~pushcut.contracts.Policy`. Provide fixtures
+    ``policy`` and ``obs_batch`` (an :class:`ObsBatch` the policy accepts, B ≥ 2),
+    and ``make_policy`` (a zero-argument callable building a fresh policy with the
+    same config, for the save/load test)."""
+
+    temperature: float = 1.6
+    atol: float = 1e-4
+
+    @pytest.fixture
+    def policy(self) -> Policy:  # pragma: no cover - must be overridden
+        raise NotImplementedError("provide a `policy` fixture")
+
+    @pytest.fixture
+    def obs_batch(self) -> ObsBatch:  # pragma: no cover - must be overridden
+        raise NotImplementedError("provide an `obs_batch` fixture")
+
+    def test_act_shapes(self, policy: Policy, obs_batch: ObsBatch) -> None:
+        with torch.no_grad():
+            sample = policy.act(obs_batch, self.temperature)
+        assert isinstance(sample, ActionSample)
+        b = len(obs_batch)
+        assert sample.actions.shape == (b, policy.chunk_size, policy.action_dim), (
+            f"actions must be (B={b}, chunk={policy.chunk_size}, action_dim={policy.action_dim}), "
+            f"got {sample.actions.shape}"
+        )
+        assert np.isfinite(sample.actions).all(), "actions contain NaN/inf"
+        assert sample.mask.dtype == torch.bool, "mask must be a bool tensor"
+        lp = sample.log_probs[sample.mask]
+        assert torch.isfinite(lp).all() and (lp <= 1e-6).all(), "sampled log-probs must be finite and <= 0"
+        assert not sample.log_probs.requires_grad, "act() must return detached log-probs"
+
+    def test_recomputed_log_probs_match(self, policy: Policy, obs_batch: ObsBatch) -> None:
+        with torch.no_grad():
+            sample = policy.act(obs_batch, self.temperature)
+            scores = policy.log_probs(obs_batch, sample.sample, self.temperature)
+        assert scores.log_probs.shape == sample.log_probs.shape
+        diff = (scores.log_probs - sample.log_probs)[sample.mask].abs().max().item()
+        assert diff <= self.atol, f"log_probs() differs from act()-time log-probs by {diff}"
+
+    def test_log_probs_are_differentiable(self, policy: Policy, obs_batch: ObsBatch) -> None:
+        with torch.no_grad():
+            sample = policy.act(obs_batch, self.temperature)
+        policy.zero_grad(set_to_none=True)
+        scores = policy.log_probs(obs_batch, sample.sample, self.temperature)
+        scores.log_probs[sample.mask].sum().backward()
+        grads = [p.grad for p in policy.trainable_parameters()]
+        assert grads, "trainable_parameters() is empty"
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), "no gradient reached the trainable parameters"
+
+    def test_greedy_is_deterministic(self, policy: Policy, obs_batch: ObsBatch) -> None:
+        with torch.no_grad():
+            a = policy.act(obs_batch, 0.0).actions
+            b = policy.act(obs_batch, 0.0).actions
+        np.testing.assert_array_equal(a, b)
+
+    def test_sampling_varies(self, policy: Policy, obs_batch: ObsBatch) -> None:
+        with torch.no_grad():
+            runs = [policy.act(obs_batch, self.temperature).actions for _ in range(3)]
+        assert any(not np.array_equal(runs[0], r) for r in runs[1:]), "sampling at temperature > 0 never varies"
+
+    def test_sft_loss(self, policy: Policy, obs_batch: ObsBatch) -> None:
+        with torch.no_grad():
+            expert = policy.act(obs_batch, 0.0).actions
+        loss = policy.sft_loss(obs_batch, expert)
+        assert loss.ndim == 0 and torch.isfinite(loss), f"sft_loss must be a finite scalar, got {loss}"
+        loss.backward()
+
+    def test_save_load_round_trip(self, policy: Policy, obs_batch: ObsBatch, make_policy, tmp_path: Path) -> None:
+        policy.save(tmp_path / "ckpt")
+        fresh = make_policy()
+        fresh.load(tmp_path / "ckpt")
+        with torch.no_grad():
+            a = policy.act(obs_batch, 0.0).actions
+            b = fresh.act(obs_batch, 0.0).actions
+        np.testing.assert_array_equal(a, b)
+
+
+class SuccessDetectorContract:
+    """Contract tests for a :class:`~pushcut.contracts.SuccessDetector`. Provide a
+    ``detector`` fixture; override ``outcomes`` to return (outcome, expected) pairs
+    your detector must get right."""
+
+    @pytest.fixture
+    def detector(self) -> SuccessDetector:  # pragma: no cover - must be overridden
+        raise NotImplementedError("provide a `detector` fixture")
+
+    def outcomes(self) -> list[tuple[EpisodeOutcome, bool]]:
+        frame = np.zeros((8, 8, 3), np.uint8)
+        return [
+            (EpisodeOutcome("t", "do it", 0, True, 5, {"success": True}, [frame]), True),
+            (EpisodeOutcome("t", "do it", 0, False, 9, {"success": False}, [frame]), False),
+        ]
+
+    def test_judges_outcomes(self, detector: SuccessDetector) -> None:
+        for outcome, expected in self.outcomes():
+            verdict = detector.judge(outcome)
+            assert isinstance(verdict, (bool, np.bool_)), f"judge() must return a bool, got {type(verdict).__name__}"
+            assert bool(verdict) == expected, f"judge() said {verdict} for {outcome}"
+
+    def test_config_is_picklable(self, detector: SuccessDetector) -> None:
+        pickle.dumps(getattr(detector, "config", None))

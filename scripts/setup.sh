@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Everything pushcut needs on a fresh Debian machine: apt packages for headless
+# MuJoCo rendering and video encoding, a virtualenv in .venv with CPU torch
+# first and everything else constrained to it. Idempotent; safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg in libegl1 libgl1 libosmesa6 ffmpeg; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# torch first, from the pinned CPU wheel; constraints keep it for everything after.
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -c constraints.txt -e ".[test]"
+# Fail loudly if something dragged in a torchvision (CUDA-only here; crashes next to CPU torch).
+if python -m pip show torchvision >/dev/null 2>&1; then python -m pip uninstall -y -q torchvision; fi
+echo "pushcut set up in .venv ($(python -c 'import torch; print("torch", torch.__version__)'))"

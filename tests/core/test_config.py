@@ -1,0 +1,186 @@
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from pushcut import hookimpl
+from pushcut.config import (
+    AlgoConfig,
+    PluginChoice,
+    RunConfig,
+    apply_overrides,
+    dump_config,
+    field_docs,
+    load_config,
+    save_config,
+)
+from pushcut.errors import ConfigError
+from pushcut.testing import registered_plugin
+
+
+@dataclass
+class ToyPolicyConfig:
+    hidden: int = 32
+    """Hidden size."""
+    dropout: float = 0.0
+    """Dropout."""
+    name: str = "x"
+    """A name."""
+
+    def __post_init__(self):
+        if self.hidden < 1:
+            raise ConfigError(f"policy.hidden must be >= 1, got {self.hidden}")
+
+
+@dataclass
+class ToyEnvConfig:
+    tasks: tuple[str, ...] = ()
+    """Tasks."""
+    image_size: int = 64
+    """Pixels."""
+
+
+class ToyPlugin:
+    @hookimpl
+    def pushcut_register_policies(self, registry):
+        registry.add("tiny", ToyPolicyConfig, lambda c: c)
+
+    @hookimpl
+    def pushcut_register_envs(self, registry):
+        registry.add("tabletop", ToyEnvConfig, lambda c: c)
+        registry.add("other_env", ToyEnvConfig, lambda c: c)
+
+
+@pytest.fixture
+def manager():
+    with registered_plugin(ToyPlugin(), "toy") as m:
+        yield m
+
+
+def test_defaults_are_the_recipe(manager):
+    cfg = load_config(None, [], manager)
+    assert cfg.algo.group_size == 8 and cfg.algo.temperature == 1.6
+    assert (cfg.algo.clip_ratio_low, cfg.algo.clip_ratio_high) == (0.2, 0.28)
+    assert cfg.algo.kl_coef == 0.0
+    assert cfg.policy == PluginChoice("tiny", ToyPolicyConfig())
+    assert cfg.success.type == "env_success"
+
+
+def test_yaml_then_overrides(manager, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("algo:\n  group_size: 4\npolicy:\n  type: tiny\n  hidden: 16\nenv:\n  tasks: [a, b]\n")
+    cfg = load_config(path, ["algo.clip_ratio_high=0.3", "policy.dropout=0.1", "env.image_size=32"], manager)
+    assert cfg.algo.group_size == 4 and cfg.algo.clip_ratio_high == 0.3
+    assert cfg.policy.options == ToyPolicyConfig(hidden=16, dropout=0.1)
+    assert cfg.env.options.tasks == ("a", "b") and cfg.env.options.image_size == 32
+
+
+def test_type_override_selects_plugin(manager):
+    cfg = load_config(None, ["env.type=other_env"], manager)
+    assert cfg.env.type == "other_env" and isinstance(cfg.env.options, ToyEnvConfig)
+
+
+def test_unknown_key_names_valid_keys_and_closest(manager):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["algo.clip_ratio_hgh=0.3"], manager)
+    msg = str(info.value)
+    assert "'algo.clip_ratio_hgh'" in msg and "clip_ratio_low" in msg and "did you mean 'clip_ratio_high'" in msg
+
+
+def test_unknown_plugin_key_uses_plugin_config(manager):
+    with pytest.raises(ConfigError, match=r"'policy.hiden'.*did you mean 'hidden'"):
+        load_config(None, ["policy.hiden=3"], manager)
+
+
+def test_unknown_top_level_section(manager):
+    with pytest.raises(ConfigError, match=r"'trian'.*did you mean 'train'"):
+        load_config(None, ["trian.lr=1"], manager)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("algo.group_size=abc", r"algo.group_size: expected int, got 'abc' \(str\)"),
+        ("algo.group_size=2.5", r"algo.group_size: expected int, got 2.5"),
+        ("train.lr=[1]", r"train.lr: expected float"),
+        ("rollout.pipeline=3", r"rollout.pipeline: expected true or false"),
+        ("env.tasks=abc", r"env.tasks: expected a list"),
+        ("policy.hidden=0", r"policy.hidden must be >= 1"),
+        ("algo.group_size=1", r"group_size must be >= 2"),
+        ("algo.clip_ratio_high=1.5", r"clip_ratio_high must be in \(0, 1\)"),
+    ],
+)
+def test_wrong_types_and_values(manager, override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, [override], manager)
+
+
+def test_int_accepted_for_float(manager):
+    assert load_config(None, ["train.lr=1"], manager).train.lr == 1.0
+
+
+def test_nonexistent_plugin_name(manager):
+    from pushcut.errors import PluginError
+
+    with pytest.raises(PluginError, match=r"unknown env 'tabeltop'; registered: other_env, tabletop; did you mean 'tabletop'"):
+        load_config(None, ["env.type=tabeltop"], manager)
+
+
+def test_malformed_yaml(manager, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("algo:\n  group_size: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"malformed YAML in .*bad.yaml.* at line \d+"):
+        load_config(path, [], manager)
+
+
+def test_missing_file(manager):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("nope/none.yaml", [], manager)
+
+
+def test_top_level_not_mapping(manager, tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(path, [], manager)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        apply_overrides({}, ["algo.group_size"])
+
+
+def test_saved_config_reproduces_run(manager, tmp_path):
+    cfg = load_config(None, ["algo.group_size=4", "policy.hidden=7", "env.tasks=[x]", "algo.clip_ratio_c=3"], manager)
+    save_config(cfg, tmp_path / "run")
+    again = load_config(tmp_path / "run" / "config.yaml", [], manager)
+    assert again == cfg
+    assert dump_config(again) == (tmp_path / "run" / "config.yaml").read_text()
+    data = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert data["policy"] == {"type": "tiny", "hidden": 7, "dropout": 0.0, "name": "x"}
+
+
+def test_every_field_is_documented():
+    from pushcut import config as config_module
+
+    for cls in (config_module.AlgoConfig, config_module.RolloutConfig, config_module.TrainConfig,
+                config_module.EvalConfig, config_module.SFTConfig, RunConfig):
+        import dataclasses
+
+        docs = field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in docs]
+        assert not missing, f"{cls.__name__} fields without a one-line doc: {missing}"
+    assert field_docs(AlgoConfig)["clip_ratio_high"].startswith("ε_high")
+
+
+def test_shipped_configs_resolve(manager):
+    """Every YAML in configs/ must at least parse and pass the core sections' validation."""
+    from pathlib import Path
+
+    from pushcut.config import build_dataclass, read_yaml
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for path in sorted(root.glob("*.yaml")):
+        data = read_yaml(path)
+        core = {k: v for k, v in data.items() if k not in ("policy", "env", "success")}
+        build_dataclass(RunConfig, core)
