@@ -82,17 +82,89 @@ def _not_yet(name: str) -> int:
     raise ConfigError(f"`pushcut {name}` is not available in this version yet")
 
 
+def _config_or_run_dir(target: str, overrides: Sequence[str]):
+    """A YAML file, or a run directory (its saved config.yaml: resume / reproduce)."""
+    path = Path(target)
+    if path.is_dir():
+        saved = path / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"{target!r} is a directory without config.yaml: pass a config file or a run directory")
+        return load_config(saved, overrides)
+    return load_config(path, overrides)
+
+
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
 def train(config: str, overrides: Sequence[str]) -> int:
-    load_config(config, overrides)
-    return _not_yet("train")
+    """RL from a config file, or resume a run directory."""
+    from pushcut.trainer import Trainer
+
+    _setup_logging()
+    resolved = _config_or_run_dir(config, overrides)
+    summary = Trainer(resolved).run()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def evaluate(target: str, overrides: Sequence[str]) -> int:
+    """Greedy evaluation of a run directory (its newest checkpoint) or a checkpoint directory."""
+    from pushcut.build import build_detector, build_policy, build_pool
+    from pushcut.checkpoint import latest_checkpoint
+    from pushcut.evaluate import evaluate as run_eval
+    from pushcut.evaluate import write_report
+    from pushcut.events import Progress
+    from pushcut.rollout import RolloutCollector
+
+    _setup_logging()
+    path = Path(target)
+    if not path.is_dir():
+        raise ConfigError(f"{target!r} is not a directory: pass a run directory or a checkpoint directory")
+    if (path / "config.yaml").is_file():
+        run_dir, ckpt = path, latest_checkpoint(path)
+        weights = ckpt / "policy" if ckpt is not None else None
+    elif (path / "trainer.pt").is_file() and (path.parents[1] / "config.yaml").is_file():
+        run_dir, weights = path.parents[1], path / "policy"
+    else:
+        raise ConfigError(
+            f"{target!r} is neither a run directory (with config.yaml) nor a checkpoint (runs/X/checkpoints/step_N)"
+        )
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    if weights is None:
+        from pushcut.errors import CheckpointError
+
+        raise CheckpointError(f"run directory {str(run_dir)!r} has no checkpoint yet")
+    policy = build_policy(cfg, weights).eval()
+    pool = build_pool(cfg)
+    try:
+        collector = RolloutCollector(pool, policy, build_detector(cfg), cfg.rollout.max_steps, cfg.rollout.pipeline)
+        progress = Progress(1, "eval")
+        report, videos = run_eval(collector, cfg.eval.max_init_states, cfg.eval.videos_per_task,
+                                  run_dir / "videos", "eval", cfg.eval.fps,
+                                  lambda done, total: progress.status(f"{done}/{total} episodes"))
+        progress.close()
+    finally:
+        pool.close()
+    report["checkpoint"] = str(weights)
+    report["videos"] = [str(v) for v in videos]
+    write_report(report, run_dir / "eval.json")
+    _print_eval(report)
+    print(f"wrote {run_dir / 'eval.json'} and {len(videos)} video(s) in {run_dir / 'videos'}")
+    return 0
+
+
+def _print_eval(report: dict) -> None:
+    print(f"{'task':<32} {'success':>8} {'episodes':>9}")
+    for task, row in report["per_task"].items():
+        print(f"{task:<32} {row['success_rate']:>8.2f} {row['episodes']:>9d}")
+    print(f"{'mean':<32} {report['success_rate']:>8.2f} {report['episodes']:>9d}")
 
 
 def sft(config: str, overrides: Sequence[str]) -> int:
     return _not_yet("sft")
-
-
-def evaluate(target: str, overrides: Sequence[str]) -> int:
-    return _not_yet("eval")
 
 
 def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str]) -> int:

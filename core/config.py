@@ -142,6 +142,12 @@ class TrainConfig:
     """How many recent checkpoints to keep."""
     device: str = "cpu"
     """Torch device of the learner and rollout policy."""
+    init_from: str = ""
+    """Policy weights directory (e.g. an SFT run's policy/) to start RL from; empty = the policy's own init."""
+    resume: bool = True
+    """Continue from the newest checkpoint in run_dir when there is one."""
+    eval_at_start: bool = True
+    """Evaluate before the first update, so the curve starts at the SFT policy."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "max_sample_rounds", "ppo_epochs", "minibatch_size",
@@ -351,7 +357,9 @@ def build_dataclass(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
         raise ConfigError(f"{path or cls.__name__}: missing required key(s) {', '.join(missing)}")
     try:
         return cls(**kwargs)
-    except PushcutError:
+    except PushcutError as exc:
+        if path and path not in str(exc):  # a plugin's own message: say which section it is about
+            raise type(exc)(f"{path}: {exc}") from None
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{path or cls.__name__}: {exc}") from None

@@ -195,11 +195,6 @@ def install_hint(dist: md.Distribution | None, missing_module: str) -> str:
         extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", str(req.marker or ""))
         if extra and _canonical(req.name) in {wanted, _canonical(missing_module.replace("_", "-"))}:
             return f'pip install "{name}[{extra.group(1)}]"'
-    for spec in (dist.requires or []) if dist is not None else []:
-        req = Requirement(spec)
-        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", str(req.marker or ""))
-        if extra and _canonical(req.name).startswith(wanted.split("-")[0]):
-            return f'pip install "{name}[{extra.group(1)}]"'
     return f"pip install {missing_module}"
 
 

@@ -57,6 +57,8 @@ class Registry(Generic[T]):
             )
         if name in self._entries:
             other = self._entries[name].plugin
+            if other == self.current_plugin:
+                raise PluginError(f"plugin {other!r} registers {self.kind} {name!r} twice: register each name once")
             raise PluginError(
                 f"{self.kind} name {name!r} is registered by two plugins, {other!r} and {self.current_plugin!r}: "
                 f"uninstall one of them or rename its {self.kind}"
@@ -78,7 +80,7 @@ class Registry(Generic[T]):
         if name in self.unavailable:
             msg = f"{self.kind} {name!r} is unavailable: {self.unavailable[name]}"
         elif hints:
-            msg += f"; unavailable plugins: {'; '.join(hints)}"
+            msg += f"; unavailable plugins (one may provide it): {'; '.join(hints)}"
         raise PluginError(msg)
 
     def remove_plugin(self, plugin: str) -> None:

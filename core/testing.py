@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from pushcut.contracts import (
     SuccessDetector,
     TaskSpec,
 )
+from pushcut.errors import EnvError
 from pushcut.pluginmanager import PluginManager, get_plugin_manager
 
 
@@ -153,10 +155,18 @@ class EnvContract:
     def test_bad_action_shape_is_rejected(self, env: Env) -> None:
         task = self._first_task(env)
         env.reset(task.task_id, task.train_init_states[0])
-        bad = np.zeros((self.chunk, env.action_spec.action_dim + 1), dtype=np.float32)
-        with pytest.raises((ValueError, Exception)) as info:
+        dim = env.action_spec.action_dim
+        bad = np.zeros((self.chunk, dim + 1), dtype=np.float32)
+        with pytest.raises((ValueError, EnvError)) as info:
             env.step(bad)
-        assert str(env.action_spec.action_dim) in str(info.value), "the error should name the expected action_dim"
+        assert re.search(rf"\b{dim}\b", str(info.value)), f"the error should name the expected action_dim {dim}"
+
+    def test_config_is_picklable(self, env: Env) -> None:
+        """Envs are built in worker processes from their config."""
+        config = getattr(env, "config", None)
+        if config is None:
+            pytest.skip("env has no `config` attribute")
+        assert pickle.loads(pickle.dumps(config)) == config
 
     def test_render(self, env: Env) -> None:
         task = self._first_task(env)
@@ -183,6 +193,10 @@ class PolicyContract:
     def obs_batch(self) -> ObsBatch:  # pragma: no cover - must be overridden
         raise NotImplementedError("provide an `obs_batch` fixture")
 
+    @pytest.fixture
+    def make_policy(self):  # pragma: no cover - must be overridden
+        raise NotImplementedError("provide a `make_policy` fixture: a zero-argument callable building a fresh policy")
+
     def test_act_shapes(self, policy: Policy, obs_batch: ObsBatch) -> None:
         with torch.no_grad():
             sample = policy.act(obs_batch, self.temperature)
@@ -197,6 +211,7 @@ class PolicyContract:
         lp = sample.log_probs[sample.mask]
         assert torch.isfinite(lp).all() and (lp <= 1e-6).all(), "sampled log-probs must be finite and <= 0"
         assert not sample.log_probs.requires_grad, "act() must return detached log-probs"
+        assert not any(v.requires_grad for v in sample.sample.values()), "act() must return detached samples"
 
     def test_recomputed_log_probs_match(self, policy: Policy, obs_batch: ObsBatch) -> None:
         with torch.no_grad():

@@ -1,0 +1,37 @@
+"""Build the components a run config names: policy, success detector, env pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pushcut.config import RunConfig
+from pushcut.contracts import Policy, SuccessDetector
+from pushcut.envpool import EnvPool
+from pushcut.errors import CheckpointError
+from pushcut.pluginmanager import get_plugin_manager
+
+
+def build_policy(config: RunConfig, weights: str | Path | None = None) -> Policy:
+    """The configured policy on ``train.device``, with ``weights`` (a directory
+    written by ``Policy.save``) loaded when given."""
+    entry = get_plugin_manager().policies.get(config.policy.type)
+    policy = entry.build(config.policy.options)
+    if weights:
+        path = Path(weights)
+        if not path.exists():
+            raise CheckpointError(f"policy weights directory {str(path)!r} does not exist")
+        policy.load(path)
+    return policy.to(config.train.device)
+
+
+def build_detector(config: RunConfig) -> SuccessDetector:
+    entry = get_plugin_manager().success_detectors.get(config.success.type)
+    return entry.build(config.success.options)
+
+
+def build_pool(config: RunConfig) -> EnvPool:
+    """The env worker pool for the configured env (workers start here)."""
+    entry = get_plugin_manager().envs.get(config.env.type)
+    r = config.rollout
+    return EnvPool(entry.factory, config.env.options, num_workers=r.num_workers, envs_per_worker=r.envs_per_worker,
+                   timeout_s=r.step_timeout_s, transport=r.transport)

@@ -1,0 +1,106 @@
+"""Greedy evaluation: one episode per held-out start state, per-task success, videos."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pushcut.rollout import Episode, RolloutCollector, StartState
+
+
+def eval_starts(collector: RolloutCollector, max_init_states: int = 0) -> list[StartState]:
+    """Every task's eval split (the first ``max_init_states`` of each when > 0)."""
+    starts = []
+    for task in collector.tasks.values():
+        states = task.eval_init_states[:max_init_states] if max_init_states else task.eval_init_states
+        starts.extend(StartState(task.task_id, s) for s in states)
+    return starts
+
+
+def write_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> Path:
+    """Write RGB frames (H, W, 3) uint8 as an H.264 MP4."""
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # macro_block_size=1 keeps small frames (e.g. 64 px) at their size instead of padding with a warning
+    with imageio.get_writer(str(path), fps=fps, codec="libx264", quality=7, macro_block_size=1) as writer:
+        for frame in frames:
+            writer.append_data(np.asarray(frame, dtype=np.uint8))
+    return path
+
+
+def evaluate(
+    collector: RolloutCollector,
+    max_init_states: int = 0,
+    videos_per_task: int = 0,
+    video_dir: Path | None = None,
+    video_prefix: str = "eval",
+    fps: int = 10,
+    progress=None,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Greedy (temperature 0) rollouts, one per eval start state.
+
+    Returns ``(report, videos)``: report has ``success_rate`` (mean over tasks),
+    ``per_task`` {task_id: {"success_rate", "episodes", "successes"}}, ``episodes``,
+    ``failed`` (episodes lost to env failures, excluded from the rates).
+    """
+    starts = eval_starts(collector, max_init_states)
+    first_of_task: dict[str, list[int]] = defaultdict(list)
+    for k, s in enumerate(starts):
+        if len(first_of_task[s.task_id]) < videos_per_task:
+            first_of_task[s.task_id].append(k)
+    wanted = {k for ks in first_of_task.values() for k in ks} if video_dir is not None else set()
+    episodes, stats = collector.collect(starts, group_size=1, temperature=0.0, record=lambda k: k in wanted,
+                                        progress=progress)
+    report = summarize(episodes)
+    report["env_steps"] = stats.env_steps
+    report["wall_s"] = round(stats.wall_s, 3)
+    videos = []
+    if video_dir is not None:
+        for k in sorted(wanted):
+            ep = episodes[k]
+            if ep.frames:
+                tag = "success" if ep.success else "fail"
+                name = f"{video_prefix}_{ep.task_id}_init{ep.init_state}_{tag}.mp4"
+                videos.append(write_video(ep.frames, Path(video_dir) / name, fps))
+    return report, videos
+
+
+def summarize(episodes: list[Episode]) -> dict[str, Any]:
+    per_task: dict[str, dict[str, Any]] = {}
+    for ep in episodes:
+        row = per_task.setdefault(ep.task_id, {"episodes": 0, "successes": 0, "failed": 0})
+        if ep.ok:
+            row["episodes"] += 1
+            row["successes"] += int(ep.success)
+        else:
+            row["failed"] += 1
+    for row in per_task.values():
+        row["success_rate"] = row["successes"] / row["episodes"] if row["episodes"] else float("nan")
+    rates = [r["success_rate"] for r in per_task.values() if r["episodes"]]
+    return {
+        "success_rate": float(np.mean(rates)) if rates else float("nan"),
+        "per_task": dict(sorted(per_task.items())),
+        "episodes": sum(r["episodes"] for r in per_task.values()),
+        "failed": sum(r["failed"] for r in per_task.values()),
+    }
+
+
+def eval_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """Flatten a report into ``eval/*`` metrics."""
+    metrics = {"eval/success_rate": report["success_rate"], "eval/episodes": float(report["episodes"])}
+    for task, row in report["per_task"].items():
+        metrics[f"eval/success/{task}"] = row["success_rate"]
+    return metrics
+
+
+def write_report(report: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)
+    return path

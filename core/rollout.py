@@ -1,0 +1,294 @@
+"""Closed-loop rollout collection.
+
+Every policy step makes ONE batched ``policy.act`` call over all active
+episodes (of a lane), sends each episode's chunk to its env slot, and keeps the
+sampling-time log-probs (no second forward pass to recompute them). Finished
+episodes are neither stepped nor sent to the policy again; their slot takes the
+next queued episode. With ``pipeline=True`` the slots are split into two lanes
+on disjoint workers, and the policy serves one lane while the other lane's envs
+step (RLinf-style overlap).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pushcut.contracts import EpisodeOutcome, Observation, ObsBatch, Policy, StepResult, SuccessDetector, TaskSpec
+from pushcut.envpool import EnvPool, SlotFailure
+from pushcut.errors import EnvError
+
+
+@dataclass(frozen=True)
+class StartState:
+    """Where an episode starts: a task and one of its stored initial states."""
+
+    task_id: str
+    init_state: int
+
+
+@dataclass
+class Episode:
+    """One finished (or failed) episode, with everything the update needs.
+
+    Per policy step i (of ``num_chunks``): ``observations[i]`` (what the policy
+    saw), row i of ``samples`` (tensors with leading dim ``num_chunks``), of
+    ``log_probs`` (num_chunks, T) and of ``mask`` (num_chunks, T).
+    """
+
+    task_id: str
+    instruction: str
+    init_state: int
+    group: int
+    observations: list[Observation] = field(default_factory=list)
+    samples: dict[str, torch.Tensor] = field(default_factory=dict)
+    log_probs: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    length: int = 0
+    """Env steps executed."""
+    env_success: bool = False
+    success: bool = False
+    """The success detector's verdict."""
+    reward: float = 0.0
+    failure: str | None = None
+    """Why the episode is unusable (env crash, worker timeout, NaN); None if fine."""
+    frames: list[np.ndarray] = field(default_factory=list)
+    final_info: dict[str, Any] = field(default_factory=dict)
+    _rows: list[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.observations)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def _finalize(self) -> None:
+        if self._rows:
+            keys = self._rows[0][0].keys()
+            self.samples = {k: torch.stack([r[0][k] for r in self._rows]) for k in keys}
+            self.log_probs = torch.stack([r[1] for r in self._rows])
+            self.mask = torch.stack([r[2] for r in self._rows])
+        self._rows = []
+
+
+@dataclass
+class RolloutStats:
+    """Counters of one collection."""
+
+    episodes: int = 0
+    env_steps: int = 0
+    policy_calls: int = 0
+    failed: int = 0
+    policy_s: float = 0.0
+    env_s: float = 0.0
+    wall_s: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+
+class RolloutCollector:
+    """Runs episodes from given start states on an :class:`EnvPool` with a policy."""
+
+    def __init__(
+        self,
+        pool: EnvPool,
+        policy: Policy,
+        detector: SuccessDetector,
+        max_steps: int = 0,
+        pipeline: bool = False,
+    ) -> None:
+        self.pool = pool
+        self.policy = policy
+        self.detector = detector
+        self.tasks: dict[str, TaskSpec] = {t.task_id: t for t in pool.tasks()}
+        self.max_steps = max_steps
+        self.pipeline = pipeline
+        env_dim = pool.action_spec.action_dim
+        if getattr(policy, "action_dim", env_dim) != env_dim:
+            raise EnvError(
+                f"the policy produces action_dim={policy.action_dim} but the env expects action_dim={env_dim}: "
+                f"set the policy's action_dim to {env_dim}"
+            )
+
+    def _lanes(self) -> list[list[int]]:
+        slots = list(range(self.pool.num_slots))
+        if not self.pipeline:
+            return [slots]
+        workers = self.pool.num_workers
+        if workers < 2:
+            raise EnvError("rollout.pipeline needs at least 2 env workers (rollout.num_workers >= 2)")
+        half = (workers // 2) * self.pool.envs_per_worker
+        return [slots[:half], slots[half:]]
+
+    def collect(
+        self,
+        starts: Sequence[StartState],
+        group_size: int,
+        temperature: float,
+        record: Callable[[int], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        group_offset: int = 0,
+    ) -> tuple[list[Episode], RolloutStats]:
+        """Run ``group_size`` episodes from each start state. Episode ``k`` belongs
+        to group ``group_offset + k // group_size``. ``record(k)`` asks for frames."""
+        t0 = time.perf_counter()
+        for s in starts:
+            if s.task_id not in self.tasks:
+                raise EnvError(f"unknown task {s.task_id!r}; the env offers: {', '.join(sorted(self.tasks))}")
+        episodes = [
+            Episode(s.task_id, self.tasks[s.task_id].instruction, s.init_state, group_offset + i)
+            for i, s in enumerate(starts)
+            for _ in range(group_size)
+        ]
+        wants_frames = [bool(self.detector.needs_frames or (record and record(k))) for k in range(len(episodes))]
+        queue = deque(range(len(episodes)))
+        stats = RolloutStats(episodes=len(episodes))
+        lanes = [_Lane(slots) for slots in self._lanes()]
+        finished = 0
+
+        def finish(k: int) -> None:
+            nonlocal finished
+            ep = episodes[k]
+            ep._finalize()
+            if ep.ok:
+                outcome = EpisodeOutcome(ep.task_id, ep.instruction, ep.init_state, ep.env_success, ep.length,
+                                         ep.final_info, ep.frames)
+                ep.success = bool(self.detector.judge(outcome))
+                ep.reward = float(ep.success)
+            else:
+                stats.failed += 1
+                stats.failures.append(f"{ep.task_id}#{ep.init_state}: {ep.failure}")
+            finished += 1
+            if progress:
+                progress(finished, len(episodes))
+
+        while finished < len(episodes):
+            for lane in lanes:
+                if lane.ticket is not None:
+                    t = time.perf_counter()
+                    results = self.pool.collect(lane.ticket)
+                    stats.env_s += time.perf_counter() - t
+                    lane.ticket = None
+                    self._absorb(lane, results, episodes, stats, finish)
+                self._refill(lane, queue, episodes, wants_frames, stats, finish)
+                if lane.active:
+                    lane.ticket = self._act_and_submit(lane, episodes, temperature, wants_frames, stats, finish)
+        stats.wall_s = time.perf_counter() - t0
+        return episodes, stats
+
+    # ----------------------------------------------------------------- steps of the loop
+
+    def _limit(self, ep: Episode) -> int:
+        return self.max_steps or self.tasks[ep.task_id].max_steps
+
+    def _refill(self, lane: _Lane, queue: deque[int], episodes: list[Episode], wants_frames: list[bool],
+                stats: RolloutStats, finish: Callable[[int], None]) -> None:
+        """Reset free slots of the lane to queued episodes."""
+        while lane.free and queue:
+            assignments = {}
+            while lane.free and queue:
+                slot, k = lane.free.pop(), queue.popleft()
+                lane.active[slot] = k
+                assignments[slot] = (episodes[k].task_id, episodes[k].init_state)
+            t = time.perf_counter()
+            results = self.pool.reset(assignments)
+            stats.env_s += time.perf_counter() - t
+            for slot, obs in results.items():
+                k = lane.active[slot]
+                if isinstance(obs, SlotFailure):
+                    self._fail(lane, slot, episodes, obs.reason, finish)
+                else:
+                    lane.obs[slot] = obs
+            self._drop_lost(lane, episodes, finish)
+
+    def _act_and_submit(self, lane: _Lane, episodes: list[Episode], temperature: float, wants_frames: list[bool],
+                        stats: RolloutStats, finish: Callable[[int], None]):
+        slots = sorted(lane.active)
+        ks = [lane.active[s] for s in slots]
+        batch = ObsBatch.from_observations(
+            [lane.obs[s] for s in slots], [episodes[k].instruction for k in ks], [episodes[k].task_id for k in ks]
+        )
+        t = time.perf_counter()
+        with torch.inference_mode():
+            sample = self.policy.act(batch, temperature)
+        stats.policy_s += time.perf_counter() - t
+        stats.policy_calls += 1
+        expected = (len(slots), self.pool.action_spec.action_dim)
+        if sample.actions.shape[0] != expected[0] or sample.actions.shape[2] != expected[1]:
+            raise EnvError(
+                f"policy.act returned actions of shape {sample.actions.shape}; expected "
+                f"({expected[0]}, chunk, {expected[1]}) for {expected[0]} observations and the env's action_dim"
+            )
+        lp = sample.log_probs.float()
+        finite_lp = torch.isfinite(torch.where(sample.mask, lp, torch.zeros_like(lp))).all(dim=1).numpy()
+        finite_act = np.isfinite(sample.actions).reshape(len(slots), -1).all(axis=1)
+        to_step = {}
+        for i, (slot, k) in enumerate(zip(slots, ks)):
+            ep = episodes[k]
+            if not (finite_lp[i] and finite_act[i]):
+                what = "log-probs" if not finite_lp[i] else "actions"
+                self._fail(lane, slot, episodes, f"policy returned NaN/inf {what}", finish)
+                continue
+            ep.observations.append(lane.obs.pop(slot))
+            ep._rows.append(({key: v[i].clone() for key, v in sample.sample.items()},
+                             sample.log_probs[i].float().clone(), sample.mask[i].clone()))
+            remaining = self._limit(ep) - ep.length
+            to_step[slot] = np.ascontiguousarray(sample.actions[i][:remaining], dtype=np.float32)
+        if not to_step:
+            return None
+        record = {slot: wants_frames[lane.active[slot]] for slot in to_step}
+        return self.pool.submit_step(to_step, record)
+
+    def _absorb(self, lane: _Lane, results: dict[int, StepResult | SlotFailure], episodes: list[Episode],
+                stats: RolloutStats, finish: Callable[[int], None]) -> None:
+        for slot, result in results.items():
+            if slot not in lane.active:
+                continue
+            k = lane.active[slot]
+            ep = episodes[k]
+            if isinstance(result, SlotFailure):
+                self._fail(lane, slot, episodes, result.reason, finish)
+                continue
+            ep.length += result.steps
+            stats.env_steps += result.steps
+            ep.frames.extend(result.frames)
+            ep.env_success = bool(result.success)
+            ep.final_info = result.info
+            if result.done or result.success or ep.length >= self._limit(ep):
+                del lane.active[slot]
+                lane.free.append(slot)
+                finish(k)
+            else:
+                lane.obs[slot] = result.observation
+        self._drop_lost(lane, episodes, finish)
+
+    def _drop_lost(self, lane: _Lane, episodes: list[Episode], finish: Callable[[int], None]) -> None:
+        for slot in self.pool.pop_lost_slots():
+            if slot in lane.active:
+                self._fail(lane, slot, episodes, "its env worker was restarted", finish)
+
+    @staticmethod
+    def _fail(lane: _Lane, slot: int, episodes: list[Episode], reason: str, finish: Callable[[int], None]) -> None:
+        k = lane.active.pop(slot)
+        lane.obs.pop(slot, None)
+        lane.free.append(slot)
+        if episodes[k].failure is None:
+            episodes[k].failure = reason
+        finish(k)
+
+
+class _Lane:
+    """Slots served together: free slots, slot → episode index, pending observations."""
+
+    def __init__(self, slots: list[int]) -> None:
+        self.free: list[int] = list(reversed(slots))
+        self.active: dict[int, int] = {}
+        self.obs: dict[int, Observation] = {}
+        self.ticket = None

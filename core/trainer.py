@@ -1,0 +1,381 @@
+"""The RL loop of ARCHITECTURE.md ("The recipe"), one iteration at a time:
+
+1. draw ``batch_size`` start states from the train split;
+2. roll out ``group_size`` episodes from each, closed loop, at the rollout temperature;
+3. reward = the success detector's verdict (0/1);
+4. dynamic sampling: drop all-fail / all-success groups, draw more start states
+   until the batch is full or ``max_sample_rounds`` is reached (then warn);
+5. group-normalised advantages;
+6. clipped policy loss with asymmetric bounds, aggregated (token mean by default),
+   log-probs at the sampling temperature, old log-probs from sampling time;
+7. minibatch AdamW with gradient accumulation and grad-norm clipping;
+8. periodic greedy evaluation on the held-out start states.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pushcut import algos
+from pushcut.build import build_detector, build_policy, build_pool
+from pushcut.checkpoint import clean_partial, latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
+from pushcut.config import RunConfig, save_config, to_dict
+from pushcut.contracts import ObsBatch, Policy, TaskSpec
+from pushcut.errors import ConfigError, EnvError
+from pushcut.evaluate import eval_metrics, evaluate, write_report
+from pushcut.events import MetricsFile, Progress, TensorBoardLogger
+from pushcut.pluginmanager import PluginManager, get_plugin_manager
+from pushcut.rollout import Episode, RolloutCollector, StartState
+
+log = logging.getLogger("pushcut")
+
+
+class StartStateSampler:
+    """Cycles through shuffled (task, train initial state) pairs; resumable."""
+
+    def __init__(self, tasks: list[TaskSpec], seed: int) -> None:
+        self.pairs = [StartState(t.task_id, s) for t in tasks for s in t.train_init_states]
+        if not self.pairs:
+            raise EnvError("the env's tasks have no train initial states to sample from")
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(self.pairs))
+        self.pos = 0
+
+    def draw(self, n: int) -> list[StartState]:
+        out = []
+        for _ in range(n):
+            if self.pos == len(self.order):
+                self.order, self.pos = self.rng.permutation(len(self.pairs)), 0
+            out.append(self.pairs[self.order[self.pos]])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "order": self.order.tolist(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.order = np.asarray(state["order"], dtype=np.int64)
+        self.pos = int(state["pos"])
+
+
+@dataclass
+class Batch:
+    """Episodes kept for one update, with their advantages."""
+
+    episodes: list[Episode]
+    advantages: torch.Tensor
+    """(N,) one per episode."""
+
+
+def collect_batch(
+    collector: RolloutCollector, sampler: StartStateSampler, config: RunConfig, progress: Progress | None = None
+) -> tuple[Batch | None, dict[str, float], list[Episode]]:
+    """Steps 1–5: rollouts with dynamic sampling, then advantages. Returns the
+    batch (None when no group had mixed outcomes), rollout metrics, and every
+    episode collected (for logging)."""
+    algo, train = config.algo, config.train
+    estimator = algos.get_advantage_estimator(algo.advantage)
+    kept: list[list[Episode]] = []
+    collected: list[Episode] = []
+    groups_total = groups_failed = rounds = env_steps = 0
+    policy_s = env_s = 0.0
+    t0 = time.perf_counter()
+    while len(kept) < train.batch_size and rounds < train.max_sample_rounds:
+        starts = sampler.draw(train.batch_size - len(kept))
+
+        def show(done: int, total: int) -> None:
+            if progress is not None:
+                progress.status(f"rollout round {rounds + 1}: {done}/{total} episodes")
+
+        episodes, stats = collector.collect(starts, algo.group_size, algo.temperature, progress=show,
+                                            group_offset=groups_total)
+        collected.extend(episodes)
+        env_steps += stats.env_steps
+        policy_s += stats.policy_s
+        env_s += stats.env_s
+        for failure in stats.failures[:3]:
+            log.warning("episode dropped: %s", failure)
+        groups = [episodes[i:i + algo.group_size] for i in range(0, len(episodes), algo.group_size)]
+        groups_total += len(groups)
+        usable = [g for g in groups if all(ep.ok for ep in g)]
+        groups_failed += len(groups) - len(usable)
+        if usable:
+            rewards = torch.tensor([ep.reward for g in usable for ep in g])
+            index = torch.arange(len(usable)).repeat_interleave(algo.group_size)
+            keep = algos.group_keep_mask(rewards, index, algo.accuracy_lower, algo.accuracy_upper)
+            keep_group = keep.view(len(usable), algo.group_size)[:, 0].tolist()
+            kept.extend(g for g, k in zip(usable, keep_group) if k)
+        rounds += 1
+    if len(kept) < train.batch_size:
+        log.warning(
+            "dynamic sampling cap hit: %d of %d groups with mixed outcomes after %d rounds; training on what there is",
+            len(kept), train.batch_size, rounds,
+        )
+    kept = kept[: train.batch_size]
+    ok = [ep for ep in collected if ep.ok]
+    metrics = {
+        "rollout/success_rate": float(np.mean([ep.success for ep in ok])) if ok else float("nan"),
+        "rollout/groups_total": float(groups_total),
+        "rollout/groups_kept": float(len(kept)),
+        "rollout/groups_failed": float(groups_failed),
+        "rollout/sample_rounds": float(rounds),
+        "rollout/episodes": float(len(collected)),
+        "rollout/episodes_failed": float(len(collected) - len(ok)),
+        "rollout/env_steps": float(env_steps),
+        "rollout/episode_length": float(np.mean([ep.length for ep in ok])) if ok else float("nan"),
+        "time/rollout_s": time.perf_counter() - t0,
+        "time/rollout_policy_s": policy_s,
+        "time/rollout_env_s": env_s,
+    }
+    if not kept:
+        return None, metrics, collected
+    episodes = [ep for g in kept for ep in g]
+    rewards = torch.tensor([ep.reward for ep in episodes], dtype=torch.float32)
+    index = torch.arange(len(kept)).repeat_interleave(algo.group_size)
+    return Batch(episodes, estimator(rewards, index, algo.eps)), metrics, collected
+
+
+def _rows(episodes: list[Episode], rows: list[tuple[int, int]]) -> tuple[ObsBatch, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Gather (episode, chunk) rows into a policy batch."""
+    obs = ObsBatch.from_observations(
+        [episodes[e].observations[r] for e, r in rows],
+        [episodes[e].instruction for e, _ in rows],
+        [episodes[e].task_id for e, _ in rows],
+    )
+    keys = episodes[rows[0][0]].samples.keys()
+    sample = {k: torch.stack([episodes[e].samples[k][r] for e, r in rows]) for k in keys}
+    old = torch.stack([episodes[e].log_probs[r] for e, r in rows])
+    mask = torch.stack([episodes[e].mask[r] for e, r in rows])
+    return obs, sample, old, mask
+
+
+def update_policy(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    config: RunConfig,
+    generator: torch.Generator,
+    reference: Policy | None = None,
+) -> dict[str, float]:
+    """Steps 6–7 over one batch: ``ppo_epochs`` passes of shuffled minibatches of
+    episodes, each split into micro-batches of chunk rows whose gradients add up
+    exactly to the minibatch loss (aggregation weights computed over the minibatch)."""
+    algo, train = config.algo, config.train
+    policy_loss = algos.get_policy_loss(algo.policy_loss)
+    device = policy.device
+    episodes = batch.episodes
+    params = [p for p in policy.trainable_parameters()]
+    sums: dict[str, float] = {"pg_loss": 0.0, "clipfrac": 0.0, "ppo_kl": 0.0, "entropy": 0.0, "kl": 0.0}
+    grad_norms: list[float] = []
+    tokens_seen = 0.0
+    steps = skipped = 0
+    policy.train()
+    for _ in range(train.ppo_epochs):
+        order = torch.randperm(len(episodes), generator=generator).tolist()
+        for start in range(0, len(order), train.minibatch_size):
+            mb = order[start:start + train.minibatch_size]
+            # per-episode padded mask (episodes × chunks·T) → aggregation weights; a sequence is an episode
+            t_len = episodes[mb[0]].mask.shape[1]
+            max_chunks = max(episodes[e].num_chunks for e in mb)
+            ep_mask = torch.zeros(len(mb), max_chunks * t_len, dtype=torch.bool)
+            for i, e in enumerate(mb):
+                ep_mask[i, : episodes[e].num_chunks * t_len] = episodes[e].mask.reshape(-1)
+            ep_weights = algos.aggregation_weights(ep_mask, algo.loss_agg_mode)
+            rows = [(i, r) for i, e in enumerate(mb) for r in range(episodes[e].num_chunks)]
+            optimizer.zero_grad(set_to_none=True)
+            mb_loss = 0.0
+            finite = True
+            for m0 in range(0, len(rows), train.micro_batch_size):
+                micro = rows[m0:m0 + train.micro_batch_size]
+                obs, sample, old, mask = _rows(episodes, [(mb[i], r) for i, r in micro])
+                weights = torch.stack([ep_weights[i, r * t_len:(r + 1) * t_len] for i, r in micro]).to(device)
+                adv = batch.advantages[[mb[i] for i, _ in micro]].to(device)[:, None].expand(-1, t_len)
+                sample = {k: v.to(device) for k, v in sample.items()}
+                old, mask = old.to(device), mask.to(device)
+                scores = policy.log_probs(obs, sample, algo.temperature)
+                out = policy_loss(scores.log_probs, old, adv, mask, clip_ratio_low=algo.clip_ratio_low,
+                                  clip_ratio_high=algo.clip_ratio_high, clip_ratio_c=algo.clip_ratio_c)
+                loss = algos.weighted_loss(out.loss_mat, weights)
+                n_tok = float(mask.sum())
+                if algo.entropy_coeff and scores.entropy is not None:
+                    loss = loss - algo.entropy_coeff * algos.weighted_loss(scores.entropy, weights)
+                if reference is not None:
+                    with torch.no_grad():
+                        ref = reference.log_probs(obs, sample, algo.temperature).log_probs
+                    kl = algos.kl_penalty(scores.log_probs, ref, algo.kl_type)
+                    loss = loss + algo.kl_coef * algos.weighted_loss(kl, weights)
+                    sums["kl"] += float(algos.masked_mean(kl.detach(), mask)) * n_tok
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                loss.backward()
+                mb_loss += float(loss.detach())
+                sums["clipfrac"] += float(out.pg_clipfrac) * n_tok
+                sums["ppo_kl"] += float(out.ppo_kl) * n_tok
+                if scores.entropy is not None:
+                    sums["entropy"] += float(algos.masked_mean(scores.entropy.detach(), mask)) * n_tok
+                tokens_seen += n_tok
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip) if finite else torch.tensor(float("nan"))
+            if not finite or not torch.isfinite(grad_norm):
+                # never apply a NaN update: drop this minibatch, count it, keep the weights
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                log.warning("skipped a minibatch update: non-finite %s", "loss" if not finite else "gradient norm")
+                continue
+            optimizer.step()
+            steps += 1
+            sums["pg_loss"] += mb_loss
+            grad_norms.append(float(grad_norm))
+    policy.eval()
+    tok = max(tokens_seen, 1.0)
+    metrics = {
+        "actor/pg_loss": sums["pg_loss"] / max(steps, 1),
+        "actor/pg_clipfrac": sums["clipfrac"] / tok,
+        "actor/ppo_kl": sums["ppo_kl"] / tok,
+        "actor/entropy": sums["entropy"] / tok,
+        "actor/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
+        "actor/optimizer_steps": float(steps),
+        "actor/skipped_updates": float(skipped),
+        "actor/advantage_abs_mean": float(batch.advantages.abs().mean()),
+    }
+    if reference is not None:
+        metrics["actor/kl"] = sums["kl"] / tok
+    return metrics
+
+
+class Trainer:
+    """Owns the run: components, optimizer, sampler, checkpoints, metrics."""
+
+    def __init__(self, config: RunConfig, manager: PluginManager | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.manager = manager or get_plugin_manager()
+        self.metrics_file = MetricsFile(self.run_dir)
+        self.tensorboard = TensorBoardLogger()
+
+    def _optimizer(self, policy: Policy) -> torch.optim.Optimizer:
+        t = self.config.train
+        params = list(policy.trainable_parameters())
+        if not params:
+            raise ConfigError("the policy has no trainable parameters: nothing to optimise")
+        return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+
+    def run(self) -> dict[str, Any]:
+        """Train for ``train.iterations`` iterations (resuming if possible)."""
+        cfg, t = self.config, self.config.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir)
+        clean_partial(self.run_dir)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        policy = build_policy(cfg, t.init_from or None)
+        policy.eval()
+        optimizer = self._optimizer(policy)
+        reference = None
+        if cfg.algo.kl_coef > 0:  # only then: the recipe runs without a reference model
+            reference = copy.deepcopy(policy).requires_grad_(False)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        start_step = 0
+        self.manager.pm.register(self.tensorboard, name=f"tensorboard-{id(self)}")
+        pool = build_pool(cfg)
+        summary: dict[str, Any] = {"status": "failed"}
+        progress = None
+        try:
+            collector = RolloutCollector(pool, policy, build_detector(cfg), cfg.rollout.max_steps, cfg.rollout.pipeline)
+            sampler = StartStateSampler(pool.tasks(), cfg.seed)
+            ckpt = latest_checkpoint(self.run_dir) if t.resume else None
+            if ckpt is not None:
+                state = load_trainer_state(ckpt)
+                policy.load(ckpt / "policy")
+                optimizer.load_state_dict(state["optimizer"])
+                sampler.load_state_dict(state["sampler"])
+                generator.set_state(state["generator"])
+                set_rng_state(state["rng"])
+                start_step = int(state["step"])
+                log.info("resuming from %s (iteration %d)", ckpt, start_step)
+            self.metrics_file.truncate_after(start_step)
+            self.manager.run_start(self.run_dir, to_dict(cfg), "train")
+            progress = Progress(t.iterations, "train", start_step)
+            if start_step == 0 and t.eval_at_start:
+                self._evaluate(collector, 0, progress)
+            for step in range(start_step + 1, t.iterations + 1):
+                record = self._iteration(step, collector, sampler, policy, optimizer, generator, reference, progress)
+                is_last = step == t.iterations
+                if is_last or (t.eval_every and step % t.eval_every == 0):
+                    record.update(self._evaluate(collector, step, progress, videos=is_last))
+                self.metrics_file.append(record)
+                self.manager.after_update(self.run_dir, step, record)
+                if is_last or (t.save_every and step % t.save_every == 0):
+                    save_checkpoint(self.run_dir, step, policy, {
+                        "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
+                        "generator": generator.get_state(),
+                    }, keep=t.keep_checkpoints)
+                progress.advance(step, _status(record))
+            history = self.metrics_file.read()
+            evals = [r for r in history if r.get("eval/success_rate") is not None]
+            summary = {
+                "status": "completed",
+                "iterations": t.iterations,
+                "final_eval_success_rate": evals[-1]["eval/success_rate"] if evals else None,
+                "checkpoint": str(latest_checkpoint(self.run_dir)),
+            }
+            return summary
+        except KeyboardInterrupt:
+            summary = {"status": "interrupted"}
+            raise
+        finally:
+            if progress is not None:
+                progress.close()
+            pool.close()
+            self.manager.run_end(self.run_dir, summary)
+            self.manager.pm.unregister(self.tensorboard)
+
+    def _iteration(self, step, collector, sampler, policy, optimizer, generator, reference, progress) -> dict[str, Any]:
+        batch, metrics, _ = collect_batch(collector, sampler, self.config, progress)
+        record: dict[str, Any] = {"step": step, **metrics}
+        self.manager.after_rollout(self.run_dir, step, dict(metrics))
+        t0 = time.perf_counter()
+        if batch is None:
+            log.warning("iteration %d: no group with mixed outcomes; no update", step)
+            record["actor/skipped_updates"] = 1.0
+        else:
+            progress.status(f"update on {len(batch.episodes)} episodes")
+            record.update(update_policy(policy, optimizer, batch, self.config, generator, reference))
+        record["time/update_s"] = time.perf_counter() - t0
+        return record
+
+    def _evaluate(self, collector: RolloutCollector, step: int, progress: Progress, videos: bool = False) -> dict[str, float]:
+        e = self.config.eval
+
+        def show(done: int, total: int) -> None:
+            progress.status(f"eval {done}/{total}")
+
+        t0 = time.perf_counter()
+        report, paths = evaluate(collector, e.max_init_states, e.videos_per_task if videos else 0,
+                                 self.run_dir / "videos" if videos else None, f"step{step:06d}", e.fps, show)
+        report["step"] = step
+        write_report(report, self.run_dir / "evals" / f"step_{step:06d}.json")
+        metrics = eval_metrics(report)
+        metrics["time/eval_s"] = time.perf_counter() - t0
+        if step == 0:
+            self.metrics_file.append({"step": 0, **metrics})
+        self.manager.after_eval(self.run_dir, step, metrics, paths)
+        return metrics
+
+
+def _status(record: dict[str, Any]) -> str:
+    parts = [f"success {record['rollout/success_rate']:.2f}",
+             f"kept {int(record['rollout/groups_kept'])}/{int(record['rollout/groups_total'])}"]
+    if "eval/success_rate" in record and record["eval/success_rate"] is not None and not math.isnan(record["eval/success_rate"]):
+        parts.append(f"eval {record['eval/success_rate']:.2f}")
+    return " ".join(parts)

@@ -1,0 +1,81 @@
+"""The env pool: persistent workers, identical resets, crash and hang handling."""
+
+import os
+
+import numpy as np
+import pytest
+
+from pushcut.envpool import EnvPool, SlotFailure
+from pushcut.errors import EnvError
+from pushcut.toys import ReachConfig, ReachEnv
+
+
+def _pid(env):
+    return os.getpid()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = EnvPool(ReachEnv, ReachConfig(crash_on_init_state=3), num_workers=2, envs_per_worker=3, timeout_s=20)
+    yield p
+    p.close()
+
+
+def test_workers_are_persistent(pool):
+    pids = {pool.call(s, _pid) for s in range(pool.num_slots)}
+    assert len(pids) == 2 and os.getpid() not in pids
+    pool.step({s: np.zeros((2, 1), np.float32) for s in range(pool.num_slots)})
+    assert {pool.call(s, _pid) for s in range(pool.num_slots)} == pids
+
+
+def test_group_members_start_identically(pool):
+    obs = pool.reset({s: ("reach_0", 5) for s in range(pool.num_slots)})
+    first = obs[0]
+    for o in obs.values():
+        np.testing.assert_array_equal(o["state"], first["state"])
+        np.testing.assert_array_equal(o["image"], first["image"])
+    out = pool.step({s: np.full((3, 1), 0.5, np.float32) for s in range(pool.num_slots)})
+    states = {tuple(r.observation["state"]) for r in out.values()}
+    assert len(states) == 1
+
+
+def test_env_raising_in_step_is_a_slot_failure(pool):
+    pool.reset({0: ("reach_0", 3), 1: ("reach_0", 4)})
+    out = pool.step({0: np.zeros((1, 1), np.float32), 1: np.zeros((1, 1), np.float32)})
+    assert isinstance(out[0], SlotFailure) and "simulated simulator crash" in out[0].reason
+    assert not isinstance(out[1], SlotFailure)
+    assert pool.pop_lost_slots() == set()  # the worker survived
+
+
+def test_tasks_and_action_spec(pool):
+    assert [t.task_id for t in pool.tasks()] == ["reach_0", "reach_1"]
+    assert pool.action_spec.action_dim == 1
+
+
+def test_hanging_worker_is_restarted():
+    with EnvPool(ReachEnv, ReachConfig(hang_on_init_state=2), num_workers=2, envs_per_worker=2, timeout_s=3) as pool:
+        pool.reset({0: ("reach_0", 2), 1: ("reach_0", 1), 2: ("reach_0", 1)})
+        out = pool.step({0: np.zeros((1, 1), np.float32), 1: np.zeros((1, 1), np.float32),
+                         2: np.zeros((1, 1), np.float32)})
+        assert isinstance(out[0], SlotFailure) and "did not answer within 3 s" in out[0].reason
+        assert isinstance(out[1], SlotFailure)  # same worker: its state is gone too
+        assert not isinstance(out[2], SlotFailure)
+        assert pool.pop_lost_slots() == {0, 1} and pool.restarts == 1
+        # the restarted worker serves again
+        obs = pool.reset({0: ("reach_1", 0)})
+        assert obs[0]["state"].shape == (2,)
+
+
+def test_env_creation_failure_is_one_clear_error():
+    with pytest.raises(EnvError, match="creating the env failed"):
+        EnvPool(ReachEnv, "not a config", num_workers=1, envs_per_worker=1)
+
+
+def test_inline_transport_matches_process(pool):
+    with EnvPool(ReachEnv, ReachConfig(), num_workers=1, envs_per_worker=2, transport="inline") as inline:
+        a = inline.reset({0: ("reach_1", 7)})[0]
+        b = pool.reset({0: ("reach_1", 7)})[0]
+        np.testing.assert_array_equal(a["state"], b["state"])
+        ra = inline.step({0: np.full((2, 1), -1.0, np.float32)})[0]
+        rb = pool.step({0: np.full((2, 1), -1.0, np.float32)})[0]
+        np.testing.assert_array_equal(ra.observation["state"], rb.observation["state"])

@@ -1,0 +1,188 @@
+"""The RL loop on a toy env/policy defined for the engine: success rises from
+the engine alone; an interrupted run resumes to the same result; bad cases are
+counted, never silently trained on."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pushcut import hookimpl
+from pushcut.checkpoint import latest_checkpoint, list_checkpoints
+from pushcut.config import load_config
+from pushcut.testing import registered_plugin
+from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv
+from pushcut.trainer import StartStateSampler, Trainer
+
+
+class Toys:
+    @hookimpl
+    def pushcut_register_envs(self, registry):
+        registry.add("reach", ReachConfig, ReachEnv)
+
+    @hookimpl
+    def pushcut_register_policies(self, registry):
+        registry.add("bins", BinPolicyConfig, BinPolicy)
+
+
+BASE = [
+    "env.type=reach", "policy.type=bins", "algo.temperature=1.0", "train.lr=0.03", "train.batch_size=8",
+    "train.minibatch_size=32", "rollout.num_workers=1", "rollout.envs_per_worker=16", "rollout.transport=inline",
+]
+
+
+@pytest.fixture
+def manager():
+    with registered_plugin(Toys(), "toys") as m:
+        yield m
+
+
+def run(manager, tmp_path, name, *overrides):
+    cfg = load_config(None, [*BASE, f"run_dir={tmp_path / name}", *overrides], manager)
+    summary = Trainer(cfg, manager).run()
+    lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return cfg, summary, lines
+
+
+def test_success_rises_from_the_engine_alone(manager, tmp_path):
+    _, summary, lines = run(manager, tmp_path, "rise", "train.iterations=10", "train.eval_every=5",
+                            "rollout.transport=process", "rollout.num_workers=2", "rollout.envs_per_worker=8")
+    evals = [r["eval/success_rate"] for r in lines if "eval/success_rate" in r]
+    assert len(evals) == 3  # before training, at 5, at 10
+    assert evals[-1] >= evals[0] + 0.25, evals
+    rollout = [r["rollout/success_rate"] for r in lines if "rollout/success_rate" in r]
+    assert np.mean(rollout[-3:]) > np.mean(rollout[:3]) + 0.1, rollout
+    assert summary["status"] == "completed"
+
+
+def test_metrics_tensorboard_config_and_eval_files(manager, tmp_path):
+    cfg, _, lines = run(manager, tmp_path, "files", "train.iterations=2", "train.eval_every=0")
+    rec = lines[-1]
+    for key in ("step", "rollout/success_rate", "rollout/groups_total", "rollout/groups_kept", "rollout/episodes",
+                "rollout/env_steps", "actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/entropy",
+                "actor/grad_norm", "time/rollout_s", "time/update_s", "eval/success_rate"):
+        assert key in rec, key
+    assert rec["rollout/episodes"] >= 8 * 8 and rec["actor/entropy"] > 0
+    run_dir = tmp_path / "files"
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "evals" / "step_000002.json").is_file()
+    again = load_config(run_dir / "config.yaml", [], manager)
+    assert again == cfg
+
+
+class Interrupt:
+    """Raises KeyboardInterrupt after the rollout of a given iteration (mid-iteration kill)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    @hookimpl
+    def pushcut_after_rollout(self, run_dir, step, metrics):
+        if step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_to_the_same_result(manager, tmp_path):
+    common = ["train.iterations=4", "train.save_every=1", "train.eval_every=2", "eval.max_init_states=4"]
+    run(manager, tmp_path, "straight", *common)
+    with registered_plugin(Interrupt(3), "interrupt", manager):
+        with pytest.raises(KeyboardInterrupt):
+            run(manager, tmp_path, "resumed", *common)
+    assert latest_checkpoint(tmp_path / "resumed").name == "step_000002"
+    _, summary, lines = run(manager, tmp_path, "resumed", *common)
+    straight = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    drop = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
+    assert [drop(r) for r in lines] == [drop(r) for r in straight]
+    a = torch.load(tmp_path / "straight/checkpoints/step_000004/policy/bin_policy.pt", weights_only=True)["state"]
+    b = torch.load(tmp_path / "resumed/checkpoints/step_000004/policy/bin_policy.pt", weights_only=True)["state"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert len(list_checkpoints(tmp_path / "resumed")) == 2  # keep_checkpoints
+
+
+def test_partial_checkpoint_is_ignored(manager, tmp_path):
+    run(manager, tmp_path, "partial", "train.iterations=1")
+    leftover = tmp_path / "partial" / "checkpoints" / ".tmp-step_000002-123"
+    leftover.mkdir()
+    (leftover / "trainer.pt").write_bytes(b"truncated")
+    assert latest_checkpoint(tmp_path / "partial").name == "step_000001"
+    run(manager, tmp_path, "partial", "train.iterations=2")
+    assert not leftover.exists() and latest_checkpoint(tmp_path / "partial").name == "step_000002"
+
+
+def test_unfillable_batch_warns_and_skips_update(manager, tmp_path, caplog):
+    # a huge tolerance: every episode succeeds at once, so no group has mixed outcomes
+    _, _, lines = run(manager, tmp_path, "easy", "train.iterations=1", "env.tolerance=5.0",
+                      "train.max_sample_rounds=2", "train.eval_at_start=false")
+    rec = lines[-1]
+    assert rec["rollout/groups_kept"] == 0 and rec["rollout/groups_total"] == 16 and rec["rollout/sample_rounds"] == 2
+    assert rec["actor/skipped_updates"] == 1.0 and "actor/pg_loss" not in rec
+    assert "dynamic sampling cap hit" in caplog.text
+
+
+def test_crashing_env_groups_are_excluded_and_reported(manager, tmp_path, caplog):
+    _, _, lines = run(manager, tmp_path, "crash", "train.iterations=1", "env.crash_on_init_state=0",
+                      "env.num_init_states=3", "env.num_eval=1", "train.eval_at_start=false")
+    rec = lines[-1]
+    assert rec["rollout/episodes_failed"] > 0 and rec["rollout/groups_failed"] > 0
+    assert "episode dropped" in caplog.text
+
+
+class NaNLossPolicy(BinPolicy):
+    def log_probs(self, obs, sample, temperature):
+        scores = super().log_probs(obs, sample, temperature)
+        scores.log_probs = scores.log_probs * float("nan")
+        return scores
+
+
+def test_nan_loss_skips_the_update_and_keeps_weights(manager, tmp_path, caplog):
+    class P:
+        @hookimpl
+        def pushcut_register_policies(self, registry):
+            registry.add("nanpol", BinPolicyConfig, NaNLossPolicy)
+
+    with registered_plugin(P(), "nanpol", manager):
+        cfg, _, lines = run(manager, tmp_path, "nan", "policy.type=nanpol", "train.iterations=1",
+                            "train.eval_at_start=false")
+    assert lines[-1]["actor/skipped_updates"] >= 1 and lines[-1]["actor/optimizer_steps"] == 0
+    state = torch.load(tmp_path / "nan/checkpoints/step_000001/policy/bin_policy.pt", weights_only=True)["state"]
+    fresh = BinPolicy(BinPolicyConfig()).state_dict()
+    for k in fresh:
+        torch.testing.assert_close(state[k], fresh[k])
+    assert "non-finite" in caplog.text
+
+
+def test_sampler_uses_train_split_only_and_resumes():
+    env = ReachEnv(ReachConfig(num_init_states=10, num_eval=3))
+    sampler = StartStateSampler(env.tasks(), seed=1)
+    drawn = sampler.draw(30)
+    assert {s.init_state for s in drawn} <= set(range(7))
+    state = sampler.state_dict()
+    nxt = sampler.draw(5)
+    other = StartStateSampler(env.tasks(), seed=99)
+    other.load_state_dict(state)
+    assert other.draw(5) == nxt
+
+
+def test_cli_train_then_eval_writes_report_and_videos(manager, tmp_path, capsys):
+    from pushcut.cli import main
+
+    cfg_file = tmp_path / "reach.yaml"
+    cfg_file.write_text("env: {type: reach}\npolicy: {type: bins}\ntrain: {iterations: 1, eval_at_start: false}\n"
+                        f"rollout: {{transport: inline, num_workers: 1, envs_per_worker: 8}}\nrun_dir: {tmp_path / 'cli'}\n")
+    assert main(["train", str(cfg_file)]) == 0
+    assert main(["eval", str(tmp_path / "cli"), "eval.videos_per_task=1"]) == 0
+    report = json.loads((tmp_path / "cli" / "eval.json").read_text())
+    assert set(report["per_task"]) == {"reach_0", "reach_1"}
+    assert all(r["episodes"] == 10 for r in report["per_task"].values())
+    videos = sorted((tmp_path / "cli" / "videos").glob("eval_*.mp4"))
+    assert len(videos) == 2 and all(v.stat().st_size > 0 for v in videos)
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(str(videos[0]))
+    assert len(frames) >= 1 and frames[0].shape[2] == 3
+    # a checkpoint directory works as well; a random directory is a one-line error
+    assert main(["eval", str(tmp_path / "cli" / "checkpoints" / "step_000001")]) == 0
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "neither a run directory" in capsys.readouterr().err
