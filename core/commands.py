@@ -164,11 +164,44 @@ def _print_eval(report: dict) -> None:
 
 
 def sft(config: str, overrides: Sequence[str]) -> int:
-    return _not_yet("sft")
+    """Behaviour cloning on demo files; prints where the policy was saved."""
+    from pushcut.sft import run_sft
+
+    _setup_logging()
+    out = run_sft(_config_or_run_dir(config, overrides))
+    print(f"SFT policy saved to {out}\nstart RL from it with: pushcut train {config} train.init_from={out}")
+    return 0
 
 
 def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str]) -> int:
-    return _not_yet("demos")
+    """Record scripted-expert demos of a registered env into an HDF5 file."""
+    from pushcut.demos import record_demos, write_demos
+    from pushcut.events import Progress
+    from pushcut.pluginmanager import get_plugin_manager
+
+    if per_task < 1:
+        raise ConfigError(f"--per-task must be >= 1, got {per_task}")
+    bad = [o for o in overrides if not o.startswith("env.")]
+    if bad:
+        raise ConfigError(f"`pushcut demos` takes env.key=value overrides only, got {bad}")
+    from pushcut.config import apply_overrides, build_dataclass
+
+    entry = get_plugin_manager().envs.get(env)
+    options = build_dataclass(entry.config_class, apply_overrides({}, overrides).get("env", {}), "env")
+    instance = entry.build(options)
+    try:
+        progress = Progress(per_task * len(instance.tasks()), "demos")
+        try:
+            recorded, attempts = record_demos(instance, per_task, progress=lambda d, t: progress.advance(d, ""))
+        except NotImplementedError as exc:
+            raise ConfigError(f"env {env!r} cannot record demos: {exc}") from None
+        finally:
+            progress.close()
+    finally:
+        instance.close()
+    path = write_demos(out or f"demos/{env}.hdf5", recorded, env_name=env)
+    print(f"wrote {len(recorded)} demos ({sum(len(d) for d in recorded)} steps) to {path}")
+    return 0
 
 
 def quickstart(overrides: Sequence[str]) -> int:

@@ -186,6 +186,14 @@ class SFTConfig:
     """AdamW learning rate."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
+    image_key: str = "image"
+    """Demo obs key of the third-person image (LIBERO: agentview_rgb)."""
+    wrist_image_key: str = ""
+    """Demo obs key of the wrist image, empty = none (LIBERO: eye_in_hand_rgb)."""
+    state_keys: tuple[str, ...] = ("state",)
+    """Demo obs keys concatenated into the proprio state (LIBERO: ee_states, gripper_states)."""
+    flip_images: bool = False
+    """Rotate demo images 180° (LIBERO's demo frames are upside down)."""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:

@@ -304,6 +304,12 @@ class Env(abc.ABC):
     def close(self) -> None:
         """Release simulator resources. Called once when a worker shuts down."""
 
+    def expert_action(self) -> np.ndarray:
+        """Optional: a scripted expert's next action (action_dim,) for the current
+        state of the episode started by the last :meth:`reset`. Envs that provide
+        one can record demonstrations with ``pushcut demos``."""
+        raise NotImplementedError(f"{type(self).__name__} has no scripted expert")
+
 
 class Policy(torch.nn.Module, abc.ABC):
     """Maps observation batches to action chunks and scores its own samples.

@@ -117,6 +117,10 @@ class ReachEnv(Env):
         ok = self._success()
         return StepResult(self._obs(), steps, ok, ok, {"success": ok, "pos": self.pos}, frames)
 
+    def expert_action(self) -> np.ndarray:
+        """Move straight at the target (as far as one step allows)."""
+        return np.array([np.clip((self.target - self.pos) / self.config.step_size, -1, 1)], np.float32)
+
     def render(self) -> np.ndarray:
         n = self.config.image_size
         img = np.zeros((n, n, 3), np.uint8)
@@ -144,7 +148,7 @@ class BinPolicyConfig:
     seed: int = 0
     """Weight-init seed."""
     cost_s: float = 0.0
-    """Artificial inference time per act() call (benchmarks)."""
+    """Artificial inference time per observation in act() (benchmarks)."""
     zero_cost: bool = False
     """Skip the network in act(): uniform random bins (benchmarks of framework overhead)."""
 
@@ -174,7 +178,7 @@ class BinPolicy(Policy):
     def act(self, obs: ObsBatch, temperature: float) -> ActionSample:
         b = len(obs)
         if self.config.cost_s:
-            time.sleep(self.config.cost_s)
+            time.sleep(self.config.cost_s * b)
         if self.config.zero_cost:
             bins = torch.randint(0, self.config.n_bins, (b, self.T))
             lp = torch.full((b, self.T), -float(np.log(self.config.n_bins)))

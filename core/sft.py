@@ -1,0 +1,124 @@
+"""Cold start: behaviour cloning on demonstrations (``pushcut sft``).
+
+Each training sample is (observation at step t, the expert chunk starting at t);
+the loss is the policy's own ``sft_loss``. The result is written with
+``Policy.save`` to ``<run_dir>/sft/policy``, which ``train.init_from`` takes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pushcut.build import build_policy
+from pushcut.config import RunConfig, save_config
+from pushcut.contracts import ObsBatch, Policy
+from pushcut.demos import Demo, DemoKeys, chunk_targets, read_demos
+from pushcut.errors import ConfigError, DataError
+from pushcut.events import Progress
+
+log = logging.getLogger("pushcut")
+
+
+class DemoDataset:
+    """All (step, expert chunk) pairs of a list of demos, as flat arrays."""
+
+    def __init__(self, demos: list[Demo], chunk: int) -> None:
+        if not demos:
+            raise DataError("no demonstrations to train on")
+        self.images = np.concatenate([d.images for d in demos])
+        self.targets = np.concatenate([chunk_targets(d.actions, chunk) for d in demos])
+        has_state = [d.states is not None for d in demos]
+        has_wrist = [d.wrist_images is not None for d in demos]
+        if any(has_state) != all(has_state) or any(has_wrist) != all(has_wrist):
+            raise DataError("demos disagree on which observations they contain (state / wrist_image)")
+        self.states = np.concatenate([d.states for d in demos]) if all(has_state) else None
+        self.wrist = np.concatenate([d.wrist_images for d in demos]) if all(has_wrist) else None
+        self.instructions = [d.instruction for d in demos for _ in range(len(d))]
+        self.task_ids = [d.task_id for d in demos for _ in range(len(d))]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def batch(self, idx: np.ndarray) -> tuple[ObsBatch, np.ndarray]:
+        obs = ObsBatch(
+            images=self.images[idx],
+            instructions=[self.instructions[i] for i in idx],
+            task_ids=[self.task_ids[i] for i in idx],
+            wrist_images=None if self.wrist is None else self.wrist[idx],
+            states=None if self.states is None else self.states[idx],
+        )
+        return obs, self.targets[idx]
+
+
+def load_demo_files(config: RunConfig) -> list[Demo]:
+    s = config.sft
+    if not s.demos:
+        raise ConfigError("sft.demos is empty: give demo files, e.g. sft.demos=[demos/tabletop.hdf5] "
+                          "(record them with `pushcut demos tabletop`)")
+    keys = DemoKeys(image=s.image_key, wrist_image=s.wrist_image_key, state=tuple(s.state_keys),
+                    flip_images=s.flip_images)
+    demos = [d for path in s.demos for d in read_demos(path, keys)]
+    return demos
+
+
+def train_sft(policy: Policy, demos: list[Demo], config: RunConfig, log_path: Path | None = None,
+              progress: Progress | None = None) -> list[float]:
+    """Behaviour cloning for ``sft.steps`` AdamW steps; returns the loss curve."""
+    s = config.sft
+    dim = demos[0].actions.shape[1]
+    if dim != policy.action_dim:
+        raise DataError(f"the demos have action_dim={dim} but the policy expects action_dim={policy.action_dim}")
+    data = DemoDataset(demos, policy.chunk_size)
+    rng = np.random.default_rng(config.seed)
+    params = list(policy.trainable_parameters())
+    optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / max(1, s.steps // 20)))
+    losses: list[float] = []
+    policy.train()
+    for step in range(1, s.steps + 1):
+        idx = rng.choice(len(data), size=min(s.batch_size, len(data)), replace=len(data) < s.batch_size)
+        obs, targets = data.batch(idx)
+        loss = policy.sft_loss(obs, targets)
+        if not torch.isfinite(loss):
+            raise DataError(f"SFT loss became {float(loss)} at step {step}: check the demo actions for NaN / huge values")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if progress is not None and (step % 10 == 0 or step == s.steps):
+            progress.advance(step, f"loss {np.mean(losses[-10:]):.3f}")
+        if log_path is not None and (step % 50 == 0 or step == s.steps):
+            with log_path.open("a") as f:
+                f.write(json.dumps({"step": step, "sft/loss": float(np.mean(losses[-50:]))}) + "\n")
+    policy.eval()
+    return losses
+
+
+def run_sft(config: RunConfig) -> Path:
+    """``pushcut sft``: train the configured policy on ``sft.demos``; returns the saved policy directory."""
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir)
+    torch.manual_seed(config.seed)
+    demos = load_demo_files(config)
+    log.info("SFT on %d demos (%d samples)", len(demos), sum(len(d) for d in demos))
+    policy = build_policy(config, config.train.init_from or None)
+    progress = Progress(config.sft.steps, "sft")
+    t0 = time.perf_counter()
+    try:
+        losses = train_sft(policy, demos, config, run_dir / "sft_metrics.jsonl", progress)
+    finally:
+        progress.close()
+    out = run_dir / "sft" / "policy"
+    policy.save(out)
+    log.info("SFT done in %.1f s, final loss %.4f; policy saved to %s", time.perf_counter() - t0,
+             float(np.mean(losses[-20:])) if losses else float("nan"), out)
+    return out

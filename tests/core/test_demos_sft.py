@@ -1,0 +1,139 @@
+"""Demo files in the robomimic/LIBERO layout and behaviour cloning on them."""
+
+import h5py
+import numpy as np
+import pytest
+
+from pushcut import hookimpl
+from pushcut.cli import main
+from pushcut.config import load_config
+from pushcut.demos import DemoKeys, chunk_targets, read_demos, record_demos, write_demos
+from pushcut.errors import DataError
+from pushcut.sft import train_sft
+from pushcut.testing import registered_plugin
+from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv
+
+
+class Toys:
+    @hookimpl
+    def pushcut_register_envs(self, registry):
+        registry.add("reach", ReachConfig, ReachEnv)
+
+    @hookimpl
+    def pushcut_register_policies(self, registry):
+        registry.add("bins", BinPolicyConfig, BinPolicy)
+
+
+@pytest.fixture
+def manager():
+    with registered_plugin(Toys(), "toys") as m:
+        yield m
+
+
+def test_record_write_read_round_trip(tmp_path):
+    env = ReachEnv(ReachConfig())
+    demos, attempts = record_demos(env, per_task=2)
+    assert len(demos) == 4 and attempts == {"reach_0": 2, "reach_1": 2}
+    path = write_demos(tmp_path / "d.hdf5", demos, "reach")
+    with h5py.File(path) as f:
+        assert sorted(f["data"]) == ["demo_0", "demo_1", "demo_2", "demo_3"]
+        g = f["data/demo_0"]
+        assert g["actions"].shape == (len(demos[0]), 1) and g["obs/image"].shape[1:] == (8, 8, 3)
+        assert g.attrs["instruction"] == demos[0].instruction and f["data"].attrs["total"] == sum(map(len, demos))
+    back = read_demos(path)
+    for a, b in zip(demos, back):
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.states, b.states)
+        assert (a.task_id, a.instruction, a.init_state) == (b.task_id, b.instruction, b.init_state)
+
+
+def test_reads_libero_style_keys_and_problem_info(tmp_path):
+    path = tmp_path / "libero.hdf5"
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["problem_info"] = '{"language_instruction": "put the bowl on the plate"}'
+        g = data.create_group("demo_0")
+        g.create_dataset("actions", data=np.zeros((5, 7), np.float32))
+        img = np.zeros((5, 4, 4, 3), np.uint8)
+        img[:, 0, 0] = 255  # top-left pixel: lands bottom-right after the 180° flip
+        g.create_dataset("obs/agentview_rgb", data=img)
+        g.create_dataset("obs/ee_states", data=np.ones((5, 6), np.float32))
+        g.create_dataset("obs/gripper_states", data=np.ones((5, 2), np.float32))
+    keys = DemoKeys(image="agentview_rgb", state=("ee_states", "gripper_states"), flip_images=True)
+    (demo,) = read_demos(path, keys)
+    assert demo.instruction == "put the bowl on the plate" and demo.states.shape == (5, 8)
+    assert demo.images[0, 3, 3, 0] == 255 and demo.images[0, 0, 0, 0] == 0
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda f: f.create_group("stuff"), r"expected a top-level 'data' group .*found \['stuff'\]"),
+        (lambda f: f.create_group("data/other"), r"no data/demo_N groups"),
+        (lambda f: f.create_dataset("data/demo_0/obs/image", data=np.zeros((2, 4, 4, 3), np.uint8)),
+         r"expected 'actions' and 'obs', found \['obs'\]"),
+        (lambda f: (f.create_dataset("data/demo_0/actions", data=np.zeros((2, 1))),
+                    f.create_dataset("data/demo_0/obs/rgb", data=np.zeros((2, 4, 4, 3), np.uint8))),
+         r"obs lacks \['image', 'state'\]; found obs keys \['rgb'\]"),
+    ],
+)
+def test_wrong_layout_names_expected_and_found(tmp_path, build, message):
+    path = tmp_path / "bad.hdf5"
+    with h5py.File(path, "w") as f:
+        build(f)
+    with pytest.raises(DataError, match=message):
+        read_demos(path)
+
+
+def test_not_hdf5_and_missing_file(tmp_path):
+    (tmp_path / "x.hdf5").write_text("hello")
+    with pytest.raises(DataError, match="not an HDF5 file"):
+        read_demos(tmp_path / "x.hdf5")
+    with pytest.raises(DataError, match="does not exist"):
+        read_demos(tmp_path / "none.hdf5")
+
+
+def test_chunk_targets_pad_with_last_action():
+    actions = np.arange(4, dtype=np.float32)[:, None]
+    out = chunk_targets(actions, 3)
+    assert out.shape == (4, 3, 1)
+    assert out[:, :, 0].tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 3], [3, 3, 3]]
+
+
+def test_sft_clones_the_expert(manager, tmp_path):
+    env = ReachEnv(ReachConfig())
+    demos, _ = record_demos(env, per_task=8)
+    cfg = load_config(None, ["env.type=reach", "policy.type=bins", "sft.steps=300", "sft.lr=0.01"], manager)
+    policy = BinPolicy(BinPolicyConfig())
+    losses = train_sft(policy, demos, cfg)
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
+    # greedy actions now match the expert's on the demo states
+    from pushcut.sft import DemoDataset
+    import torch
+
+    data = DemoDataset(demos, 1)
+    obs, targets = data.batch(np.arange(len(data)))
+    with torch.no_grad():
+        acts = policy.act(obs, 0.0).actions
+    assert np.mean(np.abs(acts - targets) <= 0.125 + 1e-6) > 0.9
+
+
+def test_cli_demos_then_sft(manager, tmp_path, capsys):
+    out = tmp_path / "demos.hdf5"
+    assert main(["demos", "reach", "--per-task", "2", "--out", str(out), "env.max_steps=8"]) == 0
+    assert out.is_file()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"env: {{type: reach}}\npolicy: {{type: bins}}\nsft: {{demos: [{out}], steps: 20}}\n"
+                   f"run_dir: {tmp_path / 'run'}\n")
+    assert main(["sft", str(cfg)]) == 0
+    assert (tmp_path / "run" / "sft" / "policy" / "bin_policy.pt").is_file()
+    assert main(["sft", str(cfg), "sft.demos=[]"]) == 2
+    assert "sft.demos is empty" in capsys.readouterr().err
+
+
+def test_demo_action_dim_mismatch(manager, tmp_path):
+    demos, _ = record_demos(ReachEnv(ReachConfig()), per_task=1)
+    cfg = load_config(None, ["env.type=reach", "policy.type=bins", "sft.steps=1"], manager)
+    with pytest.raises(DataError, match=r"demos have action_dim=1 but the policy expects action_dim=2"):
+        train_sft(BinPolicy(BinPolicyConfig(action_dim=2)), demos, cfg)
