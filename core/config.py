@@ -142,6 +142,8 @@ class TrainConfig:
     """How many recent checkpoints to keep."""
     device: str = "cpu"
     """Torch device of the learner and rollout policy."""
+    torch_threads: int = 0
+    """torch intra-op threads in the learner process (0 = torch's default; 1 when env workers share few cores)."""
     init_from: str = ""
     """Policy weights directory (e.g. an SFT run's policy/) to start RL from; empty = the policy's own init."""
     resume: bool = True
@@ -178,6 +180,8 @@ class SFTConfig:
 
     demos: tuple[str, ...] = ()
     """HDF5 demo files (robomimic/LIBERO layout)."""
+    demos_per_task: int = 1
+    """Scripted-expert demos per task that `pushcut quickstart` records."""
     steps: int = 1000
     """Optimiser steps."""
     batch_size: int = 32

@@ -276,6 +276,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir)
         clean_partial(self.run_dir)
+        if t.torch_threads:
+            torch.set_num_threads(t.torch_threads)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         policy = build_policy(cfg, t.init_from or None)
