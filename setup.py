@@ -11,7 +11,8 @@ def _packages(directory: str, prefix: str) -> list[str]:
 
 
 setup(
-    packages=_packages("core", "pushcut") + _packages("plugins", "pushcut.plugins"),
-    package_dir={"pushcut": "core", "pushcut.plugins": "plugins"},
+    # configs/ ships too, as pushcut.configs, so `pushcut quickstart` finds its YAML after `pip install .`
+    packages=_packages("core", "pushcut") + _packages("plugins", "pushcut.plugins") + ["pushcut.configs"],
+    package_dir={"pushcut": "core", "pushcut.plugins": "plugins", "pushcut.configs": "configs"},
     package_data={"": ["*.xml", "*.yaml", "*.json", "*.png", "*.stl", "*.obj"]},
 )

@@ -78,10 +78,6 @@ def _annotate(text: str, resolved) -> str:
     return "\n".join(out) + "\n"
 
 
-def _not_yet(name: str) -> int:
-    raise ConfigError(f"`pushcut {name}` is not available in this version yet")
-
-
 def _config_or_run_dir(target: str, overrides: Sequence[str]):
     """A YAML file, or a run directory (its saved config.yaml: resume / reproduce)."""
     path = Path(target)
@@ -205,4 +201,9 @@ def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str]) ->
 
 
 def quickstart(overrides: Sequence[str]) -> int:
-    return _not_yet("quickstart")
+    """Demos → SFT → eval → GRPO → eval on the embedded default."""
+    from pushcut.quickstart import run_quickstart
+
+    _setup_logging()
+    run_quickstart(list(overrides))
+    return 0

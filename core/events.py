@@ -97,7 +97,7 @@ class Progress:
     def advance(self, step: int, text: str) -> None:
         if self._progress is not None:
             self._progress.update(self._task, completed=step, status=text)
-        else:
+        elif step == self.total or step % max(1, self.total // 20) == 0:  # ~20 lines per stage in logs
             print(f"[{self.description}] {step}/{self.total} {text}", file=sys.stderr, flush=True)
 
     def close(self) -> None:

@@ -21,11 +21,11 @@ class Cfg:
 class Toy:
     @hookimpl
     def pushcut_register_policies(self, registry):
-        registry.add("tiny", Cfg, lambda c: c)
+        registry.add("toy", Cfg, lambda c: c)
 
     @hookimpl
     def pushcut_register_envs(self, registry):
-        registry.add("tabletop", Cfg, lambda c: c)
+        registry.add("toyenv", Cfg, lambda c: c)
 
 
 @pytest.fixture
@@ -58,13 +58,13 @@ def test_plugins_lists_builtins(capsys):
 def test_config_show_resolves(toy, capsys, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("algo:\n  group_size: 4\n")
-    assert main(["config", "show", str(path), "policy.size=5"]) == 0
+    assert main(["config", "show", str(path), "policy.type=toy", "env.type=toyenv", "policy.size=5"]) == 0
     out = capsys.readouterr().out
     assert "group_size: 4" in out and "size: 5" in out and "clip_ratio_high: 0.28" in out
 
 
 def test_config_show_with_docs(toy, capsys):
-    assert main(["config", "show", "--doc"]) == 0
+    assert main(["config", "show", "--doc", "policy.type=toy", "env.type=toyenv"]) == 0
     out = capsys.readouterr().out
     assert "clip_ratio_high: 0.28  # ε_high" in out and "size: 3  # Size." in out
 

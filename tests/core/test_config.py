@@ -43,12 +43,15 @@ class ToyEnvConfig:
 class ToyPlugin:
     @hookimpl
     def pushcut_register_policies(self, registry):
-        registry.add("tiny", ToyPolicyConfig, lambda c: c)
+        registry.add("toy", ToyPolicyConfig, lambda c: c)
 
     @hookimpl
     def pushcut_register_envs(self, registry):
-        registry.add("tabletop", ToyEnvConfig, lambda c: c)
+        registry.add("toyenv", ToyEnvConfig, lambda c: c)
         registry.add("other_env", ToyEnvConfig, lambda c: c)
+
+
+TOY = ["policy.type=toy", "env.type=toyenv"]
 
 
 @pytest.fixture
@@ -58,17 +61,19 @@ def manager():
 
 
 def test_defaults_are_the_recipe(manager):
-    cfg = load_config(None, [], manager)
+    cfg = load_config(None, TOY, manager)
     assert cfg.algo.group_size == 8 and cfg.algo.temperature == 1.6
     assert (cfg.algo.clip_ratio_low, cfg.algo.clip_ratio_high) == (0.2, 0.28)
     assert cfg.algo.kl_coef == 0.0
-    assert cfg.policy == PluginChoice("tiny", ToyPolicyConfig())
+    assert cfg.policy == PluginChoice("toy", ToyPolicyConfig())
     assert cfg.success.type == "env_success"
+    default = load_config(None, [], manager)  # the embedded default plugins
+    assert (default.policy.type, default.env.type) == ("tiny", "tabletop")
 
 
 def test_yaml_then_overrides(manager, tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("algo:\n  group_size: 4\npolicy:\n  type: tiny\n  hidden: 16\nenv:\n  tasks: [a, b]\n")
+    path.write_text("algo:\n  group_size: 4\npolicy:\n  type: toy\n  hidden: 16\nenv:\n  type: toyenv\n  tasks: [a, b]\n")
     cfg = load_config(path, ["algo.clip_ratio_high=0.3", "policy.dropout=0.1", "env.image_size=32"], manager)
     assert cfg.algo.group_size == 4 and cfg.algo.clip_ratio_high == 0.3
     assert cfg.policy.options == ToyPolicyConfig(hidden=16, dropout=0.1)
@@ -76,7 +81,7 @@ def test_yaml_then_overrides(manager, tmp_path):
 
 
 def test_type_override_selects_plugin(manager):
-    cfg = load_config(None, ["env.type=other_env"], manager)
+    cfg = load_config(None, [*TOY, "env.type=other_env"], manager)
     assert cfg.env.type == "other_env" and isinstance(cfg.env.options, ToyEnvConfig)
 
 
@@ -89,7 +94,7 @@ def test_unknown_key_names_valid_keys_and_closest(manager):
 
 def test_unknown_plugin_key_uses_plugin_config(manager):
     with pytest.raises(ConfigError, match=r"'policy.hiden'.*did you mean 'hidden'"):
-        load_config(None, ["policy.hiden=3"], manager)
+        load_config(None, [*TOY, "policy.hiden=3"], manager)
 
 
 def test_unknown_top_level_section(manager):
@@ -112,17 +117,17 @@ def test_unknown_top_level_section(manager):
 )
 def test_wrong_types_and_values(manager, override, expected):
     with pytest.raises(ConfigError, match=expected):
-        load_config(None, [override], manager)
+        load_config(None, [*TOY, override], manager)
 
 
 def test_int_accepted_for_float(manager):
-    assert load_config(None, ["train.lr=1"], manager).train.lr == 1.0
+    assert load_config(None, [*TOY, "train.lr=1"], manager).train.lr == 1.0
 
 
 def test_nonexistent_plugin_name(manager):
     from pushcut.errors import PluginError
 
-    with pytest.raises(PluginError, match=r"unknown env 'tabeltop'; registered: other_env, tabletop; did you mean 'tabletop'"):
+    with pytest.raises(PluginError, match=r"unknown env 'tabeltop'; registered: other_env, tabletop, toyenv; did you mean 'tabletop'"):
         load_config(None, ["env.type=tabeltop"], manager)
 
 
@@ -151,13 +156,13 @@ def test_bad_override_syntax():
 
 
 def test_saved_config_reproduces_run(manager, tmp_path):
-    cfg = load_config(None, ["algo.group_size=4", "policy.hidden=7", "env.tasks=[x]", "algo.clip_ratio_c=3"], manager)
+    cfg = load_config(None, [*TOY, "algo.group_size=4", "policy.hidden=7", "env.tasks=[x]", "algo.clip_ratio_c=3"], manager)
     save_config(cfg, tmp_path / "run")
     again = load_config(tmp_path / "run" / "config.yaml", [], manager)
     assert again == cfg
     assert dump_config(again) == (tmp_path / "run" / "config.yaml").read_text()
     data = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert data["policy"] == {"type": "tiny", "hidden": 7, "dropout": 0.0, "name": "x"}
+    assert data["policy"] == {"type": "toy", "hidden": 7, "dropout": 0.0, "name": "x"}
 
 
 def test_every_field_is_documented():
@@ -173,14 +178,20 @@ def test_every_field_is_documented():
     assert field_docs(AlgoConfig)["clip_ratio_high"].startswith("ε_high")
 
 
-def test_shipped_configs_resolve(manager):
-    """Every YAML in configs/ must at least parse and pass the core sections' validation."""
+def test_shipped_configs_resolve():
+    """Every YAML in configs/ whose plugins are available resolves and validates."""
     from pathlib import Path
 
-    from pushcut.config import build_dataclass, read_yaml
+    from pushcut.config import read_yaml
+    from pushcut.pluginmanager import get_plugin_manager
 
+    manager = get_plugin_manager()
     root = Path(__file__).resolve().parents[2] / "configs"
+    checked = 0
     for path in sorted(root.glob("*.yaml")):
         data = read_yaml(path)
-        core = {k: v for k, v in data.items() if k not in ("policy", "env", "success")}
-        build_dataclass(RunConfig, core)
+        types = [(data.get(s) or {}).get("type") for s in ("policy", "env")]
+        if all(t is None or t in reg for t, reg in zip(types, (manager.policies, manager.envs))):
+            load_config(path, [], manager)
+            checked += 1
+    assert checked >= 1

@@ -1,0 +1,1 @@
+"""Ready-to-run YAML configs (installed as pushcut.configs)."""

@@ -1,0 +1,158 @@
+"""``pushcut quickstart``: the paper's headline on a laptop.
+
+demos (scripted expert, k per task) → SFT → greedy eval → GRPO → greedy eval,
+on the embedded MuJoCo tabletop with the tiny VLA. Prints a per-task table of
+success after SFT and after SFT+RL, and writes into the run directory:
+``summary.json``, ``success.png`` (curves), ``videos/*.mp4``, plus everything a
+``pushcut train`` run writes. Each stage is skipped when its output exists, so
+an interrupted quickstart continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pushcut.build import build_policy
+from pushcut.config import RunConfig, load_config, save_config
+from pushcut.demos import read_demos, record_demos, write_demos
+from pushcut.events import MetricsFile, Progress
+from pushcut.pluginmanager import get_plugin_manager
+from pushcut.sft import train_sft
+from pushcut.trainer import Trainer
+
+log = logging.getLogger("pushcut")
+
+
+def default_config_path() -> Path:
+    return Path(str(files("pushcut.configs") / "quickstart.yaml"))
+
+
+def run_quickstart(overrides: list[str], config_path: str | Path | None = None) -> dict[str, Any]:
+    cfg = load_config(config_path or default_config_path(), overrides)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    demo_path = run_dir / "demos.hdf5"
+    if not demo_path.exists():
+        t = time.perf_counter()
+        env = get_plugin_manager().envs.get(cfg.env.type).build(cfg.env.options)
+        progress = Progress(cfg.sft.demos_per_task * len(env.tasks()), "demos")
+        try:
+            demos, _ = record_demos(env, cfg.sft.demos_per_task, progress=lambda d, n: progress.advance(d, ""))
+        finally:
+            progress.close()
+            env.close()
+        write_demos(demo_path, demos, cfg.env.type)
+        timings["demos_s"] = time.perf_counter() - t
+    sft_dir = run_dir / "sft" / "policy"
+    if not sft_dir.exists():
+        t = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        demos = read_demos(demo_path)
+        policy = build_policy(cfg)
+        progress = Progress(cfg.sft.steps, "sft")
+        try:
+            train_sft(policy, demos, cfg, run_dir / "sft_metrics.jsonl", progress)
+        finally:
+            progress.close()
+        policy.save(sft_dir)
+        timings["sft_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cfg.train.init_from = str(sft_dir)
+    cfg.train.eval_at_start = True  # the step-0 evaluation is the SFT policy's
+    Trainer(cfg).run()
+    timings["rl_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+
+    summary = summarize(cfg, run_dir, timings)
+    plot_curves(run_dir)
+    print_table(summary)
+    return summary
+
+
+def _eval_reports(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((run_dir / "evals").glob("step_*.json"))]
+
+
+def summarize(cfg: RunConfig, run_dir: Path, timings: dict[str, float]) -> dict[str, Any]:
+    reports = _eval_reports(run_dir)
+    sft, rl = reports[0], reports[-1]
+    per_task = {
+        task: {
+            "sft_success": sft["per_task"][task]["success_rate"],
+            "rl_success": rl["per_task"][task]["success_rate"],
+            "episodes": rl["per_task"][task]["episodes"],
+        }
+        for task in rl["per_task"]
+    }
+    previous = {}
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        previous = json.loads(summary_path.read_text()).get("timings", {})
+    summary = {
+        "sft_success": sft["success_rate"],
+        "rl_success": rl["success_rate"],
+        "improvement": rl["success_rate"] - sft["success_rate"],
+        "per_task": per_task,
+        "episodes_per_task": min(r["episodes"] for r in per_task.values()),
+        "seeds": {"run": cfg.seed, "policy_init": getattr(cfg.policy.options, "seed", None)},
+        "demos_per_task": cfg.sft.demos_per_task,
+        "rl_iterations": cfg.train.iterations,
+        "eval_steps": [r["step"] for r in reports],
+        "timings": {**previous, **{k: round(v, 1) for k, v in timings.items()}},
+        "videos": sorted(str(p) for p in (run_dir / "videos").glob("*.mp4")),
+    }
+    tmp = summary_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(summary_path)
+    return summary
+
+
+def plot_curves(run_dir: Path) -> Path:
+    """success.png: eval success (mean and per task) and rollout success over RL iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = MetricsFile(run_dir).read()
+    reports = _eval_reports(run_dir)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    steps = [r["step"] for r in reports]
+    for task in reports[-1]["per_task"]:
+        ax.plot(steps, [r["per_task"][task]["success_rate"] for r in reports], lw=1, alpha=0.45, label=task)
+    ax.plot(steps, [r["success_rate"] for r in reports], "k-o", lw=2.5, label="eval mean (greedy)")
+    roll = [(r["step"], r["rollout/success_rate"]) for r in records if r.get("rollout/success_rate") is not None]
+    if roll:
+        ax.plot(*zip(*roll), "--", color="tab:red", lw=1.5, label="rollout (T=1.6)")
+    ax.set_xlabel("RL iteration (0 = after SFT)")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.set_title("pushcut quickstart: SFT → GRPO with binary rewards")
+    fig.tight_layout()
+    out = run_dir / "success.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    print(f"\n{'task':<26} {'SFT':>6} {'SFT+RL':>7} {'episodes':>9}")
+    for task, row in summary["per_task"].items():
+        print(f"{task:<26} {row['sft_success']:>6.2f} {row['rl_success']:>7.2f} {row['episodes']:>9d}")
+    print(f"{'mean':<26} {summary['sft_success']:>6.2f} {summary['rl_success']:>7.2f}")
+    print(f"\nimprovement: {100 * summary['improvement']:+.1f} points; total time {summary['timings'].get('total_s', 0):.0f} s")
+

@@ -1,0 +1,194 @@
+"""``TabletopEnv``: the :class:`pushcut.contracts.Env` over the MuJoCo tabletop scene."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pushcut.contracts import (
+    OBS_IMAGE,
+    OBS_STATE,
+    OBS_WRIST_IMAGE,
+    ActionSpec,
+    Env,
+    Observation,
+    StepResult,
+    TaskSpec,
+    split_init_states,
+)
+from pushcut.errors import EnvError
+from pushcut.plugins.envs.tabletop.config import TabletopConfig
+from pushcut.plugins.envs.tabletop.experts import Expert, make_expert
+from pushcut.plugins.envs.tabletop.render import SceneRenderer
+from pushcut.plugins.envs.tabletop.scene import TabletopScene
+from pushcut.plugins.envs.tabletop.tasks import TASK_IDS, TASKS, Task
+
+ACTION_DIM = 4
+
+
+class TabletopEnv(Env):
+    """One tabletop simulator. Build it with ``TabletopEnv(TabletopConfig(...))``.
+
+    The MuJoCo model is built here (so a worker process can construct it from a
+    pickled config); the GL context is created on the first rendered frame and
+    released by :meth:`close`.
+    """
+
+    def __init__(self, config: TabletopConfig | None = None) -> None:
+        self.config = config if config is not None else TabletopConfig()
+        self.scene = TabletopScene()
+        """The physics (privileged state for experts and tests)."""
+        train, evaluate = split_init_states(self.config.num_init_states, self.config.num_eval_init_states)
+        self._specs = {
+            t: TaskSpec(
+                task_id=t,
+                instruction=TASKS[t].instruction,
+                num_init_states=self.config.num_init_states,
+                train_init_states=train,
+                eval_init_states=evaluate,
+                max_steps=self.config.max_steps or TASKS[t].max_steps,
+            )
+            for t in self.config.task_ids()
+        }
+        self._renderer: SceneRenderer | None = None
+        self._task: Task | None = None
+        self._init_state = -1
+        self._steps = 0
+        self._success = False
+        self._expert: Expert | None = None
+
+    # ------------------------------------------------------------- contract
+
+    def tasks(self) -> list[TaskSpec]:
+        return list(self._specs.values())
+
+    @property
+    def action_spec(self) -> ActionSpec:
+        return ActionSpec(ACTION_DIM, low=(-1.0,) * ACTION_DIM, high=(1.0,) * ACTION_DIM)
+
+    def max_steps(self, task_id: str) -> int:
+        """The step budget of ``task_id`` under this config."""
+        return self._spec(task_id).max_steps
+
+    def reset(self, task_id: str, init_state: int) -> Observation:
+        spec = self._spec(task_id)
+        if not 0 <= int(init_state) < spec.num_init_states:
+            raise EnvError(
+                f"tabletop: init_state {init_state} out of range for task {task_id!r}: "
+                f"valid 0..{spec.num_init_states - 1} (env.num_init_states={spec.num_init_states})"
+            )
+        self._task = TASKS[task_id]
+        self._init_state = int(init_state)
+        self.scene.apply_layout(self._task.layout(self._init_state))
+        self._steps = 0
+        self._success = bool(self._task.success(self.scene))
+        self._expert = None
+        return self.observe()
+
+    def step(self, actions: np.ndarray, record: bool = False) -> StepResult:
+        if self._task is None:
+            raise EnvError("tabletop: step() called before reset(task_id, init_state)")
+        actions = self._check_actions(actions)
+        budget = self._specs[self._task.task_id].max_steps
+        frames: list[np.ndarray] = []
+        executed = 0
+        for action in actions:
+            if self._success or self._steps >= budget:
+                break
+            self.scene.step(action)
+            self._steps += 1
+            executed += 1
+            self._success = bool(self._task.success(self.scene))
+            if record:
+                frames.append(self.render())
+        truncated = not self._success and self._steps >= budget
+        info = {
+            "success": self._success,
+            "task_id": self._task.task_id,
+            "init_state": self._init_state,
+            "episode_steps": self._steps,
+            "truncated": truncated,
+        }
+        return StepResult(
+            observation=self.observe(),
+            steps=executed,
+            success=self._success,
+            done=self._success or truncated,
+            info=info,
+            frames=frames,
+        )
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's next action (4,) for the current episode (see
+        :mod:`.experts`); its noise is ``config.expert_noise``, seeded by the init state."""
+        if self._task is None:
+            raise EnvError("tabletop: expert_action() called before reset(task_id, init_state)")
+        if self._expert is None:
+            self._expert = make_expert(self._task.task_id, noise=self.config.expert_noise, seed=self._init_state)
+        return self._expert.act(self.scene)
+
+    def render(self) -> np.ndarray:
+        """The agentview camera at ``video_size`` px."""
+        return self._render("agentview", self.config.video_size)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    # ------------------------------------------------------------- helpers
+
+    def observe(self) -> Observation:
+        """The current observation (``image``, optional ``wrist_image``, ``state``)."""
+        obs: Observation = {OBS_IMAGE: self._render("agentview", self.config.image_size)}
+        if self.config.wrist_camera:
+            obs[OBS_WRIST_IMAGE] = self._render("wrist", self.config.image_size)
+        obs[OBS_STATE] = self.scene.proprio()
+        return obs
+
+    @property
+    def success(self) -> bool:
+        """The success flag of the current episode."""
+        return self._success
+
+    def _render(self, camera: str, size: int) -> np.ndarray:
+        if self._renderer is None:
+            max_size = max(self.config.image_size, self.config.video_size)
+            self._renderer = SceneRenderer(self.scene.model, max_size, self.config.gl_backend)
+        return self._renderer.render(self.scene.data, self.scene.camera_ids[camera], size)
+
+    def _spec(self, task_id: str) -> TaskSpec:
+        try:
+            return self._specs[task_id]
+        except KeyError:
+            where = "" if task_id not in TASK_IDS else " (not selected in env.tasks)"
+            raise EnvError(
+                f"tabletop: unknown task {task_id!r}{where}; valid tasks: {', '.join(self._specs)}"
+            ) from None
+
+    def _check_actions(self, actions: np.ndarray) -> np.ndarray:
+        try:
+            a = np.asarray(actions, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise EnvError(f"tabletop: actions must be a numeric (chunk, {ACTION_DIM}) array: {exc}") from None
+        if a.ndim != 2 or a.shape[1] != ACTION_DIM or a.shape[0] < 1:
+            raise EnvError(
+                f"tabletop: actions must have shape (chunk, {ACTION_DIM}) = (dx, dy, dz, gripper) per step, "
+                f"got {np.shape(actions)}"
+            )
+        if not np.isfinite(a).all():
+            rows = np.flatnonzero(~np.isfinite(a).all(axis=1)).tolist()
+            raise EnvError(f"tabletop: actions contain NaN or inf (chunk rows {rows})")
+        return a
+
+    def __enter__(self) -> TabletopEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Best effort: GL contexts left to interpreter shutdown can crash at exit.
+        try:
+            self.close()
+        except Exception:
+            pass

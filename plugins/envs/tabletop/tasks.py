@@ -1,0 +1,266 @@
+"""The tabletop tasks: instruction, step budget, initial-state sampler and success predicate.
+
+Initial state ``k`` of task ``t`` is drawn from a numpy Generator seeded with
+``(crc32(t), k)``, so it never depends on the process, the Python hash seed or
+how many initial states a run asked for. All three cubes, the plate, the target,
+the button and the cabinet are in every scene: the instruction is what says
+which object matters.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from pushcut.plugins.envs.tabletop.scene import (
+    BUTTON_TRAVEL,
+    CUBE_HALF,
+    CUBES,
+    DRAWER_RANGE,
+    PLATE_RADIUS,
+    PLATE_TOP,
+    TARGET_HALF,
+    Layout,
+    TabletopScene,
+)
+
+# Where loose objects may start: in front of the cabinet, inside the camera view
+# and the gripper's reach.
+_REGION_X = (-0.21, 0.21)
+_REGION_Y = (-0.18, 0.06)
+_RADIUS = {"cube": 0.042, "plate": PLATE_RADIUS + 0.005, "target": TARGET_HALF + 0.005, "button": 0.04}
+_GAP = 0.012
+"""Extra clearance between the keep-out circles of any two objects."""
+_MAX_TRIES = 500
+"""Random positions tried per object before the whole layout is sampled again."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One tabletop task."""
+
+    task_id: str
+    instruction: str
+    max_steps: int
+    """Default step budget, about three times the expert's average episode."""
+    sample: Callable[[np.random.Generator], Layout]
+    success: Callable[[TabletopScene], bool]
+
+    def layout(self, init_state: int) -> Layout:
+        """The deterministic layout of initial state ``init_state``."""
+        return _layout(self, int(init_state))
+
+
+@functools.lru_cache(maxsize=8192)
+def _layout(task: Task, init_state: int) -> Layout:
+    # Cached because rejection sampling costs a few ms, more than a reset's physics.
+    return task.sample(np.random.default_rng([zlib.crc32(task.task_id.encode()), init_state]))
+
+
+# ----------------------------------------------------------------- sampling
+
+
+class _Placer:
+    """Rejection sampler for non-overlapping object positions on the table."""
+
+    def __init__(
+        self, rng: np.random.Generator, cabinet_x: float, keep_out: Callable[[np.ndarray], bool] | None = None
+    ) -> None:
+        self.rng = rng
+        self.cabinet_x = cabinet_x
+        self.keep_out = keep_out
+        self.placed: list[tuple[np.ndarray, float]] = []
+
+    def free(self, p: np.ndarray, radius: float) -> bool:
+        if self.near_cabinet(p):
+            return False
+        if self.keep_out is not None and self.keep_out(p):
+            return False
+        return all(np.linalg.norm(p - q) >= radius + r + _GAP for q, r in self.placed)
+
+    def near_cabinet(self, p: np.ndarray, margin: float = 0.0) -> bool:
+        # In front of the cabinet the gripper's palm would hit the drawer handle
+        # while working on an object, so objects keep their distance there.
+        return bool(abs(p[0] - self.cabinet_x) < 0.135 + margin and p[1] > -0.005 - margin)
+
+    def add(self, kind: str, fixed: np.ndarray | None = None) -> np.ndarray:
+        """Place an object of ``kind`` at ``fixed`` or at a random free spot."""
+        radius = _RADIUS[kind]
+        if fixed is not None:
+            self.placed.append((np.asarray(fixed, dtype=np.float64), radius))
+            return np.asarray(fixed, dtype=np.float64)
+        for _ in range(_MAX_TRIES):
+            p = self.rng.uniform((_REGION_X[0], _REGION_Y[0]), (_REGION_X[1], _REGION_Y[1]))
+            if self.free(p, radius):
+                self.placed.append((p, radius))
+                return p
+        raise _Retry
+
+
+class _Retry(Exception):
+    """The objects placed so far leave no room; sample the whole layout again."""
+
+
+def _gripper_start(rng: np.random.Generator) -> tuple[float, float, float]:
+    x, y, z = rng.uniform((-0.15, -0.16, 0.10), (0.15, -0.02, 0.16))
+    return float(x), float(y), float(z)
+
+
+def _yaw(rng: np.random.Generator) -> float:
+    # Small yaw only: the parallel gripper cannot rotate, and a pinch on a cube's
+    # corners would make grasps fragile.
+    return float(rng.uniform(-0.3, 0.3))
+
+
+def _finish(
+    rng: np.random.Generator, placer: _Placer, positions: dict[str, np.ndarray], drawer: float = 0.0
+) -> Layout:
+    """Place every object not yet in ``positions`` and build the layout."""
+    for name in (*CUBES, "plate", "target", "button"):
+        if name not in positions:
+            positions[name] = placer.add("cube" if name in CUBES else name)
+    return Layout(
+        gripper=_gripper_start(rng),
+        cubes={c: (float(positions[c][0]), float(positions[c][1]), _yaw(rng)) for c in CUBES},
+        plate=(float(positions["plate"][0]), float(positions["plate"][1])),
+        target=(float(positions["target"][0]), float(positions["target"][1])),
+        button=(float(positions["button"][0]), float(positions["button"][1])),
+        cabinet_x=placer.cabinet_x,
+        drawer=drawer,
+    )
+
+
+def _retrying(sample: Callable[[np.random.Generator], Layout]) -> Callable[[np.random.Generator], Layout]:
+    def run(rng: np.random.Generator) -> Layout:
+        for _ in range(100):
+            try:
+                return sample(rng)
+            except _Retry:
+                continue
+        raise RuntimeError("tabletop: could not sample a layout in 100 attempts")  # pragma: no cover
+
+    return run
+
+
+def _cabinet_x(rng: np.random.Generator) -> float:
+    return float(rng.uniform(-0.1, 0.1))
+
+
+def _drawer_keep_out(cabinet_x: float) -> Callable[[np.ndarray], bool]:
+    """Objects stay out of the opened drawer's sweep and the gripper's path to its handle."""
+    return lambda p: abs(p[0] - cabinet_x) < 0.14 and p[1] > -0.10
+
+
+@_retrying
+def _sample_default(rng: np.random.Generator) -> Layout:
+    return _finish(rng, _Placer(rng, _cabinet_x(rng)), {})
+
+
+def _sample_pick(cube: str) -> Callable[[np.random.Generator], Layout]:
+    @_retrying
+    def sample(rng: np.random.Generator) -> Layout:
+        placer = _Placer(rng, _cabinet_x(rng))
+        # Pick tasks place their cube first so it is never the one squeezed out.
+        positions = {cube: placer.add("cube")}
+        return _finish(rng, placer, positions)
+
+    return sample
+
+
+@_retrying
+def _sample_push(rng: np.random.Generator) -> Layout:
+    placer = _Placer(rng, _cabinet_x(rng))
+    red = placer.add("cube")
+    # Target 12-20 cm from the red cube, room behind the cube for the gripper to
+    # start the push, and a push path that keeps the palm away from the cabinet.
+    # Candidates are drawn in a batch: most random targets fail these tests.
+    lo, hi = np.array((_REGION_X[0], _REGION_Y[0])), np.array((_REGION_X[1], _REGION_Y[1]))
+    candidates = rng.uniform(lo, hi, size=(256, 2))
+    dist = np.linalg.norm(candidates - red, axis=1)
+    units = (candidates - red) / dist[:, None]
+    starts = red - units * 0.07
+    ok = (dist > 0.12) & (dist < 0.20) & np.all((starts >= lo - 0.03) & (starts <= hi + 0.03), axis=1)
+    for i in np.flatnonzero(ok):
+        target, u, start = candidates[i], units[i], starts[i]
+        path = [start + f * (target + u * 0.04 - start) for f in np.linspace(0.0, 1.0, 12)]
+        if not any(placer.near_cabinet(p, margin=0.02) for p in path):
+            break
+    else:
+        raise _Retry
+    placer.add("target", fixed=target)
+    seg_a, seg_b = start, target + u * 0.04
+
+    def in_corridor(p: np.ndarray) -> bool:
+        # Nothing else may sit on the push path (or the cube would shove it along).
+        t = np.clip(np.dot(p - seg_a, seg_b - seg_a) / np.dot(seg_b - seg_a, seg_b - seg_a), 0.0, 1.0)
+        return bool(np.linalg.norm(p - (seg_a + t * (seg_b - seg_a))) < 0.10)
+
+    placer.keep_out = in_corridor
+    return _finish(rng, placer, {"red": red, "target": target})
+
+
+def _sample_drawer(opening: tuple[float, float]) -> Callable[[np.random.Generator], Layout]:
+    @_retrying
+    def sample(rng: np.random.Generator) -> Layout:
+        cabinet_x = _cabinet_x(rng)
+        placer = _Placer(rng, cabinet_x, keep_out=_drawer_keep_out(cabinet_x))
+        drawer = float(rng.uniform(*opening))
+        return _finish(rng, placer, {}, drawer)
+
+    return sample
+
+
+# ----------------------------------------------------------------- success
+
+
+def _lifted(cube: str) -> Callable[[TabletopScene], bool]:
+    return lambda s: bool(s.cube_pos(cube)[2] > 0.10)
+
+
+def _pushed_onto_target(s: TabletopScene) -> bool:
+    p = s.cube_pos("red")
+    d = np.abs(p[:2] - s.body_xy("target"))
+    # Cube centre inside the target square and still on the table (pushed, not carried).
+    return bool(np.all(d < TARGET_HALF - 0.01) and p[2] < CUBE_HALF + 0.01)
+
+
+def _on_plate(s: TabletopScene) -> bool:
+    p = s.cube_pos("red")
+    near = np.linalg.norm(p[:2] - s.body_xy("plate")) < PLATE_RADIUS - 0.015
+    resting = abs(p[2] - (PLATE_TOP + CUBE_HALF)) < 0.008
+    return bool(near and resting and not s.fingers_touch("red"))
+
+
+def _stacked(s: TabletopScene) -> bool:
+    g, r = s.cube_pos("green"), s.cube_pos("red")
+    aligned = np.linalg.norm(g[:2] - r[:2]) < 0.02
+    on_top = abs(g[2] - r[2] - 2 * CUBE_HALF) < 0.008
+    return bool(aligned and on_top and r[2] < CUBE_HALF + 0.008 and not s.fingers_touch("green"))
+
+
+DRAWER_OPEN = 0.08
+"""Opening (m) at which the drawer counts as open (of 0.12 possible)."""
+DRAWER_SHUT = 0.01
+
+TASKS: dict[str, Task] = {
+    t.task_id: t
+    for t in (
+        Task("press_button", "press the button", 40, _sample_default, lambda s: s.button_depth > 0.7 * BUTTON_TRAVEL),
+        Task("close_drawer", "close the drawer", 50, _sample_drawer((0.08, DRAWER_RANGE)),
+             lambda s: s.drawer_opening < DRAWER_SHUT),
+        Task("lift_blue", "pick up the blue cube", 60, _sample_pick("blue"), _lifted("blue")),
+        Task("open_drawer", "open the drawer", 60, _sample_drawer((0.0, 0.01)),
+             lambda s: s.drawer_opening > DRAWER_OPEN),
+        Task("push_red_to_target", "push the red cube onto the yellow target", 80, _sample_push,
+             _pushed_onto_target),
+        Task("place_red_on_plate", "put the red cube on the plate", 100, _sample_pick("red"), _on_plate),
+        Task("stack_green_on_red", "stack the green cube on the red cube", 120, _sample_pick("green"), _stacked),
+    )
+}
+"""All tasks, roughly from easiest to hardest."""
+
+TASK_IDS: tuple[str, ...] = tuple(TASKS)
