@@ -1,0 +1,86 @@
+"""pushcut.testing's contract suites, run over every built-in plugin (and the engine's toys)."""
+
+import numpy as np
+import pytest
+import torch
+
+from pushcut.contracts import ObsBatch
+from pushcut.pluginmanager import get_plugin_manager
+from pushcut.testing import EnvContract, PolicyContract, SuccessDetectorContract
+from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv
+
+
+def _build(kind: str, name: str, **options):
+    registry = getattr(get_plugin_manager(), kind)
+    entry = registry.get(name)
+    return entry.build(entry.config_class(**options))
+
+
+def test_every_builtin_plugin_is_covered():
+    manager = get_plugin_manager()
+    assert set(manager.envs.names()) == {"tabletop"}
+    assert set(manager.policies.names()) == {"tiny"}
+    assert set(manager.success_detectors.names()) == {"env_success"}
+
+
+class TestTabletopEnv(EnvContract):
+    @pytest.fixture
+    def env(self):
+        env = _build("envs", "tabletop", tasks=("press_button", "lift_blue"), num_init_states=6,
+                     num_eval_init_states=2)
+        yield env
+        env.close()
+
+
+class TestReachEnv(EnvContract):
+    @pytest.fixture
+    def env(self):
+        return ReachEnv(ReachConfig())
+
+
+def _tiny_obs(batch: int = 3) -> ObsBatch:
+    rng = np.random.default_rng(0)
+    return ObsBatch(
+        images=rng.integers(0, 255, (batch, 64, 64, 3), dtype=np.uint8),
+        instructions=["press the button", "pick up the blue cube", "open the drawer"][:batch],
+        task_ids=["a", "b", "c"][:batch],
+        states=rng.normal(size=(batch, 4)).astype(np.float32),
+    )
+
+
+class TestTinyPolicy(PolicyContract):
+    options = {"use_state": True, "state_dim": 4}
+
+    @pytest.fixture
+    def make_policy(self):
+        torch.set_num_threads(1)
+        return lambda: _build("policies", "tiny", **self.options)
+
+    @pytest.fixture
+    def policy(self, make_policy):
+        return make_policy()
+
+    @pytest.fixture
+    def obs_batch(self):
+        return _tiny_obs()
+
+
+class TestBinPolicy(PolicyContract):
+    @pytest.fixture
+    def make_policy(self):
+        return lambda: BinPolicy(BinPolicyConfig())
+
+    @pytest.fixture
+    def policy(self, make_policy):
+        return make_policy()
+
+    @pytest.fixture
+    def obs_batch(self):
+        return ObsBatch(np.zeros((4, 8, 8, 3), np.uint8), ["x"] * 4, ["t"] * 4,
+                        states=np.random.default_rng(0).normal(size=(4, 2)).astype(np.float32))
+
+
+class TestEnvSuccess(SuccessDetectorContract):
+    @pytest.fixture
+    def detector(self):
+        return _build("success_detectors", "env_success")
