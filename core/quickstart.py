@@ -39,6 +39,8 @@ def run_quickstart(overrides: list[str], config_path: str | Path | None = None) 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir)
+    if cfg.train.torch_threads:  # env workers share the cores: oversubscribed torch threads crawl
+        torch.set_num_threads(cfg.train.torch_threads)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 

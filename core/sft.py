@@ -107,6 +107,8 @@ def run_sft(config: RunConfig) -> Path:
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir)
+    if config.train.torch_threads:
+        torch.set_num_threads(config.train.torch_threads)
     torch.manual_seed(config.seed)
     demos = load_demo_files(config)
     log.info("SFT on %d demos (%d samples)", len(demos), sum(len(d) for d in demos))

@@ -1,0 +1,37 @@
+"""The main job end to end on a very small budget: every artefact it promises is written."""
+
+import json
+
+import pytest
+
+from pushcut.quickstart import default_config_path, run_quickstart
+
+SMALL = [
+    "env.tasks=[press_button, close_drawer]", "env.num_init_states=12", "env.num_eval_init_states=3",
+    "sft.demos_per_task=1", "sft.steps=6", "sft.batch_size=8", "train.iterations=2", "train.eval_every=1",
+    "train.batch_size=2", "algo.group_size=2", "rollout.num_workers=1", "rollout.envs_per_worker=4",
+    "train.max_sample_rounds=1", "eval.videos_per_task=1",
+]
+
+
+def test_default_config_ships_with_the_package():
+    assert default_config_path().is_file()
+
+
+@pytest.mark.slow
+def test_quickstart_writes_summary_curve_videos(tmp_path, capsys):
+    run_dir = tmp_path / "qs"
+    summary = run_quickstart([*SMALL, f"run_dir={run_dir}"])
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["per_task"].keys() == {"press_button", "close_drawer"}
+    for row in on_disk["per_task"].values():
+        assert 0 <= row["sft_success"] <= 1 and 0 <= row["rl_success"] <= 1 and row["episodes"] == 3
+    assert on_disk["eval_steps"] == [0, 1, 2] and on_disk["seeds"]["run"] == 0
+    assert summary["rl_success"] == on_disk["rl_success"]
+    assert (run_dir / "success.png").stat().st_size > 5000
+    assert len(on_disk["videos"]) == 2 and (run_dir / "demos.hdf5").is_file()
+    out = capsys.readouterr().out
+    assert "SFT+RL" in out and "press_button" in out and "improvement" in out
+    # a second run resumes: stages with outputs are skipped, the finished RL run is not repeated
+    again = run_quickstart([*SMALL, f"run_dir={run_dir}"])
+    assert again["rl_success"] == summary["rl_success"]
