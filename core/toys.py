@@ -31,6 +31,7 @@ from pushcut.contracts import (
     split_init_states,
 )
 from pushcut.errors import CheckpointError, EnvError
+from pushcut.hookspecs import hookimpl
 
 
 @dataclass
@@ -215,3 +216,16 @@ class BinPolicy(Policy):
             raise CheckpointError(f"no bin_policy.pt in {directory}: expected a BinPolicy checkpoint")
         data = torch.load(path, weights_only=True)
         self.load_state_dict(data["state"])
+
+
+class ToyPlugin:
+    """Registers ``reach`` (ReachEnv) and ``bins`` (BinPolicy), for in-process use:
+    ``with pushcut.testing.registered_plugin(ToyPlugin(), "toys"): ...``."""
+
+    @hookimpl
+    def pushcut_register_envs(self, registry) -> None:
+        registry.add("reach", ReachConfig, ReachEnv)
+
+    @hookimpl
+    def pushcut_register_policies(self, registry) -> None:
+        registry.add("bins", BinPolicyConfig, BinPolicy)

@@ -4,29 +4,18 @@ import h5py
 import numpy as np
 import pytest
 
-from pushcut import hookimpl
 from pushcut.cli import main
 from pushcut.config import load_config
 from pushcut.demos import DemoKeys, chunk_targets, read_demos, record_demos, write_demos
 from pushcut.errors import DataError
 from pushcut.sft import train_sft
 from pushcut.testing import registered_plugin
-from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv
-
-
-class Toys:
-    @hookimpl
-    def pushcut_register_envs(self, registry):
-        registry.add("reach", ReachConfig, ReachEnv)
-
-    @hookimpl
-    def pushcut_register_policies(self, registry):
-        registry.add("bins", BinPolicyConfig, BinPolicy)
+from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin
 
 
 @pytest.fixture
 def manager():
-    with registered_plugin(Toys(), "toys") as m:
+    with registered_plugin(ToyPlugin(), "toys") as m:
         yield m
 
 

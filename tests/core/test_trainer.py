@@ -12,18 +12,8 @@ from pushcut import hookimpl
 from pushcut.checkpoint import latest_checkpoint, list_checkpoints
 from pushcut.config import load_config
 from pushcut.testing import registered_plugin
-from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv
+from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin
 from pushcut.trainer import StartStateSampler, Trainer
-
-
-class Toys:
-    @hookimpl
-    def pushcut_register_envs(self, registry):
-        registry.add("reach", ReachConfig, ReachEnv)
-
-    @hookimpl
-    def pushcut_register_policies(self, registry):
-        registry.add("bins", BinPolicyConfig, BinPolicy)
 
 
 BASE = [
@@ -34,7 +24,7 @@ BASE = [
 
 @pytest.fixture
 def manager():
-    with registered_plugin(Toys(), "toys") as m:
+    with registered_plugin(ToyPlugin(), "toys") as m:
         yield m
 
 
