@@ -16,7 +16,7 @@ def installed(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
     # Build from a copy so no build/ or egg-info lands in the checkout.
-    for name in ("core", "plugins", "pyproject.toml", "setup.py", "README.md"):
+    for name in ("core", "plugins", "configs", "pyproject.toml", "setup.py", "README.md"):
         subprocess.run(["cp", "-r", str(ROOT / name), str(build)], check=True)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
@@ -32,6 +32,8 @@ def test_only_pushcut_at_top_level(installed):
     top.discard("bin")
     assert top == {"pushcut"}, f"unexpected top-level entries in site-packages: {sorted(top)}"
     assert (installed / "pushcut" / "plugins" / "rewards" / "env_success.py").is_file()
+    assert (installed / "pushcut" / "plugins" / "envs" / "tabletop" / "tabletop.xml").is_file()
+    assert (installed / "pushcut" / "configs" / "quickstart.yaml").is_file()
     assert not (installed / "core").exists() and not (installed / "plugins").exists()
 
 
