@@ -201,7 +201,6 @@ class RolloutCollector:
             results = self.pool.reset(assignments)
             stats.env_s += time.perf_counter() - t
             for slot, obs in results.items():
-                k = lane.active[slot]
                 if isinstance(obs, SlotFailure):
                     self._fail(lane, slot, episodes, obs.reason, finish)
                 else:

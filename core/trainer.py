@@ -79,10 +79,9 @@ class Batch:
 
 def collect_batch(
     collector: RolloutCollector, sampler: StartStateSampler, config: RunConfig, progress: Progress | None = None
-) -> tuple[Batch | None, dict[str, float], list[Episode]]:
+) -> tuple[Batch | None, dict[str, float]]:
     """Steps 1–5: rollouts with dynamic sampling, then advantages. Returns the
-    batch (None when no group had mixed outcomes), rollout metrics, and every
-    episode collected (for logging)."""
+    batch (None when no group had mixed outcomes) and the rollout metrics."""
     algo, train = config.algo, config.train
     estimator = algos.get_advantage_estimator(algo.advantage)
     kept: list[list[Episode]] = []
@@ -138,11 +137,11 @@ def collect_batch(
         "time/rollout_env_s": env_s,
     }
     if not kept:
-        return None, metrics, collected
+        return None, metrics
     episodes = [ep for g in kept for ep in g]
     rewards = torch.tensor([ep.reward for ep in episodes], dtype=torch.float32)
     index = torch.arange(len(kept)).repeat_interleave(algo.group_size)
-    return Batch(episodes, estimator(rewards, index, algo.eps)), metrics, collected
+    return Batch(episodes, estimator(rewards, index, algo.eps)), metrics
 
 
 def _rows(episodes: list[Episode], rows: list[tuple[int, int]]) -> tuple[ObsBatch, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -343,7 +342,7 @@ class Trainer:
             self.manager.pm.unregister(self.tensorboard)
 
     def _iteration(self, step, collector, sampler, policy, optimizer, generator, reference, progress) -> dict[str, Any]:
-        batch, metrics, _ = collect_batch(collector, sampler, self.config, progress)
+        batch, metrics = collect_batch(collector, sampler, self.config, progress)
         record: dict[str, Any] = {"step": step, **metrics}
         self.manager.after_rollout(self.run_dir, step, dict(metrics))
         t0 = time.perf_counter()
