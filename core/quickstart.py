@@ -78,7 +78,7 @@ def run_quickstart(overrides: list[str], config_path: str | Path | None = None) 
     timings["total_s"] = time.perf_counter() - t0
 
     summary = summarize(cfg, run_dir, timings)
-    plot_curves(run_dir)
+    plot_curves(run_dir, cfg.algo.temperature)
     print_table(summary)
     return summary
 
@@ -121,7 +121,7 @@ def summarize(cfg: RunConfig, run_dir: Path, timings: dict[str, float]) -> dict[
     return summary
 
 
-def plot_curves(run_dir: Path) -> Path:
+def plot_curves(run_dir: Path, temperature: float = 1.6) -> Path:
     """success.png: eval success (mean and per task) and rollout success over RL iterations."""
     import matplotlib
 
@@ -137,12 +137,12 @@ def plot_curves(run_dir: Path) -> Path:
     ax.plot(steps, [r["success_rate"] for r in reports], "k-o", lw=2.5, label="eval mean (greedy)")
     roll = [(r["step"], r["rollout/success_rate"]) for r in records if r.get("rollout/success_rate") is not None]
     if roll:
-        ax.plot(*zip(*roll), "--", color="tab:red", lw=1.5, label="rollout (T=1.6)")
+        ax.plot(*zip(*roll), "--", color="tab:red", lw=1.5, label=f"rollout (T={temperature:g})")
     ax.set_xlabel("RL iteration (0 = after SFT)")
     ax.set_ylabel("success rate")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.legend(fontsize=7, loc="best", ncol=2)
     ax.set_title("pushcut quickstart: SFT → GRPO with binary rewards")
     fig.tight_layout()
     out = run_dir / "success.png"
