@@ -30,11 +30,16 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
 
@@ -81,6 +86,11 @@ def clean_partial(run_dir: Path) -> None:
     root = checkpoint_dir(run_dir)
     if root.is_dir():
         for p in root.iterdir():
+            if p.name.startswith(".old-"):  # killed between the two renames of a re-save: the old one is whole
+                final = root / p.name[len(".old-"):].rsplit("-", 1)[0]
+                if not final.exists():
+                    p.rename(final)
+                    continue
             if p.name.startswith((".tmp-", ".old-")):
                 shutil.rmtree(p, ignore_errors=True)
 

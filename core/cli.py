@@ -21,8 +21,8 @@ Start here:
 
 Usual workflow:
   pushcut demos tabletop --per-task 1 --out demos/tabletop.hdf5
-  pushcut sft   configs/tabletop_tiny.yaml sft.demos=[demos/tabletop.hdf5]
-  pushcut train configs/tabletop_tiny.yaml policy.checkpoint=runs/sft/policy
+  pushcut sft   configs/tabletop_tiny.yaml sft.demos=[demos/tabletop.hdf5] run_dir=runs/sft
+  pushcut train configs/tabletop_tiny.yaml train.init_from=runs/sft/sft/policy
   pushcut eval  runs/tabletop_tiny
 
 Any config field can be overridden as section.key=value, e.g. algo.clip_ratio_high=0.28

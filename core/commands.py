@@ -116,7 +116,7 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
     from pushcut.rollout import RolloutCollector
 
     _setup_logging()
-    path = Path(target)
+    path = Path(target).resolve()
     if not path.is_dir():
         raise ConfigError(f"{target!r} is not a directory: pass a run directory or a checkpoint directory")
     if (path / "config.yaml").is_file():

@@ -79,6 +79,15 @@ class AlgoConfig:
             )
         if self.kl_coef < 0:
             raise ConfigError(f"algo.kl_coef must be >= 0, got {self.kl_coef}")
+        from pushcut import algos
+
+        for name, registry in (("advantage", algos.ADVANTAGE_ESTIMATORS), ("policy_loss", algos.POLICY_LOSSES),
+                               ("loss_agg_mode", algos.LOSS_AGGREGATIONS), ("kl_type", algos.KL_PENALTIES)):
+            value = getattr(self, name)
+            if value not in registry:
+                close = difflib.get_close_matches(value, list(registry), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"algo.{name}={value!r} is not one of {', '.join(sorted(registry))}{hint}")
 
 
 @dataclass
@@ -108,6 +117,8 @@ class RolloutConfig:
             raise ConfigError(f"rollout.step_timeout_s must be > 0, got {self.step_timeout_s}")
         if self.transport not in ("process", "inline"):
             raise ConfigError(f"rollout.transport must be 'process' or 'inline', got {self.transport!r}")
+        if self.pipeline and self.num_workers < 2:
+            raise ConfigError(f"rollout.pipeline needs rollout.num_workers >= 2 (two lanes), got {self.num_workers}")
 
 
 @dataclass
@@ -166,12 +177,18 @@ class TrainConfig:
 class EvalConfig:
     """Greedy evaluation on held-out start states."""
 
+
     max_init_states: int = 0
     """Eval start states per task (0 = all of the task's eval split)."""
     videos_per_task: int = 1
     """Episodes per task recorded as MP4."""
     fps: int = 10
     """Frame rate of the videos."""
+
+    def __post_init__(self) -> None:
+        if self.max_init_states < 0 or self.videos_per_task < 0 or self.fps < 1:
+            raise ConfigError("eval.max_init_states and eval.videos_per_task must be >= 0 and eval.fps >= 1, got "
+                              f"{self.max_init_states}, {self.videos_per_task}, {self.fps}")
 
 
 @dataclass
@@ -335,6 +352,11 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected int, got {value!r} ({type(value).__name__})")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-6 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected float, got {value!r} ({type(value).__name__})")
         return float(value)

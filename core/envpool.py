@@ -79,7 +79,6 @@ def _run_command(envs: list[Env], cmd: str, payload: Any) -> Any:
 
 def _worker_main(conn: Connection, factory: Callable[[Any], Env], config: Any, n_envs: int, threads: int) -> None:
     """Worker process: build the envs, then serve (req_id, cmd, payload) messages."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:
         import torch
 
@@ -111,13 +110,27 @@ def _worker_main(conn: Connection, factory: Callable[[Any], Env], config: Any, n
                 pass
 
 
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+"""One env worker = one core's worth of work: no BLAS/OpenMP thread pools inside it."""
+
+
 class _Worker:
     """Main-process handle of one worker process."""
 
     def __init__(self, ctx: Any, factory: Callable[[Any], Env], config: Any, n_envs: int, startup_timeout: float) -> None:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, args=(child, factory, config, n_envs, 1), daemon=True)
-        self.process.start()
+        # thread caps must be in the environment before the child imports numpy/torch
+        saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+        os.environ.update(dict.fromkeys(_THREAD_VARS, "1"))
+        try:
+            self.process.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         child.close()
         if not self.conn.poll(startup_timeout):
             self.kill()
@@ -182,13 +195,13 @@ class EnvPool:
         else:
             self._inline = None
             self._workers = []
-            try:
-                for _ in range(self.num_workers):
-                    self._workers.append(self._spawn())
-            except BaseException:
-                self.close()
-                raise
-        self._tasks, self._action_spec = self._describe()
+        try:
+            for _ in range(self.num_workers if transport == "process" else 0):
+                self._workers.append(self._spawn())
+            self._tasks, self._action_spec = self._describe()
+        except BaseException:  # never leave worker processes behind
+            self.close()
+            raise
 
     def _spawn(self) -> _Worker:
         return _Worker(self._ctx, self.factory, self.config, self.envs_per_worker, self.startup_timeout_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import numpy as np
 
 from pushcut.rollout import Episode, RolloutCollector, StartState
+
+log = logging.getLogger("pushcut")
 
 
 def eval_starts(collector: RolloutCollector, max_init_states: int = 0) -> list[StartState]:
@@ -66,7 +69,10 @@ def evaluate(
             if ep.frames:
                 tag = "success" if ep.success else "fail"
                 name = f"{video_prefix}_{ep.task_id}_init{ep.init_state}_{tag}.mp4"
-                videos.append(write_video(ep.frames, Path(video_dir) / name, fps))
+                try:
+                    videos.append(write_video(ep.frames, Path(video_dir) / name, fps))
+                except Exception as exc:  # a video is a nicety: never lose a run's results over it
+                    log.warning("could not write %s: %s: %s", name, type(exc).__name__, exc)
     return report, videos
 
 

@@ -20,10 +20,11 @@ class MetricsFile:
         self.path = Path(run_dir) / "metrics.jsonl"
 
     def truncate_after(self, step: int) -> None:
-        if not self.path.exists():
-            return
-        keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        """Keep records up to ``step`` (a line cut short by a kill is dropped)."""
+        keep = [json.dumps(r) for r in self.read() if r["step"] <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(self.path)
 
     def append(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -33,7 +34,13 @@ class MetricsFile:
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a half-written last line from a killed run
+                continue
+        return records
 
 
 class TensorBoardLogger:

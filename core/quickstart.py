@@ -24,7 +24,7 @@ from pushcut.config import RunConfig, load_config, save_config
 from pushcut.demos import read_demos, record_demos, write_demos
 from pushcut.events import MetricsFile, Progress
 from pushcut.pluginmanager import get_plugin_manager
-from pushcut.sft import train_sft
+from pushcut.sft import save_policy_atomically, train_sft
 from pushcut.trainer import Trainer
 
 log = logging.getLogger("pushcut")
@@ -67,7 +67,8 @@ def run_quickstart(overrides: list[str], config_path: str | Path | None = None) 
             train_sft(policy, demos, cfg, run_dir / "sft_metrics.jsonl", progress)
         finally:
             progress.close()
-        policy.save(sft_dir)
+        sft_dir.parent.mkdir(parents=True, exist_ok=True)
+        save_policy_atomically(policy, sft_dir)
         timings["sft_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -225,8 +225,11 @@ class RolloutCollector:
                 f"policy.act returned actions of shape {sample.actions.shape}; expected "
                 f"({expected[0]}, chunk, {expected[1]}) for {expected[0]} observations and the env's action_dim"
             )
-        lp = sample.log_probs.float()
-        finite_lp = torch.isfinite(torch.where(sample.mask, lp, torch.zeros_like(lp))).all(dim=1).numpy()
+        # one device->host copy per call; episodes keep CPU tensors (the learner moves micro-batches)
+        lp = sample.log_probs.detach().float().cpu()
+        mask = sample.mask.detach().cpu()
+        rows = {key: v.detach().cpu() for key, v in sample.sample.items()}
+        finite_lp = torch.isfinite(torch.where(mask, lp, torch.zeros_like(lp))).all(dim=1).numpy()
         finite_act = np.isfinite(sample.actions).reshape(len(slots), -1).all(axis=1)
         to_step = {}
         for i, (slot, k) in enumerate(zip(slots, ks)):
@@ -236,8 +239,7 @@ class RolloutCollector:
                 self._fail(lane, slot, episodes, f"policy returned NaN/inf {what}", finish)
                 continue
             ep.observations.append(lane.obs.pop(slot))
-            ep._rows.append(({key: v[i].clone() for key, v in sample.sample.items()},
-                             sample.log_probs[i].float().clone(), sample.mask[i].clone()))
+            ep._rows.append(({key: v[i] for key, v in rows.items()}, lp[i], mask[i]))
             remaining = self._limit(ep) - ep.length
             to_step[slot] = np.ascontiguousarray(sample.actions[i][:remaining], dtype=np.float32)
         if not to_step:

@@ -102,6 +102,17 @@ def train_sft(policy: Policy, demos: list[Demo], config: RunConfig, log_path: Pa
     return losses
 
 
+def save_policy_atomically(policy: Policy, out: Path) -> None:
+    """``policy.save`` into a temporary sibling, then rename: a kill never leaves a half-written policy."""
+    import shutil
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
 def run_sft(config: RunConfig) -> Path:
     """``pushcut sft``: train the configured policy on ``sft.demos``; returns the saved policy directory."""
     run_dir = Path(config.run_dir)
@@ -120,7 +131,7 @@ def run_sft(config: RunConfig) -> Path:
     finally:
         progress.close()
     out = run_dir / "sft" / "policy"
-    policy.save(out)
+    save_policy_atomically(policy, out)
     log.info("SFT done in %.1f s, final loss %.4f; policy saved to %s", time.perf_counter() - t0,
              float(np.mean(losses[-20:])) if losses else float("nan"), out)
     return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,17 @@ import torch
 
 from pushcut import algos
 from pushcut.build import build_detector, build_policy, build_pool
-from pushcut.checkpoint import clean_partial, latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
+from pushcut.checkpoint import (
+    clean_partial,
+    latest_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from pushcut.config import RunConfig, save_config, to_dict
 from pushcut.contracts import ObsBatch, Policy, TaskSpec
-from pushcut.errors import ConfigError, EnvError
+from pushcut.errors import CheckpointError, ConfigError, EnvError
 from pushcut.evaluate import eval_metrics, evaluate, write_report
 from pushcut.events import MetricsFile, Progress, TensorBoardLogger
 from pushcut.pluginmanager import PluginManager, get_plugin_manager
@@ -277,8 +285,12 @@ class Trainer:
         clean_partial(self.run_dir)
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
+        if not t.resume and list_checkpoints(self.run_dir):
+            raise ConfigError(f"{self.run_dir} already holds checkpoints and train.resume=false: "
+                              "use a new run_dir, or resume (train.resume=true)")
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
         policy = build_policy(cfg, t.init_from or None)
         policy.eval()
         optimizer = self._optimizer(policy)
@@ -287,10 +299,10 @@ class Trainer:
             reference = copy.deepcopy(policy).requires_grad_(False)
         generator = torch.Generator().manual_seed(cfg.seed)
         start_step = 0
-        self.manager.pm.register(self.tensorboard, name=f"tensorboard-{id(self)}")
-        pool = build_pool(cfg)
         summary: dict[str, Any] = {"status": "failed"}
         progress = None
+        pool = build_pool(cfg)
+        self.manager.pm.register(self.tensorboard, name=f"tensorboard-{id(self)}")
         try:
             collector = RolloutCollector(pool, policy, build_detector(cfg), cfg.rollout.max_steps, cfg.rollout.pipeline)
             sampler = StartStateSampler(pool.tasks(), cfg.seed)
@@ -298,13 +310,17 @@ class Trainer:
             if ckpt is not None:
                 state = load_trainer_state(ckpt)
                 policy.load(ckpt / "policy")
-                optimizer.load_state_dict(state["optimizer"])
+                try:
+                    optimizer.load_state_dict(state["optimizer"])
+                except ValueError as exc:
+                    raise CheckpointError(f"cannot resume from {ckpt}: the optimizer state does not fit this "
+                                          f"policy's trainable parameters ({exc}); use a new run_dir") from None
                 sampler.load_state_dict(state["sampler"])
                 generator.set_state(state["generator"])
                 set_rng_state(state["rng"])
                 start_step = int(state["step"])
                 log.info("resuming from %s (iteration %d)", ckpt, start_step)
-            self.metrics_file.truncate_after(start_step)
+            self.metrics_file.truncate_after(start_step if start_step else -1)
             self.manager.run_start(self.run_dir, to_dict(cfg), "train")
             progress = Progress(t.iterations, "train", start_step)
             if start_step == 0 and t.eval_at_start:
@@ -314,6 +330,7 @@ class Trainer:
                 is_last = step == t.iterations
                 if is_last or (t.eval_every and step % t.eval_every == 0):
                     record.update(self._evaluate(collector, step, progress, videos=is_last))
+                # metrics first, checkpoint second: a checkpoint never exists without its metrics line
                 self.metrics_file.append(record)
                 self.manager.after_update(self.run_dir, step, record)
                 if is_last or (t.save_every and step % t.save_every == 0):

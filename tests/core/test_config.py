@@ -195,3 +195,11 @@ def test_shipped_configs_resolve():
             load_config(path, [], manager)
             checked += 1
     assert checked >= 1
+
+
+def test_exponent_floats_and_algorithm_names(manager):
+    assert load_config(None, [*TOY, "train.lr=5e-6"], manager).train.lr == 5e-6
+    with pytest.raises(ConfigError, match=r"algo.advantage='gpro' is not one of drgrpo, grpo, rloo; did you mean 'grpo'"):
+        load_config(None, [*TOY, "algo.advantage=gpro"], manager)
+    with pytest.raises(ConfigError, match=r"rollout.pipeline needs rollout.num_workers >= 2"):
+        load_config(None, [*TOY, "rollout.pipeline=true", "rollout.num_workers=1"], manager)

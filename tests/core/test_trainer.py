@@ -176,3 +176,25 @@ def test_cli_train_then_eval_writes_report_and_videos(manager, tmp_path, capsys)
     assert main(["eval", str(tmp_path / "cli" / "checkpoints" / "step_000001")]) == 0
     assert main(["eval", str(tmp_path)]) == 2
     assert "neither a run directory" in capsys.readouterr().err
+
+
+def test_fresh_run_refuses_to_mix_with_old_checkpoints(manager, tmp_path, capsys):
+    from pushcut.errors import ConfigError
+
+    run(manager, tmp_path, "mix", "train.iterations=1", "train.eval_at_start=false")
+    with pytest.raises(ConfigError, match="already holds checkpoints and train.resume=false"):
+        run(manager, tmp_path, "mix", "train.iterations=1", "train.resume=false")
+
+
+def test_half_written_metrics_line_and_interrupted_resave_are_recovered(manager, tmp_path):
+    from pushcut.checkpoint import clean_partial
+
+    run(manager, tmp_path, "torn", "train.iterations=1", "train.eval_at_start=false")
+    with (tmp_path / "torn" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 2, "rollout/succ')  # killed mid-write
+    ckpts = tmp_path / "torn" / "checkpoints"
+    (ckpts / "step_000001").rename(ckpts / ".old-step_000001-999")  # killed between the renames of a re-save
+    clean_partial(tmp_path / "torn")
+    assert latest_checkpoint(tmp_path / "torn").name == "step_000001"
+    _, _, lines = run(manager, tmp_path, "torn", "train.iterations=2")
+    assert [r["step"] for r in lines] == [1, 2]
