@@ -144,6 +144,8 @@ def collect_batch(
         "time/rollout_policy_s": policy_s,
         "time/rollout_env_s": env_s,
     }
+    for task in sorted({ep.task_id for ep in ok}):
+        metrics[f"rollout/success/{task}"] = float(np.mean([ep.success for ep in ok if ep.task_id == task]))
     if not kept:
         return None, metrics
     episodes = [ep for g in kept for ep in g]
