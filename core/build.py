@@ -8,6 +8,7 @@ from pushcut.config import RunConfig
 from pushcut.contracts import Policy, SuccessDetector
 from pushcut.envpool import EnvPool
 from pushcut.errors import CheckpointError
+from pushcut.rollout import RolloutCollector
 from pushcut.pluginmanager import get_plugin_manager
 
 
@@ -27,6 +28,11 @@ def build_policy(config: RunConfig, weights: str | Path | None = None) -> Policy
 def build_detector(config: RunConfig) -> SuccessDetector:
     entry = get_plugin_manager().success_detectors.get(config.success.type)
     return entry.build(config.success.options)
+
+
+def build_collector(config: RunConfig, pool: EnvPool, policy: Policy) -> RolloutCollector:
+    """The rollout collector a run config describes, over ``pool`` with ``policy``."""
+    return RolloutCollector(pool, policy, build_detector(config), config.rollout.max_steps, config.rollout.pipeline)
 
 
 def build_pool(config: RunConfig) -> EnvPool:

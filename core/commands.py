@@ -108,12 +108,11 @@ def train(config: str, overrides: Sequence[str]) -> int:
 
 def evaluate(target: str, overrides: Sequence[str]) -> int:
     """Greedy evaluation of a run directory (its newest checkpoint) or a checkpoint directory."""
-    from pushcut.build import build_detector, build_policy, build_pool
+    from pushcut.build import build_collector, build_policy, build_pool
     from pushcut.checkpoint import latest_checkpoint
     from pushcut.evaluate import evaluate as run_eval
     from pushcut.evaluate import write_report
     from pushcut.events import Progress
-    from pushcut.rollout import RolloutCollector
 
     _setup_logging()
     path = Path(target).resolve()
@@ -136,7 +135,7 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
     policy = build_policy(cfg, weights).eval()
     pool = build_pool(cfg)
     try:
-        collector = RolloutCollector(pool, policy, build_detector(cfg), cfg.rollout.max_steps, cfg.rollout.pipeline)
+        collector = build_collector(cfg, pool, policy)
         progress = Progress(1, "eval")
         report, videos = run_eval(collector, cfg.eval.max_init_states, cfg.eval.videos_per_task,
                                   run_dir / "videos", "eval", cfg.eval.fps,
@@ -171,8 +170,7 @@ def sft(config: str, overrides: Sequence[str]) -> int:
 
 def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str]) -> int:
     """Record scripted-expert demos of a registered env into an HDF5 file."""
-    from pushcut.demos import record_demos, write_demos
-    from pushcut.events import Progress
+    from pushcut.demos import record_demo_file
     from pushcut.pluginmanager import get_plugin_manager
 
     if per_task < 1:
@@ -186,16 +184,9 @@ def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str]) ->
     options = build_dataclass(entry.config_class, apply_overrides({}, overrides).get("env", {}), "env")
     instance = entry.build(options)
     try:
-        progress = Progress(per_task * len(instance.tasks()), "demos")
-        try:
-            recorded, attempts = record_demos(instance, per_task, progress=lambda d, t: progress.advance(d, ""))
-        except NotImplementedError as exc:
-            raise ConfigError(f"env {env!r} cannot record demos: {exc}") from None
-        finally:
-            progress.close()
+        path, recorded = record_demo_file(instance, env, per_task, out or f"demos/{env}.hdf5")
     finally:
         instance.close()
-    path = write_demos(out or f"demos/{env}.hdf5", recorded, env_name=env)
     print(f"wrote {len(recorded)} demos ({sum(len(d) for d in recorded)} steps) to {path}")
     return 0
 

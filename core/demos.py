@@ -96,6 +96,21 @@ def record_demos(
     return demos, attempts
 
 
+def record_demo_file(env: Env, env_name: str, per_task: int, path: str | Path) -> tuple[Path, list[Demo]]:
+    """Record ``per_task`` expert demos per task with a progress display and write them to ``path``."""
+    from pushcut.errors import ConfigError
+    from pushcut.events import Progress
+
+    progress = Progress(per_task * len(env.tasks()), "demos")
+    try:
+        demos, _ = record_demos(env, per_task, progress=lambda done, total: progress.advance(done, ""))
+    except NotImplementedError as exc:
+        raise ConfigError(f"env {env_name!r} cannot record demos: {exc}") from None
+    finally:
+        progress.close()
+    return write_demos(path, demos, env_name=env_name), demos
+
+
 def write_demos(path: str | Path, demos: Sequence[Demo], env_name: str = "") -> Path:
     import h5py
 

@@ -19,12 +19,11 @@ from typing import Any
 
 import torch
 
-from pushcut.build import build_policy
 from pushcut.config import RunConfig, load_config, save_config
-from pushcut.demos import read_demos, record_demos, write_demos
-from pushcut.events import MetricsFile, Progress
+from pushcut.demos import record_demo_file
+from pushcut.events import MetricsFile
 from pushcut.pluginmanager import get_plugin_manager
-from pushcut.sft import save_policy_atomically, train_sft
+from pushcut.sft import run_sft
 from pushcut.trainer import Trainer
 
 log = logging.getLogger("pushcut")
@@ -48,27 +47,16 @@ def run_quickstart(overrides: list[str], config_path: str | Path | None = None) 
     if not demo_path.exists():
         t = time.perf_counter()
         env = get_plugin_manager().envs.get(cfg.env.type).build(cfg.env.options)
-        progress = Progress(cfg.sft.demos_per_task * len(env.tasks()), "demos")
         try:
-            demos, _ = record_demos(env, cfg.sft.demos_per_task, progress=lambda d, n: progress.advance(d, ""))
+            record_demo_file(env, cfg.env.type, cfg.sft.demos_per_task, demo_path)
         finally:
-            progress.close()
             env.close()
-        write_demos(demo_path, demos, cfg.env.type)
         timings["demos_s"] = time.perf_counter() - t
-    sft_dir = run_dir / "sft" / "policy"
+    cfg.sft.demos = (str(demo_path),)
+    sft_dir = run_dir / "sft" / "policy"  # where run_sft saves
     if not sft_dir.exists():
         t = time.perf_counter()
-        torch.manual_seed(cfg.seed)
-        demos = read_demos(demo_path)
-        policy = build_policy(cfg)
-        progress = Progress(cfg.sft.steps, "sft")
-        try:
-            train_sft(policy, demos, cfg, run_dir / "sft_metrics.jsonl", progress)
-        finally:
-            progress.close()
-        sft_dir.parent.mkdir(parents=True, exist_ok=True)
-        save_policy_atomically(policy, sft_dir)
+        run_sft(cfg)
         timings["sft_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pushcut import algos
-from pushcut.build import build_detector, build_policy, build_pool
+from pushcut.build import build_collector, build_policy, build_pool
 from pushcut.checkpoint import (
     clean_partial,
     latest_checkpoint,
@@ -306,7 +306,7 @@ class Trainer:
         pool = build_pool(cfg)
         self.manager.pm.register(self.tensorboard, name=f"tensorboard-{id(self)}")
         try:
-            collector = RolloutCollector(pool, policy, build_detector(cfg), cfg.rollout.max_steps, cfg.rollout.pipeline)
+            collector = build_collector(cfg, pool, policy)
             sampler = StartStateSampler(pool.tasks(), cfg.seed)
             ckpt = latest_checkpoint(self.run_dir) if t.resume else None
             if ckpt is not None:
