@@ -192,23 +192,25 @@ def unnormalize_actions(
     low: Sequence[float] | np.ndarray,
     high: Sequence[float] | np.ndarray,
     mask: Sequence[bool] | np.ndarray | None = None,
+    eps: float = 0.0,
 ) -> Array:
     """Normalised actions (..., D) in [-1, 1] → env units (..., D).
 
-    ``0.5 * (x + 1) * (high - low) + low`` where ``mask`` is True; dims with
+    ``0.5 * (x + 1) * (high - low + eps) + low`` where ``mask`` is True; dims with
     mask False pass through unchanged (OpenVLA keeps the LIBERO gripper that
     way). ``low``/``high`` are the q01/q99 action quantiles for OpenVLA's
     BOUNDS_Q99 checkpoints (LIBERO, Bridge) or min/max for BOUNDS (ALOHA,
     RoboTwin), each of shape (D,). Inputs are not clipped: values from
     :meth:`ActionTokenizer.bins_to_actions` are already inside [-1, 1].
+    ``eps`` is 0 in OpenVLA; OpenVLA-OFT (and SimpleVLA-RL) add ``eps=1e-8`` to the range.
     Numpy input gives float64 (as OpenVLA); torch keeps a floating input's dtype.
     """
     lo, hi, m = _bounds_like(normalized, low, high, mask)
     if isinstance(normalized, torch.Tensor):
         x = normalized if normalized.is_floating_point() else normalized.to(lo.dtype)
-        return torch.where(m, 0.5 * (x + 1.0) * (hi - lo) + lo, x)
+        return torch.where(m, 0.5 * (x + 1.0) * (hi - lo + eps) + lo, x)
     x = np.asarray(normalized, dtype=np.float64)
-    return np.where(m, 0.5 * (x + 1.0) * (hi - lo) + lo, x)
+    return np.where(m, 0.5 * (x + 1.0) * (hi - lo + eps) + lo, x)
 
 
 def normalize_actions(
@@ -286,6 +288,6 @@ class ActionBounds:
         """Env units (..., D) → [-1, 1] (..., D); see :func:`normalize_actions`."""
         return normalize_actions(actions, self.low, self.high, self.mask)
 
-    def unnormalize(self, normalized: Array) -> Array:
+    def unnormalize(self, normalized: Array, eps: float = 0.0) -> Array:
         """[-1, 1] (..., D) → env units (..., D); see :func:`unnormalize_actions`."""
-        return unnormalize_actions(normalized, self.low, self.high, self.mask)
+        return unnormalize_actions(normalized, self.low, self.high, self.mask, eps=eps)

@@ -18,6 +18,8 @@ Start here:
                                        MuJoCo tabletop, on a laptop CPU
   pushcut plugins                      which policies / envs / success detectors exist
   pushcut config show configs/X.yaml   the fully resolved config a run would use
+  pushcut predict --checkpoint DIR --image FILE --instruction TEXT
+                                       check a checkpoint: its greedy action chunk as JSON
 
 Usual workflow:
   pushcut demos tabletop --per-task 1 --out demos/tabletop.hdf5
@@ -63,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-task", type=int, default=1, help="demonstrations per task")
     p.add_argument("--out", default=None, help="output HDF5 file (default demos/<env>.hdf5)")
     p.add_argument("overrides", nargs="*", help="env.key=value overrides")
+    p = sub.add_parser("predict", help="a checkpoint's greedy action chunk for one image and instruction, as JSON")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. an OpenVLA-OFT model)")
+    p.add_argument("--image", required=True, help="image file (PNG, JPEG, …) the robot camera would give")
+    p.add_argument("--instruction", required=True, help="the task, e.g. 'put the bowl on the plate'")
+    p.add_argument("--unnorm-key", default=None, help="which dataset's statistics un-normalise the actions")
+    p.add_argument("--mode", choices=["autoregressive", "parallel"], default=None,
+                   help="decoding: parallel (OpenVLA-OFT, default) or autoregressive (original OpenVLA)")
+    p.add_argument("--wrist-image", default=None, help="wrist camera image, for policy.num_images=2")
+    p.add_argument("--state", default=None, help="proprio state as comma-separated numbers")
+    p.add_argument("--policy", default="openvla", help="registered policy type (default openvla)")
+    p.add_argument("overrides", nargs="*", help="policy.key=value overrides, e.g. policy.chunk_size=25")
     p = sub.add_parser("quickstart", help="the whole idea on the embedded default: demos, SFT, RL, before/after table")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     return parser
@@ -112,6 +125,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return commands.evaluate(args.target, args.overrides)
     if args.command == "demos":
         return commands.demos(args.env, args.per_task, args.out, args.overrides)
+    if args.command == "predict":
+        return commands.predict(args.policy, args.checkpoint, args.image, args.instruction, args.unnorm_key,
+                                args.mode, args.wrist_image, args.state, args.overrides)
     if args.command == "quickstart":
         return commands.quickstart(args.overrides)
     parser.error(f"unknown command {args.command!r}")

@@ -191,6 +191,65 @@ def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str]) ->
     return 0
 
 
+def _read_image(path: str, what: str):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"{what} {path!r} does not exist")
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ConfigError(f"{what} {path!r} is not a readable image: {exc}") from None
+
+
+def predict(policy_type: str, checkpoint: str, image: str, instruction: str, unnorm_key: str | None,
+            mode: str | None, wrist_image: str | None, state: str | None, overrides: Sequence[str]) -> int:
+    """Build a policy from a checkpoint and print its greedy action chunk for one observation as JSON."""
+    import numpy as np
+    import torch
+
+    from pushcut.config import apply_overrides, build_dataclass
+    from pushcut.contracts import ObsBatch
+    from pushcut.pluginmanager import get_plugin_manager
+
+    bad = [o for o in overrides if not o.startswith("policy.")]
+    if bad:
+        raise ConfigError(f"`pushcut predict` takes policy.key=value overrides only, got {bad}")
+    options = apply_overrides({}, overrides).get("policy", {})
+    options["checkpoint"] = checkpoint
+    if unnorm_key is not None:
+        options["unnorm_key"] = unnorm_key
+    if mode is not None:
+        options["mode"] = mode
+    states = None
+    if state is not None:
+        try:
+            states = np.array([[float(v) for v in state.split(",")]], dtype=np.float32)
+        except ValueError:
+            raise ConfigError(f"--state must be comma-separated numbers, got {state!r}") from None
+    obs = ObsBatch(
+        images=_read_image(image, "--image")[None],
+        instructions=[instruction],
+        task_ids=["predict"],
+        wrist_images=None if wrist_image is None else _read_image(wrist_image, "--wrist-image")[None],
+        states=states,
+    )
+    entry = get_plugin_manager().policies.get(policy_type)
+    policy = entry.build(build_dataclass(entry.config_class, options, "policy")).eval()
+    with torch.no_grad():
+        sample = policy.act(obs, 0.0)
+    result = {"actions": sample.actions[0].tolist(), "chunk_size": int(sample.actions.shape[1]),
+              "action_dim": int(sample.actions.shape[2])}
+    for name in ("unnorm_key", "mode"):
+        value = getattr(policy, name, None) or getattr(getattr(policy, "config", None), name, None)
+        if value is not None:
+            result[name] = value
+    print(json.dumps(result))
+    return 0
+
+
 def quickstart(overrides: Sequence[str]) -> int:
     """Demos → SFT → eval → GRPO → eval on the embedded default."""
     from pushcut.quickstart import run_quickstart

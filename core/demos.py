@@ -212,9 +212,15 @@ def read_demos(path: str | Path, keys: DemoKeys | None = None, instruction: str 
                 task_id=str(g.attrs.get("task_id", path.stem)),
                 instruction=_instruction(f, g, instruction),
                 images=images.astype(np.uint8), actions=actions, states=states, wrist_images=wrist,
-                init_state=int(g.attrs.get("init_state", -1)),
+                init_state=_init_state_index(g.attrs.get("init_state", -1)),
             ))
     return demos
+
+
+def _init_state_index(value: object) -> int:
+    """Our files store the init-state index; LIBERO's own store the flattened MuJoCo state
+    array there, which names no index (-1)."""
+    return int(value) if np.ndim(value) == 0 else -1
 
 
 def chunk_targets(actions: np.ndarray, chunk: int) -> np.ndarray:

@@ -21,7 +21,15 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 # torch first, from the pinned CPU wheel; constraints keep it for everything after.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -c constraints.txt -e ".[test]"
-# Fail loudly if something dragged in a torchvision (CUDA-only here; crashes next to CPU torch).
+# mujoco 4 wheels split into mujoco + mujoco-core + mujoco-studio sharing one folder; the [libero]
+# extra pins mujoco 3.9.0 (robosuite 1.4 breaks on 3.10+), so clear a 4.x install first rather
+# than let 3.9.0 land on top of 4.x files.
+if python -m pip show mujoco-core >/dev/null 2>&1; then
+    python -m pip uninstall -y -q mujoco mujoco-core mujoco-studio
+fi
+# [libero]: the LIBERO env plugin (libero 0.1.1, robosuite 1.4.0, bddl 1.0.1, mujoco 3.9.0).
+python -m pip install -q -c constraints.txt -e ".[test,libero]"
+# Remove the torchvision that libero's robomimic requirement drags in (a CUDA build that crashes
+# next to CPU torch; nothing pushcut runs imports it).
 if python -m pip show torchvision >/dev/null 2>&1; then python -m pip uninstall -y -q torchvision; fi
 echo "pushcut set up in .venv ($(python -c 'import torch; print("torch", torch.__version__)'))"

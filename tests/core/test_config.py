@@ -127,7 +127,7 @@ def test_int_accepted_for_float(manager):
 def test_nonexistent_plugin_name(manager):
     from pushcut.errors import PluginError
 
-    with pytest.raises(PluginError, match=r"unknown env 'tabeltop'; registered: other_env, tabletop, toyenv; did you mean 'tabletop'"):
+    with pytest.raises(PluginError, match=r"unknown env 'tabeltop'; registered: (libero, )?other_env, tabletop, toyenv; did you mean 'tabletop'"):
         load_config(None, ["env.type=tabeltop"], manager)
 
 
