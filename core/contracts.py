@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from pushcut.errors import EnvError
+
 Observation = dict[str, np.ndarray]
 """One env observation: ``image`` (H, W, 3) uint8, optional ``wrist_image``
 (H, W, 3) uint8, optional ``state`` (D,) float32."""
@@ -266,6 +268,22 @@ class EpisodeOutcome:
     """Rendered frames, when the detector asked for them (``needs_frames``)."""
 
 
+def check_action_chunk(actions: np.ndarray, action_dim: int, env_name: str, dims: str) -> np.ndarray:
+    """``actions`` as a float64 (chunk, action_dim) array, or an EnvError naming what was expected
+    (``dims`` spells out the action dimensions, e.g. ``"(dx, dy, dz, gripper)"``) and what came."""
+    try:
+        a = np.asarray(actions, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise EnvError(f"{env_name}: actions must be a numeric (chunk, {action_dim}) array: {exc}") from None
+    if a.ndim != 2 or a.shape[1] != action_dim or a.shape[0] < 1:
+        raise EnvError(f"{env_name}: actions must have shape (chunk, {action_dim}) = {dims} per step, "
+                       f"got {np.shape(actions)}")
+    if not np.isfinite(a).all():
+        rows = np.flatnonzero(~np.isfinite(a).all(axis=1)).tolist()
+        raise EnvError(f"{env_name}: actions contain NaN or inf (chunk rows {rows})")
+    return a
+
+
 # --------------------------------------------------------------------------- contracts
 
 
@@ -303,6 +321,12 @@ class Env(abc.ABC):
 
     def close(self) -> None:
         """Release simulator resources. Called once when a worker shuts down."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def expert_action(self) -> np.ndarray:
         """Optional: a scripted expert's next action (action_dim,) for the current

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pushcut.contracts import (
+    check_action_chunk,
     OBS_IMAGE,
     OBS_STATE,
     OBS_WRIST_IMAGE,
@@ -257,7 +258,7 @@ class LiberoEnv(Env):
     def step(self, actions: np.ndarray, record: bool = False) -> StepResult:
         if self._sim is None:
             raise EnvError("libero: step() called before reset(task_id, init_state)")
-        chunk = self._check_actions(actions)
+        chunk = check_action_chunk(actions, ACTION_DIM, "libero", "(dx, dy, dz, droll, dpitch, dyaw, gripper)")
         if self.config.gripper_convention == "openvla":
             chunk = openvla_to_libero(chunk)
         budget = self.config.episode_steps
@@ -359,27 +360,6 @@ class LiberoEnv(Env):
             raise EnvError(
                 f"libero: unknown task {task_id!r} in {self.config.suite}; valid tasks: {', '.join(self._specs)}"
             ) from None
-
-    def _check_actions(self, actions: np.ndarray) -> np.ndarray:
-        try:
-            a = np.asarray(actions, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise EnvError(f"libero: actions must be a numeric (chunk, {ACTION_DIM}) array: {exc}") from None
-        if a.ndim != 2 or a.shape[1] != ACTION_DIM or a.shape[0] < 1:
-            raise EnvError(
-                f"libero: actions must have shape (chunk, {ACTION_DIM}) = (dx, dy, dz, droll, dpitch, dyaw, gripper) "
-                f"per step, got {np.shape(actions)}"
-            )
-        if not np.isfinite(a).all():
-            rows = np.flatnonzero(~np.isfinite(a).all(axis=1)).tolist()
-            raise EnvError(f"libero: actions contain NaN or inf (chunk rows {rows})")
-        return a
-
-    def __enter__(self) -> LiberoEnv:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(self) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pushcut.contracts import (
+    check_action_chunk,
     OBS_IMAGE,
     OBS_STATE,
     OBS_WRIST_IMAGE,
@@ -87,7 +88,7 @@ class TabletopEnv(Env):
     def step(self, actions: np.ndarray, record: bool = False) -> StepResult:
         if self._task is None:
             raise EnvError("tabletop: step() called before reset(task_id, init_state)")
-        actions = self._check_actions(actions)
+        actions = check_action_chunk(actions, ACTION_DIM, "tabletop", "(dx, dy, dz, gripper)")
         budget = self._specs[self._task.task_id].max_steps
         frames: list[np.ndarray] = []
         executed = 0
@@ -164,27 +165,6 @@ class TabletopEnv(Env):
             raise EnvError(
                 f"tabletop: unknown task {task_id!r}{where}; valid tasks: {', '.join(self._specs)}"
             ) from None
-
-    def _check_actions(self, actions: np.ndarray) -> np.ndarray:
-        try:
-            a = np.asarray(actions, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise EnvError(f"tabletop: actions must be a numeric (chunk, {ACTION_DIM}) array: {exc}") from None
-        if a.ndim != 2 or a.shape[1] != ACTION_DIM or a.shape[0] < 1:
-            raise EnvError(
-                f"tabletop: actions must have shape (chunk, {ACTION_DIM}) = (dx, dy, dz, gripper) per step, "
-                f"got {np.shape(actions)}"
-            )
-        if not np.isfinite(a).all():
-            rows = np.flatnonzero(~np.isfinite(a).all(axis=1)).tolist()
-            raise EnvError(f"tabletop: actions contain NaN or inf (chunk rows {rows})")
-        return a
-
-    def __enter__(self) -> TabletopEnv:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(self) -> None:
         # Best effort: GL contexts left to interpreter shutdown can crash at exit.
