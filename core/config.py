@@ -265,6 +265,18 @@ class RunConfig:
 # --------------------------------------------------------------------------- building
 
 
+def check_device(device: str, key: str) -> None:
+    """A ConfigError unless ``device`` names a torch device usable here (``key`` names the field)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"{key}={device!r} is not a torch device; use 'cpu' or 'cuda'") from exc
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={device!r} but CUDA is not available here; use device 'cpu'")
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """Field name → its one-line attribute docstring (read from the class source)."""
     import ast

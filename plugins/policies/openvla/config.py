@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
+from pushcut.config import check_device
 from pushcut.errors import ConfigError
 
 MODES = ("parallel", "autoregressive")
@@ -111,12 +111,7 @@ class OpenVLAConfig:
         self.lora_targets = tuple(self.lora_targets)
         if self.lora_rank and not self.lora_targets:
             raise ConfigError("policy.lora_targets is empty: name the linear layers that get adapters, e.g. q_proj")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"policy.device={self.device!r} is not a torch device; use 'cpu' or 'cuda'") from exc
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"policy.device={self.device!r} but CUDA is not available here; use device 'cpu'")
+        check_device(self.device, "policy.device")
 
     def require_checkpoint(self) -> str:
         """The checkpoint directory, or a ConfigError saying how to give one."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-import torch
 
+from pushcut.config import check_device
 from pushcut.errors import ConfigError
 
 ARCHITECTURE_FIELDS = (
@@ -115,12 +115,7 @@ class TinyVLAConfig:
         bad = [i for i, (lo, hi) in enumerate(zip(self.action_low, self.action_high)) if not lo < hi]
         if bad:
             raise ConfigError(f"policy.action_low must be < policy.action_high in every dim; not so in dims {bad}")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"policy.device={self.device!r} is not a torch device; use 'cpu' or 'cuda'") from exc
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"policy.device={self.device!r} but CUDA is not available here; use device 'cpu'")
+        check_device(self.device, "policy.device")
         if self.checkpoint is not None:
             self.checkpoint = str(self.checkpoint)
 
