@@ -21,6 +21,9 @@ class TabletopConfig:
     """Side (px) of frames from ``render()`` and ``step(record=True)``, for videos."""
     wrist_camera: bool = False
     """Also observe ``wrist_image`` from a camera on the gripper."""
+    jitter: float | None = None
+    """Spread of initial states. None: objects, gripper and cabinet anywhere on the table. A number (m): LIBERO-style,
+    each task keeps one nominal arrangement and every initial state moves each of them by up to ±jitter."""
     num_init_states: int = 100
     """Initial states per task (state k of task t is always the same scene)."""
     num_eval_init_states: int = 50
@@ -55,6 +58,9 @@ class TabletopConfig:
                 f"env.num_eval_init_states must be 1..{self.num_init_states - 1} (fewer than num_init_states="
                 f"{self.num_init_states}, so some remain for training), got {self.num_eval_init_states}"
             )
+        if self.jitter is not None and not 0.0 <= self.jitter <= 0.1:
+            raise ConfigError(f"env.jitter must be null (anywhere on the table) or 0..0.1 m around each task's nominal "
+                              f"layout, got {self.jitter}")
         if self.max_steps < 0:
             raise ConfigError(f"env.max_steps must be >= 0 (0 = each task's default), got {self.max_steps}")
         if not 0.0 <= self.expert_noise <= 1.0:

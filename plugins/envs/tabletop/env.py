@@ -79,7 +79,7 @@ class TabletopEnv(Env):
             )
         self._task = TASKS[task_id]
         self._init_state = int(init_state)
-        self.scene.apply_layout(self._task.layout(self._init_state))
+        self.scene.apply_layout(self._task.layout(self._init_state, self.config.jitter))
         self._steps = 0
         self._success = bool(self._task.success(self.scene))
         self._expert = None

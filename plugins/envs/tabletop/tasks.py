@@ -5,6 +5,16 @@ Initial state ``k`` of task ``t`` is drawn from a numpy Generator seeded with
 how many initial states a run asked for. All three cubes, the plate, the target,
 the button and the cabinet are in every scene: the instruction is what says
 which object matters.
+
+Two spreads of initial states:
+
+* anywhere (``jitter=None``, the default): every object, the gripper and the
+  cabinet are placed anywhere on the table, so a policy has to find them;
+* LIBERO-style (``jitter=j`` metres): each task has one nominal arrangement
+  (its layout drawn from a fixed seed) and every initial state moves each
+  object, the gripper start and the cabinet by up to ``±j`` from it, as
+  LIBERO's init states perturb a fixed scene. Every random choice of a sampler
+  is named, so the same sampler code serves both spreads.
 """
 
 from __future__ import annotations
@@ -47,30 +57,75 @@ class Task:
     instruction: str
     max_steps: int
     """Default step budget, about three times the expert's average episode."""
-    sample: Callable[[np.random.Generator], Layout]
+    sample: Callable[[_Draw], Layout]
     success: Callable[[TabletopScene], bool]
 
-    def layout(self, init_state: int) -> Layout:
-        """The deterministic layout of initial state ``init_state``."""
-        return _layout(self, int(init_state))
+    def layout(self, init_state: int, jitter: float | None = None) -> Layout:
+        """The deterministic layout of initial state ``init_state``: anywhere on the
+        table (``jitter=None``) or within ``±jitter`` m of the task's nominal layout."""
+        return _layout(self, int(init_state), None if jitter is None else float(jitter))
+
+    def nominal_layout(self) -> Layout:
+        """The fixed arrangement that ``jitter`` initial states perturb."""
+        return _layout(self, NOMINAL, None)
+
+
+NOMINAL = -1
+"""Pseudo init state of each task's nominal layout (drawn like any other, from its own seed)."""
 
 
 @functools.lru_cache(maxsize=8192)
-def _layout(task: Task, init_state: int) -> Layout:
+def _layout(task: Task, init_state: int, jitter: float | None) -> Layout:
     # Cached because rejection sampling costs a few ms, more than a reset's physics.
-    return task.sample(np.random.default_rng([zlib.crc32(task.task_id.encode()), init_state]))
+    key = zlib.crc32(task.task_id.encode())
+    if init_state == NOMINAL:
+        return task.sample(_Draw(np.random.default_rng(zlib.crc32(f"{task.task_id}/nominal".encode()))))
+    rng = np.random.default_rng([key, init_state])
+    if jitter is None:
+        return task.sample(_Draw(rng))
+    return task.sample(_Draw(rng, around=task.nominal_layout(), jitter=jitter))
 
 
 # ----------------------------------------------------------------- sampling
+
+_YAW_PER_M = 5.0
+"""Yaw jitter (rad) per metre of position jitter: 3 cm moves a cube's yaw by up to ±0.15 rad."""
+
+
+class _Draw:
+    """Every random choice of a layout sampler, by name (``"red"``, ``"gripper"``,
+    ``"red_yaw"``, ``"drawer"``, …): uniform over its whole range, or, ``around`` a
+    nominal layout, uniform within ``±jitter`` of the nominal value (clipped to the range)."""
+
+    def __init__(self, rng: np.random.Generator, around: Layout | None = None, jitter: float = 0.0) -> None:
+        self.rng = rng
+        self.around = around
+        self.jitter = jitter
+
+    def __call__(self, name: str, lo, hi, size: tuple[int, ...] | None = None) -> np.ndarray:
+        if self.around is None:
+            return self.rng.uniform(lo, hi, size)
+        centre = np.asarray(_nominal_value(self.around, name), dtype=np.float64)
+        width = self.jitter * (_YAW_PER_M if name.endswith("_yaw") else 1.0)
+        shape = size if size is not None else centre.shape
+        return np.clip(centre + self.rng.uniform(-width, width, shape), lo, hi)
+
+
+def _nominal_value(layout: Layout, name: str):
+    if name.endswith("_yaw"):
+        return layout.cubes[name[:-4]][2]
+    if name in CUBES:
+        return layout.cubes[name][:2]
+    return getattr(layout, name)
 
 
 class _Placer:
     """Rejection sampler for non-overlapping object positions on the table."""
 
     def __init__(
-        self, rng: np.random.Generator, cabinet_x: float, keep_out: Callable[[np.ndarray], bool] | None = None
+        self, draw: _Draw, cabinet_x: float, keep_out: Callable[[np.ndarray], bool] | None = None
     ) -> None:
-        self.rng = rng
+        self.draw = draw
         self.cabinet_x = cabinet_x
         self.keep_out = keep_out
         self.placed: list[tuple[np.ndarray, float]] = []
@@ -87,14 +142,14 @@ class _Placer:
         # while working on an object, so objects keep their distance there.
         return bool(abs(p[0] - self.cabinet_x) < 0.135 + margin and p[1] > -0.005 - margin)
 
-    def add(self, kind: str, fixed: np.ndarray | None = None) -> np.ndarray:
-        """Place an object of ``kind`` at ``fixed`` or at a random free spot."""
-        radius = _RADIUS[kind]
+    def add(self, name: str, fixed: np.ndarray | None = None) -> np.ndarray:
+        """Place object ``name`` at ``fixed`` or at a random free spot."""
+        radius = _RADIUS["cube" if name in CUBES else name]
         if fixed is not None:
             self.placed.append((np.asarray(fixed, dtype=np.float64), radius))
             return np.asarray(fixed, dtype=np.float64)
         for _ in range(_MAX_TRIES):
-            p = self.rng.uniform((_REGION_X[0], _REGION_Y[0]), (_REGION_X[1], _REGION_Y[1]))
+            p = self.draw(name, (_REGION_X[0], _REGION_Y[0]), (_REGION_X[1], _REGION_Y[1]))
             if self.free(p, radius):
                 self.placed.append((p, radius))
                 return p
@@ -105,27 +160,25 @@ class _Retry(Exception):
     """The objects placed so far leave no room; sample the whole layout again."""
 
 
-def _gripper_start(rng: np.random.Generator) -> tuple[float, float, float]:
-    x, y, z = rng.uniform((-0.15, -0.16, 0.10), (0.15, -0.02, 0.16))
+def _gripper_start(draw: _Draw) -> tuple[float, float, float]:
+    x, y, z = draw("gripper", (-0.15, -0.16, 0.10), (0.15, -0.02, 0.16))
     return float(x), float(y), float(z)
 
 
-def _yaw(rng: np.random.Generator) -> float:
+def _yaw(draw: _Draw, cube: str) -> float:
     # Small yaw only: the parallel gripper cannot rotate, and a pinch on a cube's
     # corners would make grasps fragile.
-    return float(rng.uniform(-0.3, 0.3))
+    return float(draw(f"{cube}_yaw", -0.3, 0.3))
 
 
-def _finish(
-    rng: np.random.Generator, placer: _Placer, positions: dict[str, np.ndarray], drawer: float = 0.0
-) -> Layout:
+def _finish(draw: _Draw, placer: _Placer, positions: dict[str, np.ndarray], drawer: float = 0.0) -> Layout:
     """Place every object not yet in ``positions`` and build the layout."""
     for name in (*CUBES, "plate", "target", "button"):
         if name not in positions:
-            positions[name] = placer.add("cube" if name in CUBES else name)
+            positions[name] = placer.add(name)
     return Layout(
-        gripper=_gripper_start(rng),
-        cubes={c: (float(positions[c][0]), float(positions[c][1]), _yaw(rng)) for c in CUBES},
+        gripper=_gripper_start(draw),
+        cubes={c: (float(positions[c][0]), float(positions[c][1]), _yaw(draw, c)) for c in CUBES},
         plate=(float(positions["plate"][0]), float(positions["plate"][1])),
         target=(float(positions["target"][0]), float(positions["target"][1])),
         button=(float(positions["button"][0]), float(positions["button"][1])),
@@ -134,11 +187,11 @@ def _finish(
     )
 
 
-def _retrying(sample: Callable[[np.random.Generator], Layout]) -> Callable[[np.random.Generator], Layout]:
-    def run(rng: np.random.Generator) -> Layout:
+def _retrying(sample: Callable[[_Draw], Layout]) -> Callable[[_Draw], Layout]:
+    def run(draw: _Draw) -> Layout:
         for _ in range(100):
             try:
-                return sample(rng)
+                return sample(draw)
             except _Retry:
                 continue
         raise RuntimeError("tabletop: could not sample a layout in 100 attempts")  # pragma: no cover
@@ -146,8 +199,8 @@ def _retrying(sample: Callable[[np.random.Generator], Layout]) -> Callable[[np.r
     return run
 
 
-def _cabinet_x(rng: np.random.Generator) -> float:
-    return float(rng.uniform(-0.1, 0.1))
+def _cabinet_x(draw: _Draw) -> float:
+    return float(draw("cabinet_x", -0.1, 0.1))
 
 
 def _drawer_keep_out(cabinet_x: float) -> Callable[[np.ndarray], bool]:
@@ -156,30 +209,30 @@ def _drawer_keep_out(cabinet_x: float) -> Callable[[np.ndarray], bool]:
 
 
 @_retrying
-def _sample_default(rng: np.random.Generator) -> Layout:
-    return _finish(rng, _Placer(rng, _cabinet_x(rng)), {})
+def _sample_default(draw: _Draw) -> Layout:
+    return _finish(draw, _Placer(draw, _cabinet_x(draw)), {})
 
 
-def _sample_pick(cube: str) -> Callable[[np.random.Generator], Layout]:
+def _sample_pick(cube: str) -> Callable[[_Draw], Layout]:
     @_retrying
-    def sample(rng: np.random.Generator) -> Layout:
-        placer = _Placer(rng, _cabinet_x(rng))
+    def sample(draw: _Draw) -> Layout:
+        placer = _Placer(draw, _cabinet_x(draw))
         # Pick tasks place their cube first so it is never the one squeezed out.
-        positions = {cube: placer.add("cube")}
-        return _finish(rng, placer, positions)
+        positions = {cube: placer.add(cube)}
+        return _finish(draw, placer, positions)
 
     return sample
 
 
 @_retrying
-def _sample_push(rng: np.random.Generator) -> Layout:
-    placer = _Placer(rng, _cabinet_x(rng))
-    red = placer.add("cube")
+def _sample_push(draw: _Draw) -> Layout:
+    placer = _Placer(draw, _cabinet_x(draw))
+    red = placer.add("red")
     # Target 12-20 cm from the red cube, room behind the cube for the gripper to
     # start the push, and a push path that keeps the palm away from the cabinet.
     # Candidates are drawn in a batch: most random targets fail these tests.
     lo, hi = np.array((_REGION_X[0], _REGION_Y[0])), np.array((_REGION_X[1], _REGION_Y[1]))
-    candidates = rng.uniform(lo, hi, size=(256, 2))
+    candidates = draw("target", lo, hi, size=(256, 2))
     dist = np.linalg.norm(candidates - red, axis=1)
     units = (candidates - red) / dist[:, None]
     starts = red - units * 0.07
@@ -200,16 +253,16 @@ def _sample_push(rng: np.random.Generator) -> Layout:
         return bool(np.linalg.norm(p - (seg_a + t * (seg_b - seg_a))) < 0.10)
 
     placer.keep_out = in_corridor
-    return _finish(rng, placer, {"red": red, "target": target})
+    return _finish(draw, placer, {"red": red, "target": target})
 
 
-def _sample_drawer(opening: tuple[float, float]) -> Callable[[np.random.Generator], Layout]:
+def _sample_drawer(opening: tuple[float, float]) -> Callable[[_Draw], Layout]:
     @_retrying
-    def sample(rng: np.random.Generator) -> Layout:
-        cabinet_x = _cabinet_x(rng)
-        placer = _Placer(rng, cabinet_x, keep_out=_drawer_keep_out(cabinet_x))
-        drawer = float(rng.uniform(*opening))
-        return _finish(rng, placer, {}, drawer)
+    def sample(draw: _Draw) -> Layout:
+        cabinet_x = _cabinet_x(draw)
+        placer = _Placer(draw, cabinet_x, keep_out=_drawer_keep_out(cabinet_x))
+        drawer = float(draw("drawer", *opening))
+        return _finish(draw, placer, {}, drawer)
 
     return sample
 
