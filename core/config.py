@@ -191,6 +191,9 @@ class EvalConfig:
                               f"{self.max_init_states}, {self.videos_per_task}, {self.fps}")
 
 
+SFT_LR_SCHEDULES = ("cosine", "constant")
+
+
 @dataclass
 class SFTConfig:
     """Cold-start behaviour cloning on demonstrations."""
@@ -204,7 +207,9 @@ class SFTConfig:
     batch_size: int = 32
     """Samples per step."""
     lr: float = 3e-4
-    """AdamW learning rate."""
+    """AdamW peak learning rate (linear warmup over the first 5 % of steps)."""
+    lr_schedule: str = "cosine"
+    """After warmup: ``cosine`` decays to 0 by the last step (a sharper policy), ``constant`` keeps ``lr``."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     image_key: str = "image"
@@ -221,6 +226,8 @@ class SFTConfig:
             raise ConfigError(
                 f"sft.steps must be >= 0, sft.batch_size >= 1 and sft.lr > 0; got {self.steps}, {self.batch_size}, {self.lr}"
             )
+        if self.lr_schedule not in SFT_LR_SCHEDULES:
+            raise ConfigError(f"sft.lr_schedule must be one of {', '.join(SFT_LR_SCHEDULES)}, got {self.lr_schedule!r}")
 
 
 @dataclass

@@ -7,8 +7,10 @@ the loss is the policy's own ``sft_loss``. The result is written with
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -67,6 +69,17 @@ def load_demo_files(config: RunConfig) -> list[Demo]:
     return demos
 
 
+def lr_factor(steps: int, schedule: str, i: int) -> float:
+    """Multiplier of ``sft.lr`` at step ``i`` (0-based): linear warmup over 5 % of the
+    steps, then constant or a cosine decay that reaches 0 at the last step."""
+    warmup = max(1, steps // 20)
+    if i < warmup:
+        return (i + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (i + 1 - warmup) / max(1, steps - warmup))))
+
+
 def train_sft(policy: Policy, demos: list[Demo], config: RunConfig, log_path: Path | None = None,
               progress: Progress | None = None) -> list[float]:
     """Behaviour cloning for ``sft.steps`` AdamW steps; returns the loss curve."""
@@ -78,7 +91,7 @@ def train_sft(policy: Policy, demos: list[Demo], config: RunConfig, log_path: Pa
     rng = np.random.default_rng(config.seed)
     params = list(policy.trainable_parameters())
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / max(1, s.steps // 20)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, s.steps, s.lr_schedule))
     losses: list[float] = []
     policy.train()
     for step in range(1, s.steps + 1):

@@ -7,7 +7,7 @@ import pytest
 from pushcut.cli import main
 from pushcut.config import load_config
 from pushcut.demos import DemoKeys, chunk_targets, read_demos, record_demos, write_demos
-from pushcut.errors import DataError
+from pushcut.errors import ConfigError, DataError
 from pushcut.sft import train_sft
 from pushcut.testing import registered_plugin
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin
@@ -106,6 +106,18 @@ def test_sft_clones_the_expert(manager, tmp_path):
     with torch.no_grad():
         acts = policy.act(obs, 0.0).actions
     assert np.mean(np.abs(acts - targets) <= 0.125 + 1e-6) > 0.9
+
+
+def test_sft_lr_schedule_warms_up_then_decays_or_holds():
+    from pushcut.sft import lr_factor
+
+    cosine = [lr_factor(100, "cosine", i) for i in range(100)]
+    assert cosine[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert all(a >= b for a, b in zip(cosine[4:], cosine[5:]))
+    assert cosine[-1] == pytest.approx(0.0, abs=1e-12) and cosine[52] == pytest.approx(0.5, abs=0.02)
+    assert [lr_factor(100, "constant", i) for i in (4, 50, 99)] == [1.0, 1.0, 1.0]
+    with pytest.raises(ConfigError, match="lr_schedule must be one of cosine, constant"):
+        load_config(None, ["sft.lr_schedule=linear"])
 
 
 def test_cli_demos_then_sft(manager, tmp_path, capsys):

@@ -31,6 +31,10 @@ finger gap (m).
 
 Initial states: state ``k`` of task ``t`` is generated from a generator seeded
 with (crc32(t), k); the last ``num_eval_init_states`` are held out for eval.
+By default objects, gripper and cabinet go anywhere on the table; with
+``jitter=j`` (m) each task keeps one nominal arrangement and every state moves
+each of them by up to ±j, the way LIBERO's initial states perturb a fixed scene
+(the quickstart uses 3 cm).
 
 Experts: :func:`make_expert` / :func:`run_expert` (see :mod:`.experts`).
 Rendering backend: ``gl_backend`` / ``$MUJOCO_GL`` (see :mod:`.render`).
