@@ -115,6 +115,16 @@ class StepResult:
     frames: list[np.ndarray] = field(default_factory=list)
     """Rendered frames, one per executed action, only when recording was requested."""
 
+    @classmethod
+    def after_chunk(cls, observation: Observation, steps: int, success: bool, *, episode_steps: int, budget: int,
+                    task_id: str, init_state: int, frames: list[np.ndarray]) -> StepResult:
+        """The result of a chunk in an env with a per-episode step budget: done at success or
+        once ``budget`` steps are spent (``info["truncated"]``), with the info keys the core logs."""
+        truncated = not success and episode_steps >= budget
+        info = {"success": success, "task_id": task_id, "init_state": init_state, "episode_steps": episode_steps,
+                "truncated": truncated}
+        return cls(observation, steps, success, success or truncated, info, frames)
+
 
 @dataclass
 class ObsBatch:

@@ -277,22 +277,8 @@ class LiberoEnv(Env):
                 if not (last or record):
                     self._raw = self._sim.refresh_images(self._raw)
                 break
-        truncated = not self._success and self._steps >= budget
-        info = {
-            "success": self._success,
-            "task_id": self._sim.task.name,
-            "init_state": self._init_state,
-            "episode_steps": self._steps,
-            "truncated": truncated,
-        }
-        return StepResult(
-            observation=self.observe(),
-            steps=executed,
-            success=self._success,
-            done=self._success or truncated,
-            info=info,
-            frames=frames,
-        )
+        return StepResult.after_chunk(self.observe(), executed, self._success, episode_steps=self._steps, budget=budget,
+                                      task_id=self._sim.task.name, init_state=self._init_state, frames=frames)
 
     def render(self) -> np.ndarray:
         """The third-person camera at ``render_size`` (rotated like the observations), for videos."""

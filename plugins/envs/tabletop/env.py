@@ -101,22 +101,8 @@ class TabletopEnv(Env):
             self._success = bool(self._task.success(self.scene))
             if record:
                 frames.append(self.render())
-        truncated = not self._success and self._steps >= budget
-        info = {
-            "success": self._success,
-            "task_id": self._task.task_id,
-            "init_state": self._init_state,
-            "episode_steps": self._steps,
-            "truncated": truncated,
-        }
-        return StepResult(
-            observation=self.observe(),
-            steps=executed,
-            success=self._success,
-            done=self._success or truncated,
-            info=info,
-            frames=frames,
-        )
+        return StepResult.after_chunk(self.observe(), executed, self._success, episode_steps=self._steps, budget=budget,
+                                      task_id=self._task.task_id, init_state=self._init_state, frames=frames)
 
     def expert_action(self) -> np.ndarray:
         """The scripted expert's next action (4,) for the current episode (see
