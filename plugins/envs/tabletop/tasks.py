@@ -77,10 +77,9 @@ NOMINAL = -1
 @functools.lru_cache(maxsize=8192)
 def _layout(task: Task, init_state: int, jitter: float | None) -> Layout:
     # Cached because rejection sampling costs a few ms, more than a reset's physics.
-    key = zlib.crc32(task.task_id.encode())
     if init_state == NOMINAL:
         return task.sample(_Draw(np.random.default_rng(zlib.crc32(f"{task.task_id}/nominal".encode()))))
-    rng = np.random.default_rng([key, init_state])
+    rng = np.random.default_rng([zlib.crc32(task.task_id.encode()), init_state])
     if jitter is None:
         return task.sample(_Draw(rng))
     return task.sample(_Draw(rng, around=task.nominal_layout(), jitter=jitter))
