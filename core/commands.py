@@ -182,11 +182,8 @@ def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str]) ->
 
     entry = get_plugin_manager().envs.get(env)
     options = build_dataclass(entry.config_class, apply_overrides({}, overrides).get("env", {}), "env")
-    instance = entry.build(options)
-    try:
+    with entry.build(options) as instance:
         path, recorded = record_demo_file(instance, env, per_task, out or f"demos/{env}.hdf5")
-    finally:
-        instance.close()
     print(f"wrote {len(recorded)} demos ({sum(len(d) for d in recorded)} steps) to {path}")
     return 0
 

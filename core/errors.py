@@ -25,3 +25,9 @@ class DataError(PushcutError):
 
 class EnvError(PushcutError):
     """A simulator crashed, hung, or was given bad input."""
+
+
+def short_list(items: list[str], limit: int = 8) -> str:
+    """``items`` for an error message: the first ``limit``, then how many more."""
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{f', … ({len(items) - limit} more)' if len(items) > limit else ''}]"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pushcut.errors import ConfigError
-from pushcut.plugins.envs.libero.runtime import GL_BACKENDS
+from pushcut.gl import GL_BACKENDS
 
 SUITE_MAX_STEPS = {
     "libero_spatial": 220,

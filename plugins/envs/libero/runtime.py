@@ -31,20 +31,16 @@ from typing import Any
 import numpy as np
 
 from pushcut.errors import EnvError
+from pushcut.gl import resolve_backend
 
 ASSETS_ENV_VAR = "PUSHCUT_LIBERO_ASSETS"
 """Environment variable naming the LIBERO assets directory (when ``env.assets_dir`` is empty)."""
 CONFIG_DIR_ENV_VAR = "PUSHCUT_LIBERO_CONFIG_DIR"
 """Environment variable naming where pushcut writes LIBERO's config.yaml (default: a pushcut cache dir)."""
 
-ASSET_SUBDIRS = ("scenes", "textures", "articulated_objects", "stable_hope_objects", "stable_scanned_objects",
-                 "turbosquid_objects")
-"""What a LIBERO assets directory holds (upstream ``libero/libero/assets``)."""
 PROBE_DIR = "scenes"
 """A folder every assets directory has; its absence means a wrong directory (missing files inside
 are named when a task's scene is built)."""
-
-GL_BACKENDS = ("auto", "egl", "osmesa")
 
 
 def package_root() -> Path:
@@ -141,14 +137,6 @@ def asset_error(exc: BaseException, assets: Path) -> EnvError | None:
 # --------------------------------------------------------------------------- import
 
 
-def resolve_backend(name: str) -> str:
-    """``auto`` → ``$MUJOCO_GL`` when it is egl/osmesa, else ``egl``."""
-    if name != "auto":
-        return name
-    value = os.environ.get("MUJOCO_GL", "").strip().lower()
-    return value if value in ("egl", "osmesa") else "egl"
-
-
 def _select_backend(backend: str) -> None:
     """Set the GL platform before robosuite (which reads it once) is imported."""
     if "robosuite" in sys.modules:
@@ -174,8 +162,6 @@ def _select_backend(backend: str) -> None:
 class SuiteTask:
     """One LIBERO task as the benchmark lists it."""
 
-    index: int
-    """Position in the suite (LIBERO's task id)."""
     name: str
     """The BDDL file's stem, e.g. ``pick_up_the_black_bowl_..._on_the_plate``."""
     instruction: str
@@ -209,8 +195,8 @@ def suite_tasks(suite: str) -> list[SuiteTask]:
         bench = benchmark.get_benchmark_dict()[suite]()
     root = package_root() / "bddl_files"
     return [
-        SuiteTask(i, t.name, t.language, str(root / t.problem_folder / t.bddl_file))
-        for i, t in enumerate(bench.tasks)
+        SuiteTask(t.name, t.language, str(root / t.problem_folder / t.bddl_file))
+        for t in bench.tasks
     ]
 
 

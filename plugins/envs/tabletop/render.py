@@ -29,24 +29,11 @@ import mujoco
 import numpy as np
 
 from pushcut.errors import EnvError
-
-GL_BACKENDS = ("auto", "egl", "osmesa")
+from pushcut.gl import resolve_backend
 
 _current: object | None = None
 """The renderer whose GL context is current in this process (per-thread GL state
 is not a concern: env workers are single-threaded)."""
-
-
-def resolve_backend(name: str) -> str:
-    """``auto`` → ``$MUJOCO_GL`` if it is egl/osmesa, else the PyOpenGL platform
-    already chosen in this process, else ``egl``."""
-    if name != "auto":
-        return name
-    for var in ("MUJOCO_GL", "PYOPENGL_PLATFORM"):
-        value = os.environ.get(var, "").strip().lower()
-        if value in ("egl", "osmesa"):
-            return value
-    return "egl"
 
 
 def _gl_context_class(backend: str) -> Any:

@@ -33,7 +33,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from pushcut.errors import CheckpointError
+from pushcut.errors import CheckpointError, short_list
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -127,8 +127,6 @@ def read_checkpoint(directory: str | Path) -> RawCheckpoint:
                 for key in f.keys():
                     tensors[key] = f.get_tensor(key)
                     files[key] = name
-        except CheckpointError:
-            raise
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise CheckpointError(f"cannot read {path}: {exc}") from exc
     raw = RawCheckpoint(directory=directory, config=config, tensors=tensors, files=files, metadata=metadata)
@@ -313,13 +311,21 @@ def _qkv_names(spec: TowerSpec, i: int) -> tuple[str, str, str]:
     return p + "q_proj", p + "k_proj", p + "v_proj"
 
 
+def _one_to_one(spec: TowerSpec) -> list[tuple[str, str]]:
+    """(timm key, transformers key) of every tensor that maps across unchanged."""
+    pairs = list(_static_map(spec).items())
+    for i in range(spec.layers):
+        pairs.extend(_block_map(spec, i).items())
+    return pairs
+
+
 def expected_tower_keys(spec: TowerSpec) -> set[str]:
     """Every timm key a tower of this spec must have (``attn_pool.*`` is optional and carried along)."""
-    keys = set(_static_map(spec)) | {"pos_embed"}
+    keys = {timm_key for timm_key, _ in _one_to_one(spec)} | {"pos_embed"}
     if spec.kind == "dinov2":
         keys.add("cls_token")
     for i in range(spec.layers):
-        keys |= set(_block_map(spec, i)) | {f"blocks.{i}.attn.qkv.weight", f"blocks.{i}.attn.qkv.bias"}
+        keys |= {f"blocks.{i}.attn.qkv.weight", f"blocks.{i}.attn.qkv.bias"}
     return keys
 
 
@@ -332,12 +338,8 @@ def tower_to_hf(tensors: Mapping[str, torch.Tensor], spec: TowerSpec, where: str
     unexpected = sorted(set(tensors) - expected - set(carried))
     if missing or unexpected:
         raise CheckpointError(_layout_message(where, missing, unexpected))
-    out: dict[str, torch.Tensor] = {}
-    for timm_key, hf_key in _static_map(spec).items():
-        out[hf_key] = tensors[timm_key]
+    out = {hf_key: tensors[timm_key] for timm_key, hf_key in _one_to_one(spec)}
     for i in range(spec.layers):
-        for timm_key, hf_key in _block_map(spec, i).items():
-            out[hf_key] = tensors[timm_key]
         for part in ("weight", "bias"):
             q, k, v = torch.chunk(tensors[f"blocks.{i}.attn.qkv.{part}"], 3, dim=0)
             for name, t in zip(_qkv_names(spec, i), (q, k, v)):
@@ -359,12 +361,8 @@ def tower_to_hf(tensors: Mapping[str, torch.Tensor], spec: TowerSpec, where: str
 def tower_from_hf(state: Mapping[str, torch.Tensor], spec: TowerSpec, carried: Mapping[str, torch.Tensor]
                   ) -> dict[str, torch.Tensor]:
     """Inverse of :func:`tower_to_hf`: transformers tower state → timm tensors (plus the carried ones)."""
-    out: dict[str, torch.Tensor] = {}
-    for timm_key, hf_key in _static_map(spec).items():
-        out[timm_key] = state[hf_key]
+    out = {timm_key: state[hf_key] for timm_key, hf_key in _one_to_one(spec)}
     for i in range(spec.layers):
-        for timm_key, hf_key in _block_map(spec, i).items():
-            out[timm_key] = state[hf_key]
         for part in ("weight", "bias"):
             out[f"blocks.{i}.attn.qkv.{part}"] = torch.cat([state[f"{n}.{part}"] for n in _qkv_names(spec, i)])
     if spec.kind == "dinov2":
@@ -440,16 +438,11 @@ def split_checkpoint(raw: RawCheckpoint, fused: bool) -> SplitCheckpoint:
 def _layout_message(where: str, missing: list[str], unexpected: list[str]) -> str:
     parts = []
     if unexpected:
-        parts.append(f"unexpected keys {_short(unexpected)}")
+        parts.append(f"unexpected keys {short_list(unexpected)}")
     if missing:
-        parts.append(f"missing keys {_short(missing)}")
+        parts.append(f"missing keys {short_list(missing)}")
     return (f"{where} is not an OpenVLA checkpoint in the prismatic layout this policy loads: {'; '.join(parts)}. "
             "Expected vision_backbone.featurizer.* (+ fused_featurizer.*), projector.fc1..fc3, language_model.*")
-
-
-def _short(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return f"[{shown}{f', … ({len(items) - limit} more)' if len(items) > limit else ''}]"
 
 
 def checkpoint_dtype(raw: RawCheckpoint) -> torch.dtype:

@@ -121,8 +121,3 @@ class OpenVLAConfig:
                 "Hugging Face prismatic layout (config.json, model*.safetensors, tokenizer.model)"
             )
         return self.checkpoint
-
-    @property
-    def num_action_tokens(self) -> int | None:
-        """T per chunk (chunk_size × action_dim), when action_dim is known."""
-        return None if self.action_dim is None else self.chunk_size * self.action_dim

@@ -74,7 +74,6 @@ class Projector(nn.Module):
 
     def __init__(self, vision_dim: int, llm_dim: int, fused: bool) -> None:
         super().__init__()
-        self.fused = fused
         mid = 4 * vision_dim if fused else llm_dim
         self.fc1 = nn.Linear(vision_dim, mid)
         self.fc2 = nn.Linear(mid, llm_dim)
@@ -110,8 +109,7 @@ class PrismaticVLA(nn.Module):
         self.projector = Projector(vision_dim, llm_config.hidden_size, fused=len(specs) > 1)
         self.proprio_projector = ProprioProjector(proprio_dim, llm_config.hidden_size) if proprio_dim else None
         self.language_model = LlamaForCausalLM(llm_config)
-        self.patches_per_image = specs[0].num_patches
-        if any(s.num_patches != self.patches_per_image for s in specs):
+        if len({s.num_patches for s in specs}) > 1:
             raise ValueError(f"fused towers must give the same number of patches, got {[s.num_patches for s in specs]}")
 
     def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ from pushcut.actions import ActionBounds, ActionTokenizer
 from pushcut.contracts import ActionSample, ObsBatch, Policy, Scores
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.plugins.policies.openvla.checkpoint import (
+    TOWER_NAMES,
     RawCheckpoint,
     TowerSpec,
     checkpoint_dtype,
@@ -77,7 +78,6 @@ class OpenVLAPolicy(Policy):
         self._read_layout(raw)
         self._choose_stats(raw)
         self.tokenizer = PromptTokenizer(raw.directory)
-        self.vocab_size = int(raw.config.get("text_config", {}).get("vocab_size", self._llm_config.vocab_size))
         # OpenVLA counts action ids back from the *unpadded* vocabulary (32064 - 64 = 32000 for Llama-2).
         self.base_vocab_size = self._llm_config.vocab_size - int(raw.config.get("pad_to_multiple_of", 0))
         n_bins = int(raw.config.get("n_action_bins", 256))
@@ -127,9 +127,8 @@ class OpenVLAPolicy(Policy):
         sizes = list(cfg.get("image_sizes") or [224] * n)
         if len(timm_ids) < n or len(sizes) < n:
             raise CheckpointError(f"{raw.directory}/config.json: timm_model_ids and image_sizes need {n} entries")
-        names = ("featurizer", "fused_featurizer")
         self._specs: list[TowerSpec] = [
-            tower_spec(t, str(timm_ids[i]), int(sizes[i]), f"{raw.directory}: vision_backbone.{names[i]}")
+            tower_spec(t, str(timm_ids[i]), int(sizes[i]), f"{raw.directory}: vision_backbone.{TOWER_NAMES[i]}")
             for i, t in enumerate(split.towers)
         ]
         self._llm_config = _llama_config(cfg.get("text_config") or {}, split.language_model, raw.directory)
@@ -216,7 +215,7 @@ class OpenVLAPolicy(Policy):
         state: dict[str, torch.Tensor] = {}
         carried = []
         for i, (tensors, spec) in enumerate(zip(split.towers, self._specs)):
-            hf, extra = tower_to_hf(tensors, spec, f"vision_backbone.{('featurizer', 'fused_featurizer')[i]}")
+            hf, extra = tower_to_hf(tensors, spec, f"vision_backbone.{TOWER_NAMES[i]}")
             state.update({f"vision_backbone.{i}.model.{k}": v for k, v in hf.items()})
             carried.append(extra)
         state.update({f"projector.{k}": v for k, v in split.projector.items()})
@@ -477,9 +476,6 @@ class OpenVLAPolicy(Policy):
         logits = self._logits(self._action_hidden(obs, targets), full_vocab=True)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
-    def trainable_parameters(self):
-        return (p for p in self.parameters() if p.requires_grad)
-
     # ------------------------------------------------------------------ checkpoints
 
     def original_state_dict(self, merge_lora: bool = False) -> dict[str, torch.Tensor]:
@@ -491,12 +487,11 @@ class OpenVLAPolicy(Policy):
             for key, delta in deltas.items():
                 state[key] = (state[key].float() + delta.float()).to(state[key].dtype)
         out: dict[str, torch.Tensor] = {}
-        names = ("featurizer", "fused_featurizer")
         for i, spec in enumerate(self._specs):
             prefix = f"vision_backbone.{i}.model."
             local = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             for k, v in tower_from_hf(local, spec, self._carried[i]).items():
-                out[f"vision_backbone.{names[i]}.{k}"] = v
+                out[f"vision_backbone.{TOWER_NAMES[i]}.{k}"] = v
         for k, v in state.items():
             if not k.startswith("vision_backbone."):
                 out[k] = v

@@ -163,8 +163,10 @@ def center_crop(images: torch.Tensor, area: float = CENTER_CROP_AREA) -> torch.T
     x0, x1, fx = coords(w)
     fx = fx.view(1, 1, -1, 1)
     fy = fy.view(1, -1, 1, 1)
-    top = x[:, y0][:, :, x0] + (x[:, y0][:, :, x1] - x[:, y0][:, :, x0]) * fx
-    bottom = x[:, y1][:, :, x0] + (x[:, y1][:, :, x1] - x[:, y1][:, :, x0]) * fx
+    rows0, rows1 = x[:, y0], x[:, y1]
+    top_left, bottom_left = rows0[:, :, x0], rows1[:, :, x0]
+    top = top_left + (rows0[:, :, x1] - top_left) * fx
+    bottom = bottom_left + (rows1[:, :, x1] - bottom_left) * fx
     out = (top + (bottom - top) * fy).clamp(0.0, 1.0)
     return (out * 255.5).clamp(0, 255).to(torch.uint8)
 

@@ -45,7 +45,7 @@ from transformers import LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisi
 
 from pushcut.actions import ActionTokenizer, normalize_actions, unnormalize_actions
 from pushcut.contracts import ActionSample, ObsBatch, Policy, Scores
-from pushcut.errors import CheckpointError, ConfigError
+from pushcut.errors import CheckpointError, ConfigError, short_list
 from pushcut.plugins.policies.tiny.config import TinyVLAConfig
 from pushcut.plugins.policies.tiny.text import ByteTokenizer
 
@@ -356,11 +356,11 @@ class TinyVLA(Policy):
         if missing or unexpected or shapes:
             problems = []
             if missing:
-                problems.append(f"missing keys {_short(missing)}")
+                problems.append(f"missing keys {short_list(missing)}")
             if unexpected:
-                problems.append(f"unexpected keys {_short(unexpected)}")
+                problems.append(f"unexpected keys {short_list(unexpected)}")
             if shapes:
-                problems.append(f"shape mismatches {_short(shapes)}")
+                problems.append(f"shape mismatches {short_list(shapes)}")
             saved = meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}
             diffs = [f"{k}={saved[k]!r} (policy has {v!r})" for k, v in self.config.architecture().items()
                      if k in saved and _normal(saved[k]) != _normal(v)]
@@ -381,11 +381,6 @@ def _sample_categorical(probs: torch.Tensor) -> torch.Tensor:
     cdf = probs.cumsum(dim=-1)
     u = torch.rand(*probs.shape[:-1], 1, device=probs.device, dtype=cdf.dtype) * cdf[..., -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
-
-
-def _short(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return f"[{shown}{f', … ({len(items) - limit} more)' if len(items) > limit else ''}]"
 
 
 def _normal(value: object) -> object:
