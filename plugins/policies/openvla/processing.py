@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +60,18 @@ class PromptTokenizer:
         self.space_id = int(self.sp.piece_to_id(SPACE_PIECE))
         if self.bos_id < 0 or self.eos_id < 0:
             raise CheckpointError(f"{path}: the tokenizer defines no BOS/EOS pieces; not a Llama-style tokenizer")
+        # act() and log_probs() see the same few instructions thousands of times: encode each once.
+        self._prompt_ids = lru_cache(maxsize=4096)(self._prompt_ids_uncached)
 
     def prompt_ids(self, instruction: str) -> list[int]:
         """BOS + the prompt + "▁" (unless the prompt already ends in it)."""
+        return list(self._prompt_ids(instruction))
+
+    def _prompt_ids_uncached(self, instruction: str) -> tuple[int, ...]:
         ids = [self.bos_id, *self.sp.encode(build_prompt(instruction))]
         if ids[-1] != self.space_id:
             ids.append(self.space_id)
-        return ids
+        return tuple(ids)
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,8 @@ def test_prompt_and_space_token(ckpt):
     ids = tok.prompt_ids("open the drawer")
     assert ids[0] == tok.bos_id and ids[-1] == tok.space_id
     assert ids[1:-1] == tok.sp.encode(build_prompt("open the drawer"))
+    ids.append(0)  # prompts are memoised: a caller changing its list must not change the next answer
+    assert tok.prompt_ids("open the drawer") == ids[:-1]
 
 
 def test_action_tokens_decode_like_openvla(ckpt):
