@@ -16,6 +16,7 @@ import functools
 import io
 import math
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -94,9 +95,11 @@ class _Sim:
 
     robosuite renders every camera observation on every control step. A policy
     only looks at the frame after the last action of a chunk, so the camera
-    sensors are wrapped to render only while :attr:`want_images` is set and
-    otherwise hand back the previous frame. They still run at exactly the moment
-    robosuite would run them, so the frames the policy gets are identical.
+    sensors are wrapped to render only the cameras in :attr:`render_cameras` and
+    otherwise hand back the previous frame (a black one before the first render:
+    the observations of ``reset()`` and ``set_init_state()`` are never shown to a
+    policy, the settle steps that follow render). They still run at exactly the
+    moment robosuite would run them, so the frames the policy gets are identical.
     """
 
     def __init__(self, lib_envs: Any, task: runtime.SuiteTask, config: LiberoConfig, assets: Any) -> None:
@@ -118,7 +121,7 @@ class _Sim:
                 f"libero: creating task {task.name!r} failed: {type(exc).__name__}: {exc}"
             ) from exc
         self.cameras = cameras
-        self.want_images = True
+        self.render_cameras: Collection[str] = cameras
         self.frames: dict[str, np.ndarray] = {}
 
     # robosuite rebuilds sensors (and the render context) on a hard reset: re-wrap each time.
@@ -130,7 +133,7 @@ class _Sim:
             render = observable._sensor
             if getattr(render, "_pushcut_lazy", False):
                 continue
-            inner.modify_observable(name, "sensor", self._lazy(render, name))
+            inner.modify_observable(name, "sensor", self._lazy(render, camera))
         context = inner.sim._render_context_offscreen
         if context is not None:
             import mujoco
@@ -138,13 +141,18 @@ class _Sim:
             context.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = int(self.config.shadows)
             context.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(self.config.reflections)
 
-    def _lazy(self, render: Any, name: str) -> Any:
+    def _lazy(self, render: Any, camera: str) -> Any:
+        name = f"{camera}_image"
+
         @functools.wraps(render)
         def sensor(obs_cache: dict) -> np.ndarray:
-            if self.want_images or name not in self.frames:
+            if camera in self.render_cameras:
                 # Envs in one worker share the thread: make this sim's GL context current first.
                 self.env.env.sim._render_context_offscreen.gl_ctx.make_current()
                 self.frames[name] = render(obs_cache)
+            elif name not in self.frames:
+                size = self.config.camera_size
+                self.frames[name] = np.zeros((size, size, 3), dtype=np.uint8)
             return self.frames[name]
 
         sensor._pushcut_lazy = True  # type: ignore[attr-defined]
@@ -152,7 +160,7 @@ class _Sim:
 
     def reset(self, init_state: np.ndarray) -> dict[str, np.ndarray]:
         self.env.seed(self.config.seed)
-        self.want_images = self.config.num_steps_wait == 0
+        self.render_cameras = self.cameras if self.config.num_steps_wait == 0 else ()
         self.frames = {}
         self.env.reset()
         if self.config.soft_reset:
@@ -163,19 +171,20 @@ class _Sim:
         self._wrap_sensors()
         raw = self.env.set_init_state(init_state)
         for i in range(self.config.num_steps_wait):
-            self.want_images = i == self.config.num_steps_wait - 1
+            self.render_cameras = self.cameras if i == self.config.num_steps_wait - 1 else ()
             raw, _, _, _ = self.env.step(NOOP_ACTION)
         return raw
 
-    def step(self, action: np.ndarray, want_images: bool) -> tuple[dict[str, np.ndarray], bool]:
-        self.want_images = want_images
+    def step(self, action: np.ndarray, cameras: Collection[str]) -> tuple[dict[str, np.ndarray], bool]:
+        """One control step that renders only ``cameras`` (the others keep their last frame)."""
+        self.render_cameras = cameras
         raw, _, done, _ = self.env.step(action)
         return raw, bool(done)
 
     def refresh_images(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Camera frames of the current state, for an episode that stopped before its
         chunk's last action (those steps skipped rendering)."""
-        self.want_images = True
+        self.render_cameras = self.cameras
         fresh = dict(raw)
         for camera in self.cameras:
             name = f"{camera}_image"
@@ -267,14 +276,16 @@ class LiberoEnv(Env):
         executed = 0
         for i in range(todo):
             last = i == todo - 1
-            self._raw, done = self._sim.step(chunk[i], want_images=record or last)
+            # The policy sees every camera after the last action; a video needs the third-person one each step.
+            cameras = self._sim.cameras if last else (AGENTVIEW,) if record else ()
+            self._raw, done = self._sim.step(chunk[i], cameras)
             self._steps += 1
             executed += 1
             self._success = done
             if record:
                 frames.append(self.render())
             if done:
-                if not (last or record):
+                if not last:
                     self._raw = self._sim.refresh_images(self._raw)
                 break
         return StepResult.after_chunk(self.observe(), executed, self._success, episode_steps=self._steps, budget=budget,

@@ -45,7 +45,7 @@ if HAVE_LIBERO:
     from pushcut.contracts import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE
     from pushcut.plugins.envs import libero as libero_plugin
     from pushcut.plugins.envs.libero import SUITE_MAX_STEPS, LiberoConfig, LiberoEnv, runtime
-    from pushcut.plugins.envs.libero.env import openvla_to_libero, quat_to_axis_angle
+    from pushcut.plugins.envs.libero.env import AGENTVIEW, WRIST, openvla_to_libero, quat_to_axis_angle
     from pushcut.testing import EnvContract
 
     SPATIAL = [t.name for t in runtime.suite_tasks("libero_spatial")]
@@ -338,6 +338,39 @@ def test_success_is_libero_predicate_and_stops_the_chunk() -> None:
         assert result.steps == 1 and result.success and result.done and result.info["success"]
         assert env.simulator.check_success()
         assert not np.array_equal(result.observation[OBS_IMAGE], env.reset(DRAWER_TASK, 0)[OBS_IMAGE])
+    finally:
+        env.close()
+
+
+@needs_assets
+@pytest.mark.slow
+def test_each_camera_renders_only_when_its_frame_is_used() -> None:
+    """A reset renders each camera once (after the settle steps), a chunk once (after its last
+    action); a recorded chunk adds only the third-person camera on its other steps."""
+    env = LiberoEnv(_config(tasks=(SPATIAL[1],), soft_reset=True, shadows=False, reflections=False))
+    try:
+        env.reset(SPATIAL[1], 0)  # builds the scene; a soft reset keeps its MjSim
+        sim = env.simulator.env.sim
+        rendered: list[str] = []
+        render = sim.render
+
+        def counting(*args, camera_name=None, **kwargs):
+            rendered.append(camera_name)
+            return render(*args, camera_name=camera_name, **kwargs)
+
+        sim.render = counting
+        env.reset(SPATIAL[1], 3)
+        assert sorted(rendered) == sorted([AGENTVIEW, WRIST])
+        rendered.clear()
+        env.step(np.zeros((4, 7)))
+        assert sorted(rendered) == sorted([AGENTVIEW, WRIST])
+        rendered.clear()
+        before = env.observe()
+        result = env.step(np.tile([0.8, 0, 0, 0, 0, 0, -1.0], (4, 1)), record=True)  # moves the arm
+        assert rendered == [AGENTVIEW] * 3 + rendered[3:] and sorted(rendered[3:]) == sorted([AGENTVIEW, WRIST])
+        assert len(result.frames) == 4 and not np.array_equal(result.frames[0], result.frames[-1])
+        for key in (OBS_IMAGE, OBS_WRIST_IMAGE):  # rendered after the last action, not left from before
+            assert not np.array_equal(result.observation[key], before[key])
     finally:
         env.close()
 
