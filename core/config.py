@@ -139,6 +139,10 @@ class TrainConfig:
     """Chunk rows per forward/backward (gradient accumulation below a minibatch)."""
     lr: float = 5e-6
     """AdamW learning rate (5e-6 for 7B backbones)."""
+    lr_warmup_steps: int = 0
+    """Optimiser steps of linear learning-rate warmup from the start of RL (0 = none). A fresh
+    AdamW's first steps move every weight by about ``lr`` whatever its gradient, which at the
+    tiny VLA's learning rates is enough to wreck an SFT policy in one iteration."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -169,6 +173,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.lr_warmup_steps < 0:
+            raise ConfigError(f"train.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
         if self.grad_clip <= 0:
             raise ConfigError(f"train.grad_clip must be > 0, got {self.grad_clip}")
 

@@ -36,7 +36,7 @@ from pushcut.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pushcut.config import RunConfig, save_config, to_dict
+from pushcut.config import RunConfig, TrainConfig, save_config, to_dict
 from pushcut.contracts import ObsBatch, Policy, TaskSpec
 from pushcut.errors import CheckpointError, ConfigError, EnvError
 from pushcut.evaluate import eval_metrics, evaluate, write_report
@@ -241,6 +241,7 @@ def update_policy(
                 skipped += 1
                 log.warning("skipped a minibatch update: non-finite %s", "loss" if not finite else "gradient norm")
                 continue
+            warmup_lr(optimizer, train)
             optimizer.step()
             steps += 1
             sums["pg_loss"] += mb_loss
@@ -254,12 +255,23 @@ def update_policy(
         "actor/entropy": sums["entropy"] / tok,
         "actor/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
         "actor/optimizer_steps": float(steps),
+        "actor/lr": float(optimizer.param_groups[0]["lr"]),
         "actor/skipped_updates": float(skipped),
         "actor/advantage_abs_mean": float(batch.advantages.abs().mean()),
     }
     if reference is not None:
         metrics["actor/kl"] = sums["kl"] / tok
     return metrics
+
+
+def warmup_lr(optimizer: torch.optim.Optimizer, train: TrainConfig) -> None:
+    """Set the learning rate of the coming step: linear warmup over ``train.lr_warmup_steps``
+    optimiser steps. The step count is AdamW's own, so a resumed run picks up where it was."""
+    if not train.lr_warmup_steps:
+        return
+    done = max((int(s["step"]) for s in optimizer.state.values() if "step" in s), default=0)
+    for group in optimizer.param_groups:
+        group["lr"] = train.lr * min(1.0, (done + 1) / train.lr_warmup_steps)
 
 
 class Trainer:

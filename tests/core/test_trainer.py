@@ -10,10 +10,10 @@ import torch
 
 from pushcut import hookimpl
 from pushcut.checkpoint import latest_checkpoint, list_checkpoints
-from pushcut.config import load_config
+from pushcut.config import TrainConfig, load_config
 from pushcut.testing import registered_plugin
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin
-from pushcut.trainer import StartStateSampler, Trainer
+from pushcut.trainer import StartStateSampler, Trainer, warmup_lr
 
 
 BASE = [
@@ -73,8 +73,10 @@ class Interrupt:
             raise KeyboardInterrupt
 
 
-def test_interrupted_run_resumes_to_the_same_result(manager, tmp_path):
-    common = ["train.iterations=4", "train.save_every=1", "train.eval_every=2", "eval.max_init_states=4"]
+@pytest.mark.parametrize("warmup", [0, 6], ids=["constant-lr", "lr-warmup"])
+def test_interrupted_run_resumes_to_the_same_result(manager, tmp_path, warmup):
+    common = ["train.iterations=4", "train.save_every=1", "train.eval_every=2", "eval.max_init_states=4",
+              f"train.lr_warmup_steps={warmup}"]
     run(manager, tmp_path, "straight", *common)
     with registered_plugin(Interrupt(3), "interrupt", manager):
         with pytest.raises(KeyboardInterrupt):
@@ -89,6 +91,28 @@ def test_interrupted_run_resumes_to_the_same_result(manager, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     assert len(list_checkpoints(tmp_path / "resumed")) == 2  # keep_checkpoints
+
+
+def test_lr_warmup_is_linear_and_follows_the_optimizer_state():
+    weight = torch.nn.Parameter(torch.zeros(3))
+    train = TrainConfig(lr=0.1, lr_warmup_steps=4)
+    optimizer = torch.optim.AdamW([weight], lr=train.lr)
+
+    def step(opt):
+        weight.grad = torch.ones(3)
+        warmup_lr(opt, train)
+        opt.step()
+        return opt.param_groups[0]["lr"]
+
+    assert [step(optimizer) for _ in range(2)] == pytest.approx([0.025, 0.05])
+    # a fresh optimizer loaded from the saved state continues the ramp instead of restarting it
+    resumed = torch.optim.AdamW([weight], lr=train.lr)
+    resumed.load_state_dict(optimizer.state_dict())
+    assert [step(resumed) for _ in range(3)] == pytest.approx([0.075, 0.1, 0.1])
+    # without warmup the configured rate is left alone
+    plain = torch.optim.AdamW([weight], lr=0.1)
+    warmup_lr(plain, TrainConfig(lr=0.1))
+    assert plain.param_groups[0]["lr"] == 0.1
 
 
 def test_partial_checkpoint_is_ignored(manager, tmp_path):
