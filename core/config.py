@@ -121,6 +121,10 @@ class RolloutConfig:
             raise ConfigError(f"rollout.pipeline needs rollout.num_workers >= 2 (two lanes), got {self.num_workers}")
 
 
+START_SAMPLING = ("uniform", "mixed")
+"""``train.start_sampling`` choices (see :class:`pushcut.trainer.StartStateSampler`)."""
+
+
 @dataclass
 class TrainConfig:
     """The RL optimisation loop."""
@@ -139,6 +143,11 @@ class TrainConfig:
     """Chunk rows per forward/backward (gradient accumulation below a minibatch)."""
     lr: float = 5e-6
     """AdamW learning rate (5e-6 for 7B backbones)."""
+    start_sampling: str = "uniform"
+    """Which start states each round draws: ``uniform`` (the recipe) cycles through every
+    (task, train state) pair; ``mixed`` draws tasks in proportion to the chance that a group
+    of theirs has mixed outcomes (from each task's running rollout success), so fewer
+    rollouts go to groups that dynamic sampling then drops."""
     lr_warmup_steps: int = 0
     """Optimiser steps of linear learning-rate warmup from the start of RL (0 = none). A fresh
     AdamW's first steps move every weight by about ``lr`` whatever its gradient, which at the
@@ -173,6 +182,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.start_sampling not in START_SAMPLING:
+            raise ConfigError(f"train.start_sampling must be one of {', '.join(START_SAMPLING)}, "
+                              f"got {self.start_sampling!r}")
         if self.lr_warmup_steps < 0:
             raise ConfigError(f"train.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
         if self.grad_clip <= 0:

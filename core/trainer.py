@@ -36,7 +36,7 @@ from pushcut.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pushcut.config import RunConfig, TrainConfig, save_config, to_dict
+from pushcut.config import START_SAMPLING, RunConfig, TrainConfig, save_config, to_dict
 from pushcut.contracts import ObsBatch, Policy, TaskSpec
 from pushcut.errors import CheckpointError, ConfigError, EnvError
 from pushcut.evaluate import eval_metrics, evaluate, write_report
@@ -47,18 +47,58 @@ from pushcut.rollout import Episode, RolloutCollector, StartState
 log = logging.getLogger("pushcut")
 
 
-class StartStateSampler:
-    """Cycles through shuffled (task, train initial state) pairs; resumable."""
+def mixed_group_chance(success: float, group_size: int) -> float:
+    """Chance that ``group_size`` independent episodes with success rate ``success``
+    are neither all failures nor all successes, i.e. that dynamic sampling keeps the group."""
+    return 1.0 - success**group_size - (1.0 - success) ** group_size
 
-    def __init__(self, tasks: list[TaskSpec], seed: int) -> None:
+
+class StartStateSampler:
+    """Draws (task, train initial state) pairs; resumable.
+
+    ``uniform`` (the recipe): cycles through all pairs in shuffled order.
+    ``mixed``: picks each task with probability proportional to
+    :func:`mixed_group_chance` of its running rollout success (an exponential
+    average over rounds, fed by :meth:`observe`), floored at ``floor`` so that no
+    task is starved; tasks not yet observed count as certain to mix. Within a
+    task it cycles through the task's states in shuffled order. Dynamic sampling
+    throws away groups that all fail or all succeed; this spends fewer rollouts on
+    them in the first place.
+    """
+
+    def __init__(self, tasks: list[TaskSpec], seed: int, mode: str = "uniform", group_size: int = 8,
+                 floor: float = 0.05, smoothing: float = 0.5) -> None:
+        if mode not in START_SAMPLING:
+            raise ConfigError(f"start sampling must be one of {', '.join(START_SAMPLING)}, got {mode!r}")
         self.pairs = [StartState(t.task_id, s) for t in tasks for s in t.train_init_states]
         if not self.pairs:
             raise EnvError("the env's tasks have no train initial states to sample from")
+        self.mode, self.group_size, self.floor, self.smoothing = mode, group_size, floor, smoothing
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(self.pairs))
         self.pos = 0
+        # ``mixed`` draws from its own stream, so ``uniform`` runs are the same as before it existed
+        self.task_rng = np.random.default_rng([seed, 1])
+        self.states_of = {t.task_id: [p for p in self.pairs if p.task_id == t.task_id]
+                          for t in tasks if t.train_init_states}
+        self.task_ids = list(self.states_of)
+        self.task_orders = {t: self.task_rng.permutation(len(s)).tolist() for t, s in self.states_of.items()}
+        self.task_pos = {t: 0 for t in self.task_ids}
+        self.success: dict[str, float] = {}
+        """Running rollout success per task (``mixed`` mode)."""
+
+    def task_weights(self) -> dict[str, float]:
+        """Probability of drawing each task next (``mixed``), or its share of the pairs (``uniform``)."""
+        if self.mode == "uniform":
+            return {t: len(s) / len(self.pairs) for t, s in self.states_of.items()}
+        raw = {t: max(self.floor, mixed_group_chance(self.success[t], self.group_size)) if t in self.success else 1.0
+               for t in self.task_ids}
+        total = sum(raw.values())
+        return {t: w / total for t, w in raw.items()}
 
     def draw(self, n: int) -> list[StartState]:
+        if self.mode == "mixed":
+            return [self._next_of(t) for t in self._draw_tasks(n)]
         out = []
         for _ in range(n):
             if self.pos == len(self.order):
@@ -67,13 +107,41 @@ class StartStateSampler:
             self.pos += 1
         return out
 
+    def _draw_tasks(self, n: int) -> list[str]:
+        weights = self.task_weights()
+        picks = self.task_rng.choice(len(self.task_ids), size=n, p=list(weights.values()))
+        return [self.task_ids[i] for i in picks]
+
+    def _next_of(self, task_id: str) -> StartState:
+        states, order = self.states_of[task_id], self.task_orders[task_id]
+        if self.task_pos[task_id] == len(order):
+            self.task_orders[task_id] = order = self.task_rng.permutation(len(states)).tolist()
+            self.task_pos[task_id] = 0
+        self.task_pos[task_id] += 1
+        return states[order[self.task_pos[task_id] - 1]]
+
+    def observe(self, episodes: list[Episode]) -> None:
+        """Fold one round's outcomes into each task's running success."""
+        for task in {ep.task_id for ep in episodes if ep.ok}:
+            rate = float(np.mean([ep.success for ep in episodes if ep.ok and ep.task_id == task]))
+            old = self.success.get(task)
+            self.success[task] = rate if old is None else self.smoothing * old + (1.0 - self.smoothing) * rate
+
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "order": self.order.tolist(), "pos": self.pos}
+        return {"rng": self.rng.bit_generator.state, "order": self.order.tolist(), "pos": self.pos,
+                "task_rng": self.task_rng.bit_generator.state,
+                "task_orders": {t: list(o) for t, o in self.task_orders.items()},
+                "task_pos": dict(self.task_pos), "success": dict(self.success)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.order = np.asarray(state["order"], dtype=np.int64)
         self.pos = int(state["pos"])
+        if "task_rng" in state:  # checkpoints from before ``mixed`` sampling hold only the above
+            self.task_rng.bit_generator.state = state["task_rng"]
+            self.task_orders = {t: list(o) for t, o in state["task_orders"].items()}
+            self.task_pos = {t: int(p) for t, p in state["task_pos"].items()}
+            self.success = {t: float(v) for t, v in state["success"].items()}
 
 
 @dataclass
@@ -107,6 +175,7 @@ def collect_batch(
         episodes, stats = collector.collect(starts, algo.group_size, algo.temperature, progress=show,
                                             group_offset=groups_total)
         collected.extend(episodes)
+        sampler.observe(episodes)
         env_steps += stats.env_steps
         policy_s += stats.policy_s
         env_s += stats.env_s
@@ -146,6 +215,9 @@ def collect_batch(
     }
     for task in sorted({ep.task_id for ep in ok}):
         metrics[f"rollout/success/{task}"] = float(np.mean([ep.success for ep in ok if ep.task_id == task]))
+    if sampler.mode == "mixed":  # where the next iteration's rollouts will go
+        for task, weight in sampler.task_weights().items():
+            metrics[f"rollout/draw_weight/{task}"] = weight
     if not kept:
         return None, metrics
     episodes = [ep for g in kept for ep in g]
@@ -319,7 +391,7 @@ class Trainer:
         self.manager.pm.register(self.tensorboard, name=f"tensorboard-{id(self)}")
         try:
             collector = build_collector(cfg, pool, policy)
-            sampler = StartStateSampler(pool.tasks(), cfg.seed)
+            sampler = StartStateSampler(pool.tasks(), cfg.seed, t.start_sampling, cfg.algo.group_size)
             ckpt = latest_checkpoint(self.run_dir) if t.resume else None
             if ckpt is not None:
                 state = load_trainer_state(ckpt)

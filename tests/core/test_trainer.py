@@ -13,7 +13,8 @@ from pushcut.checkpoint import latest_checkpoint, list_checkpoints
 from pushcut.config import TrainConfig, load_config
 from pushcut.testing import registered_plugin
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin
-from pushcut.trainer import StartStateSampler, Trainer, warmup_lr
+from pushcut.rollout import Episode
+from pushcut.trainer import StartStateSampler, Trainer, mixed_group_chance, warmup_lr
 
 
 BASE = [
@@ -73,10 +74,10 @@ class Interrupt:
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("warmup", [0, 6], ids=["constant-lr", "lr-warmup"])
-def test_interrupted_run_resumes_to_the_same_result(manager, tmp_path, warmup):
-    common = ["train.iterations=4", "train.save_every=1", "train.eval_every=2", "eval.max_init_states=4",
-              f"train.lr_warmup_steps={warmup}"]
+@pytest.mark.parametrize("extra", [[], ["train.lr_warmup_steps=6", "train.start_sampling=mixed"]],
+                         ids=["recipe", "lr-warmup-mixed-sampling"])
+def test_interrupted_run_resumes_to_the_same_result(manager, tmp_path, extra):
+    common = ["train.iterations=4", "train.save_every=1", "train.eval_every=2", "eval.max_init_states=4", *extra]
     run(manager, tmp_path, "straight", *common)
     with registered_plugin(Interrupt(3), "interrupt", manager):
         with pytest.raises(KeyboardInterrupt):
@@ -86,6 +87,9 @@ def test_interrupted_run_resumes_to_the_same_result(manager, tmp_path, warmup):
     straight = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     drop = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
     assert [drop(r) for r in lines] == [drop(r) for r in straight]
+    if extra:  # mixed sampling logs where it sends the next rollouts
+        weights = [v for k, v in lines[-1].items() if k.startswith("rollout/draw_weight/")]
+        assert len(weights) == 2 and sum(weights) == pytest.approx(1.0)
     a = torch.load(tmp_path / "straight/checkpoints/step_000004/policy/bin_policy.pt", weights_only=True)["state"]
     b = torch.load(tmp_path / "resumed/checkpoints/step_000004/policy/bin_policy.pt", weights_only=True)["state"]
     for k in a:
@@ -177,6 +181,50 @@ def test_sampler_uses_train_split_only_and_resumes():
     other = StartStateSampler(env.tasks(), seed=99)
     other.load_state_dict(state)
     assert other.draw(5) == nxt
+
+
+def test_mixed_group_chance():
+    assert mixed_group_chance(0.0, 8) == 0.0
+    assert mixed_group_chance(1.0, 8) == 0.0
+    assert mixed_group_chance(0.5, 2) == pytest.approx(0.5)
+    assert mixed_group_chance(0.5, 8) > mixed_group_chance(0.9, 8) > mixed_group_chance(0.01, 8)
+
+
+def outcomes(task_id: str, successes: list[bool]) -> list[Episode]:
+    return [Episode(task_id, "", 0, 0, success=s) for s in successes]
+
+
+def test_mixed_sampling_starves_hopeless_tasks_cycles_states_and_resumes():
+    env = ReachEnv(ReachConfig(targets=(-0.5, 0.0, 0.5), num_init_states=10, num_eval=3))
+    sampler = StartStateSampler(env.tasks(), seed=0, mode="mixed", group_size=8)
+    # before any outcome every task is as likely as any other
+    assert list(sampler.task_weights().values()) == pytest.approx([1 / 3] * 3)
+    sampler.observe([*outcomes("reach_0", [False] * 8), *outcomes("reach_1", [True, False] * 4),
+                     *outcomes("reach_2", [True] * 7 + [False])])
+    weights = sampler.task_weights()
+    assert weights["reach_1"] > weights["reach_2"] > weights["reach_0"] > 0  # floored, never dropped
+    drawn = sampler.draw(3000)
+    share = {t: sum(s.task_id == t for s in drawn) / len(drawn) for t in weights}
+    for task, weight in weights.items():
+        assert share[task] == pytest.approx(weight, abs=0.03), (share, weights)
+    # within a task, each train state comes once before any comes twice
+    first = [s.init_state for s in drawn if s.task_id == "reach_1"][:14]
+    assert sorted(first[:7]) == list(range(7)) and sorted(first[7:]) == list(range(7))
+    # a later round moves the running success halfway to the new rate
+    sampler.observe(outcomes("reach_0", [True] * 8))
+    assert sampler.success["reach_0"] == pytest.approx(0.5)
+    state = sampler.state_dict()
+    nxt = sampler.draw(20)
+    other = StartStateSampler(env.tasks(), seed=99, mode="mixed", group_size=8)
+    other.load_state_dict(state)
+    assert other.draw(20) == nxt
+
+
+def test_uniform_sampling_ignores_outcomes():
+    env = ReachEnv(ReachConfig(num_init_states=10, num_eval=3))
+    a, b = StartStateSampler(env.tasks(), seed=3), StartStateSampler(env.tasks(), seed=3)
+    a.observe(outcomes("reach_0", [False] * 8))
+    assert a.draw(40) == b.draw(40)
 
 
 def test_cli_train_then_eval_writes_report_and_videos(manager, tmp_path, capsys):
