@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demos", help="record scripted-expert demonstrations as HDF5")
     p.add_argument("env", help="env plugin name, e.g. tabletop")
     p.add_argument("--per-task", type=int, default=1, help="demonstrations per task")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="DART: std of Gaussian noise on the executed expert actions (env units); labels stay clean")
     p.add_argument("--out", default=None, help="output HDF5 file (default demos/<env>.hdf5)")
     p.add_argument("overrides", nargs="*", help="env.key=value overrides")
     p = sub.add_parser("predict", help="a checkpoint's greedy action chunk for one image and instruction, as JSON")
@@ -124,7 +126,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "eval":
         return commands.evaluate(args.target, args.overrides)
     if args.command == "demos":
-        return commands.demos(args.env, args.per_task, args.out, args.overrides)
+        return commands.demos(args.env, args.per_task, args.out, args.overrides, noise=args.noise)
     if args.command == "predict":
         return commands.predict(args.policy, args.checkpoint, args.image, args.instruction, args.unnorm_key,
                                 args.mode, args.wrist_image, args.state, args.overrides)

@@ -168,13 +168,16 @@ def sft(config: str, overrides: Sequence[str]) -> int:
     return 0
 
 
-def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str]) -> int:
-    """Record scripted-expert demos of a registered env into an HDF5 file."""
+def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str], noise: float = 0.0) -> int:
+    """Record scripted-expert demos of a registered env into an HDF5 file (``noise``: DART, see
+    :func:`pushcut.demos.record_expert_demo`)."""
     from pushcut.demos import record_demo_file
     from pushcut.pluginmanager import get_plugin_manager
 
     if per_task < 1:
         raise ConfigError(f"--per-task must be >= 1, got {per_task}")
+    if not noise >= 0:
+        raise ConfigError(f"--noise must be >= 0 (env action units), got {noise}")
     bad = [o for o in overrides if not o.startswith("env.")]
     if bad:
         raise ConfigError(f"`pushcut demos` takes env.key=value overrides only, got {bad}")
@@ -183,7 +186,7 @@ def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str]) ->
     entry = get_plugin_manager().envs.get(env)
     options = build_dataclass(entry.config_class, apply_overrides({}, overrides).get("env", {}), "env")
     with entry.build(options) as instance:
-        path, recorded = record_demo_file(instance, env, per_task, out or f"demos/{env}.hdf5")
+        path, recorded = record_demo_file(instance, env, per_task, out or f"demos/{env}.hdf5", noise=noise)
     print(f"wrote {len(recorded)} demos ({sum(len(d) for d in recorded)} steps) to {path}")
     return 0
 

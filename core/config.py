@@ -220,6 +220,9 @@ class SFTConfig:
     """HDF5 demo files (robomimic/LIBERO layout)."""
     demos_per_task: int = 1
     """Scripted-expert demos per task that `pushcut quickstart` records."""
+    demo_noise: float = 0.0
+    """DART: std of the Gaussian noise (env action units) added to the actions the
+    expert executes while `pushcut quickstart` records its demos; labels stay clean."""
     steps: int = 1000
     """Optimiser steps."""
     batch_size: int = 32
@@ -244,6 +247,8 @@ class SFTConfig:
             raise ConfigError(
                 f"sft.steps must be >= 0, sft.batch_size >= 1 and sft.lr > 0; got {self.steps}, {self.batch_size}, {self.lr}"
             )
+        if not self.demo_noise >= 0:
+            raise ConfigError(f"sft.demo_noise must be >= 0 (env action units), got {self.demo_noise}")
         if self.lr_schedule not in SFT_LR_SCHEDULES:
             raise ConfigError(f"sft.lr_schedule must be one of {', '.join(SFT_LR_SCHEDULES)}, got {self.lr_schedule!r}")
 

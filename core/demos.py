@@ -18,6 +18,7 @@ key names mapped by config.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +49,18 @@ class Demo:
         return len(self.actions)
 
 
-def record_expert_demo(env: Env, task: TaskSpec, init_state: int, max_steps: int | None = None) -> tuple[Demo, bool]:
-    """Run the env's scripted expert from ``init_state``; returns the demo and whether it succeeded."""
+def record_expert_demo(env: Env, task: TaskSpec, init_state: int, max_steps: int | None = None,
+                       noise: float = 0.0) -> tuple[Demo, bool]:
+    """Run the env's scripted expert from ``init_state``; returns the demo and whether it succeeded.
+
+    ``noise`` > 0 records DART-style demos: each executed action is the expert's
+    plus Gaussian noise of that std (env action units, seeded by task and init
+    state), while the demo keeps the expert's clean action as the label. The
+    closed-loop expert then corrects the drift, so the demos show how to recover
+    from states just off its own path.
+    """
     obs: Observation = env.reset(task.task_id, init_state)
+    rng = np.random.default_rng([zlib.crc32(task.task_id.encode()), init_state])
     frames: list[Observation] = []
     actions: list[np.ndarray] = []
     success = False
@@ -58,7 +68,8 @@ def record_expert_demo(env: Env, task: TaskSpec, init_state: int, max_steps: int
         action = np.asarray(env.expert_action(), dtype=np.float32)
         frames.append(obs)
         actions.append(action)
-        result = env.step(action[None])
+        executed = action + rng.normal(0.0, noise, action.shape).astype(np.float32) if noise else action
+        result = env.step(executed[None])
         obs = result.observation
         if result.success or result.done:
             success = result.success
@@ -70,10 +81,12 @@ def record_expert_demo(env: Env, task: TaskSpec, init_state: int, max_steps: int
 
 
 def record_demos(
-    env: Env, per_task: int, tasks: Sequence[str] = (), progress: Callable[[int, int], None] | None = None
+    env: Env, per_task: int, tasks: Sequence[str] = (), progress: Callable[[int, int], None] | None = None,
+    noise: float = 0.0,
 ) -> tuple[list[Demo], dict[str, int]]:
     """``per_task`` successful expert demos per task from its *train* initial
-    states (in order; failed attempts are skipped). Returns demos and attempts per task."""
+    states (in order; failed attempts are skipped). Returns demos and attempts per task.
+    ``noise``: DART execution noise, see :func:`record_expert_demo`."""
     specs = [t for t in env.tasks() if not tasks or t.task_id in tasks]
     demos, attempts = [], {}
     total = per_task * len(specs)
@@ -82,7 +95,7 @@ def record_demos(
         for init_state in spec.train_init_states:
             if got == per_task:
                 break
-            demo, ok = record_expert_demo(env, spec, init_state)
+            demo, ok = record_expert_demo(env, spec, init_state, noise=noise)
             tried += 1
             if ok:
                 demos.append(demo)
@@ -96,14 +109,16 @@ def record_demos(
     return demos, attempts
 
 
-def record_demo_file(env: Env, env_name: str, per_task: int, path: str | Path) -> tuple[Path, list[Demo]]:
-    """Record ``per_task`` expert demos per task with a progress display and write them to ``path``."""
+def record_demo_file(env: Env, env_name: str, per_task: int, path: str | Path,
+                     noise: float = 0.0) -> tuple[Path, list[Demo]]:
+    """Record ``per_task`` expert demos per task (DART ``noise``, see :func:`record_expert_demo`)
+    with a progress display and write them to ``path``."""
     from pushcut.errors import ConfigError
     from pushcut.events import Progress
 
     progress = Progress(per_task * len(env.tasks()), "demos")
     try:
-        demos, _ = record_demos(env, per_task, progress=lambda done, total: progress.advance(done, ""))
+        demos, _ = record_demos(env, per_task, progress=lambda done, total: progress.advance(done, ""), noise=noise)
     except NotImplementedError as exc:
         raise ConfigError(f"env {env_name!r} cannot record demos: {exc}") from None
     finally:

@@ -47,7 +47,7 @@ def run_quickstart(overrides: list[str], config_path: str | Path | None = None) 
     if not demo_path.exists():
         t = time.perf_counter()
         with get_plugin_manager().envs.get(cfg.env.type).build(cfg.env.options) as env:
-            record_demo_file(env, cfg.env.type, cfg.sft.demos_per_task, demo_path)
+            record_demo_file(env, cfg.env.type, cfg.sft.demos_per_task, demo_path, noise=cfg.sft.demo_noise)
         timings["demos_s"] = time.perf_counter() - t
     cfg.sft.demos = (str(demo_path),)
     sft_dir = run_dir / "sft" / "policy"  # where run_sft saves

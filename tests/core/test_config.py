@@ -114,6 +114,7 @@ def test_unknown_top_level_section(manager):
         ("algo.group_size=1", r"group_size must be >= 2"),
         ("algo.clip_ratio_high=1.5", r"clip_ratio_high must be in \(0, 1\)"),
         ("train.lr_warmup_steps=-1", r"train.lr_warmup_steps must be >= 0, got -1"),
+        ("sft.demo_noise=-0.1", r"sft.demo_noise must be >= 0 \(env action units\), got -0.1"),
         ("train.start_sampling=greedy", r"train.start_sampling must be one of uniform, mixed, got 'greedy'"),
     ],
 )

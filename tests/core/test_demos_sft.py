@@ -37,6 +37,31 @@ def test_record_write_read_round_trip(tmp_path):
         assert (a.task_id, a.instruction, a.init_state) == (b.task_id, b.instruction, b.init_state)
 
 
+def test_dart_noise_moves_the_path_but_keeps_the_experts_labels():
+    cfg = ReachConfig(max_steps=12)
+    env = ReachEnv(cfg)
+    clean, _ = record_demos(env, per_task=3)
+    noisy, _ = record_demos(env, per_task=3, noise=0.5)
+    again, _ = record_demos(env, per_task=3, noise=0.5)
+    for demos, executes_labels in ((clean, True), (noisy, False)):
+        for d in demos:
+            pos, target = d.states[:, 0], d.states[:, 1]
+            # every label is the expert's action for the state it was recorded in
+            np.testing.assert_allclose(d.actions[:, 0], np.clip((target - pos) / cfg.step_size, -1, 1), atol=1e-6)
+        moved = np.concatenate([np.diff(d.states[:, 0]) / cfg.step_size for d in demos])
+        labels = np.concatenate([d.actions[:-1, 0] for d in demos])
+        assert np.allclose(moved, labels, atol=1e-5) == executes_labels
+    assert sum(len(d) for d in noisy) > sum(len(d) for d in clean)  # noise costs steps to recover from
+    for a, b in zip(noisy, again):  # seeded by task and init state
+        np.testing.assert_array_equal(a.states, b.states)
+
+
+def test_demos_cli_rejects_negative_noise(manager, tmp_path, capsys):
+    assert main(["demos", "reach", "--noise", "-1", "--out", str(tmp_path / "d.hdf5")]) != 0
+    assert "--noise must be >= 0 (env action units), got -1.0" in capsys.readouterr().err
+    assert not (tmp_path / "d.hdf5").exists()
+
+
 def test_reads_libero_style_keys_and_problem_info(tmp_path):
     path = tmp_path / "libero.hdf5"
     with h5py.File(path, "w") as f:
