@@ -144,14 +144,16 @@ class TrainConfig:
     lr: float = 5e-6
     """AdamW learning rate (5e-6 for 7B backbones)."""
     start_sampling: str = "uniform"
-    """Which start states each round draws: ``uniform`` (the recipe) cycles through every
-    (task, train state) pair; ``mixed`` draws tasks in proportion to the chance that a group
-    of theirs has mixed outcomes (from each task's running rollout success), so fewer
-    rollouts go to groups that dynamic sampling then drops."""
+    """Start states per round: ``uniform`` (the recipe) or ``mixed`` (tasks likely to give mixed groups).
+
+    ``uniform`` cycles through every (task, train state) pair; ``mixed`` draws tasks in
+    proportion to the chance that a group of theirs has mixed outcomes (from each task's
+    running rollout success), so fewer rollouts go to groups that dynamic sampling then drops."""
     lr_warmup_steps: int = 0
-    """Optimiser steps of linear learning-rate warmup from the start of RL (0 = none). A fresh
-    AdamW's first steps move every weight by about ``lr`` whatever its gradient, which at the
-    tiny VLA's learning rates is enough to wreck an SFT policy in one iteration."""
+    """Optimiser steps of linear learning-rate warmup at the start of RL (0 = none).
+
+    A fresh AdamW's first steps move every weight by about ``lr`` whatever its gradient,
+    which at the tiny VLA's learning rates is enough to wreck an SFT policy in one iteration."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -221,8 +223,9 @@ class SFTConfig:
     demos_per_task: int = 1
     """Scripted-expert demos per task that `pushcut quickstart` records."""
     demo_noise: float = 0.0
-    """DART: std of the Gaussian noise (env action units) added to the actions the
-    expert executes while `pushcut quickstart` records its demos; labels stay clean."""
+    """DART noise std (env action units) on the expert's executed actions in quickstart demos.
+
+    The recorded labels stay the expert's clean actions (see ``pushcut demos --noise``)."""
     steps: int = 1000
     """Optimiser steps."""
     batch_size: int = 32

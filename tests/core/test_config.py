@@ -181,6 +181,24 @@ def test_every_field_is_documented():
     assert field_docs(AlgoConfig)["clip_ratio_high"].startswith("ε_high")
 
 
+def test_field_docs_are_whole_sentences():
+    """``config show --doc`` prints a field's first docstring line alone, so it must not stop mid-sentence."""
+    import dataclasses
+
+    from pushcut import config as config_module
+    from pushcut.plugins.envs.tabletop.config import TabletopConfig
+    from pushcut.plugins.policies.openvla.config import OpenVLAConfig
+    from pushcut.plugins.policies.tiny.config import TinyVLAConfig
+
+    cut = []
+    for cls in (config_module.AlgoConfig, config_module.RolloutConfig, config_module.TrainConfig,
+                config_module.EvalConfig, config_module.SFTConfig, RunConfig, TabletopConfig, TinyVLAConfig, OpenVLAConfig):
+        docs = field_docs(cls)
+        cut += [f"{cls.__name__}.{f.name}: {docs[f.name]!r}" for f in dataclasses.fields(cls)
+                if f.name in docs and not docs[f.name].rstrip().endswith((".", ")", ":"))]
+    assert not cut, "first docstring lines that stop mid-sentence:\n" + "\n".join(cut)
+
+
 def test_shipped_configs_resolve():
     """Every YAML in configs/ whose plugins are available resolves and validates."""
     from pathlib import Path

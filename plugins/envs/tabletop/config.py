@@ -22,8 +22,10 @@ class TabletopConfig:
     wrist_camera: bool = False
     """Also observe ``wrist_image`` from a camera on the gripper."""
     jitter: float | None = None
-    """Spread of initial states. None: objects, gripper and cabinet anywhere on the table. A number (m): LIBERO-style,
-    each task keeps one nominal arrangement and every initial state moves each of them by up to ±jitter."""
+    """Spread of initial states: None = anywhere on the table, a number (m) = LIBERO-style ±jitter.
+
+    None: objects, gripper and cabinet anywhere on the table. A number (m): each task keeps
+    one nominal arrangement and every initial state moves each of them by up to ±jitter."""
     num_init_states: int = 100
     """Initial states per task (state k of task t is always the same scene)."""
     num_eval_init_states: int = 50

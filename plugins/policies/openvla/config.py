@@ -27,17 +27,22 @@ class OpenVLAConfig:
     checkpoint: str | None = None
     """Directory of the checkpoint (required): the original layout, or one written by this policy's save."""
     unnorm_key: str | None = None
-    """Entry of the checkpoint's ``norm_stats`` used to un-normalise actions (e.g. libero_10_no_noops);
-    may be left unset when the checkpoint has exactly one."""
+    """Entry of the checkpoint's ``norm_stats`` that un-normalises actions (e.g. libero_10_no_noops).
+
+    May be left unset when the checkpoint has exactly one."""
     normalization: str = "q99"
-    """How normalised actions map to env units: q99 (q01/q99 bounds: LIBERO, Bridge) or minmax
-    (min/max bounds: ALOHA, RoboTwin)."""
+    """How normalised actions map to env units: q99 (LIBERO, Bridge) or minmax (ALOHA, RoboTwin).
+
+    q99 uses the checkpoint's q01/q99 bounds, minmax its min/max bounds."""
     mode: str = "parallel"
-    """parallel (OFT / SimpleVLA-RL: all chunk × action_dim tokens in one pass) or autoregressive
-    (original OpenVLA: one action of action_dim tokens per step)."""
+    """Decoding: parallel (OFT / SimpleVLA-RL) or autoregressive (original OpenVLA).
+
+    parallel decodes all chunk × action_dim tokens in one pass; autoregressive decodes one
+    action of action_dim tokens per step."""
     chunk_size: int | None = None
-    """Actions per chunk (OFT: 8 for LIBERO, 25 for ALOHA/RoboTwin); None means 8 in parallel mode and
-    1 in autoregressive mode (the only value it allows)."""
+    """Actions per chunk (OFT: 8 for LIBERO, 25 for ALOHA/RoboTwin; None = the mode's default).
+
+    None means 8 in parallel mode and 1 in autoregressive mode (the only value it allows)."""
     action_dim: int | None = None
     """Dimensions of one action; None takes it from the checkpoint's norm_stats (and a mismatch is an error)."""
     num_images: int = 1
@@ -45,16 +50,21 @@ class OpenVLAConfig:
     use_proprio: bool | None = None
     """Feed ObsBatch.states through the proprio projector (OFT); None: on when the checkpoint has one."""
     center_crop: bool = False
-    """Crop the central 90% of the image area and resize back, as SimpleVLA-RL's rollouts do
-    (set it for checkpoints trained with random-crop augmentation, e.g. its LIBERO SFT models)."""
+    """Crop the central 90% of the image area and resize back, as SimpleVLA-RL's rollouts do.
+
+    Set it for checkpoints trained with random-crop augmentation, e.g. its LIBERO SFT models."""
     restrict_to_action_tokens: bool = True
-    """Sample only among the n_action_bins action token ids (SimpleVLA-RL). False samples over the whole
-    vocabulary as the original OpenVLA generate() does (non-action ids decode to the nearest edge bin)."""
+    """Sample only among the n_action_bins action token ids (SimpleVLA-RL).
+
+    False samples over the whole vocabulary as the original OpenVLA generate() does
+    (non-action ids decode to the nearest edge bin)."""
     dtype: str = "auto"
     """Weights and compute dtype: auto (the checkpoint's own dtype), bfloat16, float16 or float32."""
     attn_implementation: str = "auto"
-    """Language-model attention: auto (sdpa), sdpa, eager, or flash_attention_2 (autoregressive mode only,
-    needs the flash-attn package; parallel decoding needs a custom mask that flash-attn cannot take)."""
+    """Language-model attention: auto (sdpa), sdpa, eager, or flash_attention_2 (autoregressive only).
+
+    flash_attention_2 needs the flash-attn package; parallel decoding needs a custom mask
+    that flash-attn cannot take."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (language model and vision towers): less memory, ~30% slower."""
     freeze_vision: bool = False
