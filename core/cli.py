@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p = sub.add_parser("sft", help="cold-start behaviour cloning on demonstrations")
     _add_config_args(p)
-    p = sub.add_parser("eval", help="greedy evaluation of a run directory or checkpoint")
+    p = sub.add_parser("eval", help="evaluate a run directory or checkpoint on held-out states (greedy; eval.temperature=T samples)")
     p.add_argument("target", help="run directory or checkpoint directory")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p = sub.add_parser("demos", help="record scripted-expert demonstrations as HDF5")

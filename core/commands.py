@@ -107,7 +107,8 @@ def train(config: str, overrides: Sequence[str]) -> int:
 
 
 def evaluate(target: str, overrides: Sequence[str]) -> int:
-    """Greedy evaluation of a run directory (its newest checkpoint) or a checkpoint directory."""
+    """Evaluation of a run directory (its newest checkpoint) or a checkpoint directory: greedy, or
+    sampled with ``eval.temperature`` and ``eval.samples_per_state``."""
     from pushcut.build import build_collector, build_policy, build_pool
     from pushcut.checkpoint import latest_checkpoint
     from pushcut.evaluate import evaluate as run_eval
@@ -139,7 +140,8 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
         progress = Progress(1, "eval")
         report, videos = run_eval(collector, cfg.eval.max_init_states, cfg.eval.videos_per_task,
                                   run_dir / "videos", "eval", cfg.eval.fps,
-                                  lambda done, total: progress.status(f"{done}/{total} episodes"))
+                                  lambda done, total: progress.status(f"{done}/{total} episodes"),
+                                  cfg.eval.temperature, cfg.eval.samples_per_state)
         progress.close()
     finally:
         pool.close()
@@ -152,6 +154,9 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
 
 
 def _print_eval(report: dict) -> None:
+    if report.get("temperature"):
+        print(f"sampled at temperature {report['temperature']:g}, "
+              f"{report['samples_per_state']} episode(s) per start state")
     print(f"{'task':<32} {'success':>8} {'episodes':>9}")
     for task, row in report["per_task"].items():
         print(f"{task:<32} {row['success_rate']:>8.2f} {row['episodes']:>9d}")

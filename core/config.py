@@ -195,7 +195,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Greedy evaluation on held-out start states."""
+    """Evaluation on held-out start states: greedy by default, or sampled at a temperature."""
 
 
     max_init_states: int = 0
@@ -204,11 +204,22 @@ class EvalConfig:
     """Episodes per task recorded as MP4."""
     fps: int = 10
     """Frame rate of the videos."""
+    temperature: float = 0.0
+    """Action sampling temperature of eval episodes (0 = greedy, the evaluation protocol)."""
+    samples_per_state: int = 1
+    """Episodes per eval start state; more than 1 needs temperature > 0 (greedy episodes repeat)."""
 
     def __post_init__(self) -> None:
         if self.max_init_states < 0 or self.videos_per_task < 0 or self.fps < 1:
             raise ConfigError("eval.max_init_states and eval.videos_per_task must be >= 0 and eval.fps >= 1, got "
                               f"{self.max_init_states}, {self.videos_per_task}, {self.fps}")
+        if not self.temperature >= 0:
+            raise ConfigError(f"eval.temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.samples_per_state < 1:
+            raise ConfigError(f"eval.samples_per_state must be >= 1, got {self.samples_per_state}")
+        if self.samples_per_state > 1 and self.temperature == 0:
+            raise ConfigError(f"eval.samples_per_state={self.samples_per_state} needs eval.temperature > 0: "
+                              "greedy episodes from one start state are all the same")
 
 
 SFT_LR_SCHEDULES = ("cosine", "constant")

@@ -1,4 +1,4 @@
-"""Greedy evaluation: one episode per held-out start state, per-task success, videos."""
+"""Evaluation on held-out start states: greedy (one episode each) or sampled, per-task success, videos."""
 
 from __future__ import annotations
 
@@ -44,22 +44,27 @@ def evaluate(
     video_prefix: str = "eval",
     fps: int = 10,
     progress=None,
+    temperature: float = 0.0,
+    samples_per_state: int = 1,
 ) -> tuple[dict[str, Any], list[Path]]:
-    """Greedy (temperature 0) rollouts, one per eval start state.
+    """``samples_per_state`` rollouts per eval start state at ``temperature`` (0: greedy).
 
     Returns ``(report, videos)``: report has ``success_rate`` (mean over tasks),
     ``per_task`` {task_id: {"success_rate", "episodes", "successes"}}, ``episodes``,
-    ``failed`` (episodes lost to env failures, excluded from the rates).
+    ``failed`` (episodes lost to env failures, excluded from the rates), ``temperature``
+    and ``samples_per_state``. Videos show the first episode of the first start states.
     """
     starts = eval_starts(collector, max_init_states)
     first_of_task: dict[str, list[int]] = defaultdict(list)
     for k, s in enumerate(starts):
         if len(first_of_task[s.task_id]) < videos_per_task:
-            first_of_task[s.task_id].append(k)
+            first_of_task[s.task_id].append(k * samples_per_state)  # episode k * G is start k's first
     wanted = {k for ks in first_of_task.values() for k in ks} if video_dir is not None else set()
-    episodes, stats = collector.collect(starts, group_size=1, temperature=0.0, record=lambda k: k in wanted,
-                                        progress=progress)
+    episodes, stats = collector.collect(starts, group_size=samples_per_state, temperature=temperature,
+                                        record=lambda k: k in wanted, progress=progress)
     report = summarize(episodes)
+    report["temperature"] = float(temperature)
+    report["samples_per_state"] = int(samples_per_state)
     report["env_steps"] = stats.env_steps
     report["wall_s"] = round(stats.wall_s, 3)
     videos = []

@@ -94,6 +94,7 @@ def summarize(cfg: RunConfig, run_dir: Path, timings: dict[str, float]) -> dict[
         "improvement": rl["success_rate"] - sft["success_rate"],
         "per_task": per_task,
         "episodes_per_task": min(r["episodes"] for r in per_task.values()),
+        "eval_temperature": cfg.eval.temperature,
         "seeds": {"run": cfg.seed, "policy_init": getattr(cfg.policy.options, "seed", None)},
         "demos_per_task": cfg.sft.demos_per_task,
         "rl_iterations": cfg.train.iterations,

@@ -466,7 +466,8 @@ class Trainer:
 
         t0 = time.perf_counter()
         report, paths = evaluate(collector, e.max_init_states, e.videos_per_task if videos else 0,
-                                 self.run_dir / "videos" if videos else None, f"step{step:06d}", e.fps, show)
+                                 self.run_dir / "videos" if videos else None, f"step{step:06d}", e.fps, show,
+                                 e.temperature, e.samples_per_state)
         report["step"] = step
         write_report(report, self.run_dir / "evals" / f"step_{step:06d}.json")
         metrics = eval_metrics(report)

@@ -115,6 +115,8 @@ def test_unknown_top_level_section(manager):
         ("algo.clip_ratio_high=1.5", r"clip_ratio_high must be in \(0, 1\)"),
         ("train.lr_warmup_steps=-1", r"train.lr_warmup_steps must be >= 0, got -1"),
         ("sft.demo_noise=-0.1", r"sft.demo_noise must be >= 0 \(env action units\), got -0.1"),
+        ("eval.temperature=-1", r"eval.temperature must be >= 0 \(0 = greedy\), got -1"),
+        ("eval.samples_per_state=0", r"eval.samples_per_state must be >= 1, got 0"),
         ("train.start_sampling=greedy", r"train.start_sampling must be one of uniform, mixed, got 'greedy'"),
     ],
 )

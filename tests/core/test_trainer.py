@@ -250,6 +250,28 @@ def test_cli_train_then_eval_writes_report_and_videos(manager, tmp_path, capsys)
     assert "neither a run directory" in capsys.readouterr().err
 
 
+def test_cli_eval_can_sample_several_episodes_per_state(manager, tmp_path, capsys):
+    from pushcut.cli import main
+
+    cfg_file = tmp_path / "reach.yaml"
+    cfg_file.write_text("env: {type: reach}\npolicy: {type: bins}\ntrain: {iterations: 1, eval_at_start: false}\n"
+                        f"rollout: {{transport: inline, num_workers: 1, envs_per_worker: 8}}\nrun_dir: {tmp_path / 'r'}\n")
+    assert main(["train", str(cfg_file)]) == 0
+    greedy_first = {t.task_id: t.eval_init_states[0] for t in ReachEnv(ReachConfig()).tasks()}
+    assert main(["eval", str(tmp_path / "r"), "eval.temperature=1.0", "eval.samples_per_state=3",
+                 "eval.videos_per_task=1"]) == 0
+    assert "sampled at temperature 1, 3 episode(s) per start state" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert (report["temperature"], report["samples_per_state"]) == (1.0, 3)
+    assert all(r["episodes"] == 30 for r in report["per_task"].values())
+    # one video per task, of the first episode from that task's first eval state
+    names = sorted(p.name for p in (tmp_path / "r" / "videos").glob("eval_*.mp4"))
+    assert [n.split("_init")[0] for n in names] == ["eval_reach_0", "eval_reach_1"]
+    assert all(f"_init{greedy_first[n[5:12]]}_" in n for n in names)
+    assert main(["eval", str(tmp_path / "r"), "eval.samples_per_state=2"]) == 2
+    assert "needs eval.temperature > 0" in capsys.readouterr().err
+
+
 def test_fresh_run_refuses_to_mix_with_old_checkpoints(manager, tmp_path, capsys):
     from pushcut.errors import ConfigError
 
