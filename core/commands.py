@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,7 +142,7 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
         report, videos = run_eval(collector, cfg.eval.max_init_states, cfg.eval.videos_per_task,
                                   run_dir / "videos", "eval", cfg.eval.fps,
                                   lambda done, total: progress.status(f"{done}/{total} episodes"),
-                                  cfg.eval.temperature, cfg.eval.samples_per_state)
+                                  cfg.eval.temperature, cfg.eval.samples_per_state, cfg.seed)
         progress.close()
     finally:
         pool.close()
@@ -181,8 +182,8 @@ def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str], no
 
     if per_task < 1:
         raise ConfigError(f"--per-task must be >= 1, got {per_task}")
-    if not noise >= 0:
-        raise ConfigError(f"--noise must be >= 0 (env action units), got {noise}")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise ConfigError(f"--noise must be a finite number >= 0 (env action units), got {noise}")
     bad = [o for o in overrides if not o.startswith("env.")]
     if bad:
         raise ConfigError(f"`pushcut demos` takes env.key=value overrides only, got {bad}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -143,12 +144,6 @@ class TrainConfig:
     """Chunk rows per forward/backward (gradient accumulation below a minibatch)."""
     lr: float = 5e-6
     """AdamW learning rate (5e-6 for 7B backbones)."""
-    start_sampling: str = "uniform"
-    """Start states per round: ``uniform`` (the recipe) or ``mixed`` (tasks likely to give mixed groups).
-
-    ``uniform`` cycles through every (task, train state) pair; ``mixed`` draws tasks in
-    proportion to the chance that a group of theirs has mixed outcomes (from each task's
-    running rollout success), so fewer rollouts go to groups that dynamic sampling then drops."""
     lr_warmup_steps: int = 0
     """Optimiser steps of linear learning-rate warmup at the start of RL (0 = none).
 
@@ -158,6 +153,12 @@ class TrainConfig:
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
+    start_sampling: str = "uniform"
+    """Start states per round: ``uniform`` (the recipe) or ``mixed`` (tasks likely to give mixed groups).
+
+    ``uniform`` cycles through every (task, train state) pair; ``mixed`` draws tasks in
+    proportion to the chance that a group of theirs has mixed outcomes (from each task's
+    running rollout success), so fewer rollouts go to groups that dynamic sampling then drops."""
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold."""
     eval_every: int = 10
@@ -213,8 +214,8 @@ class EvalConfig:
         if self.max_init_states < 0 or self.videos_per_task < 0 or self.fps < 1:
             raise ConfigError("eval.max_init_states and eval.videos_per_task must be >= 0 and eval.fps >= 1, got "
                               f"{self.max_init_states}, {self.videos_per_task}, {self.fps}")
-        if not self.temperature >= 0:
-            raise ConfigError(f"eval.temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(f"eval.temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
         if self.samples_per_state < 1:
             raise ConfigError(f"eval.samples_per_state must be >= 1, got {self.samples_per_state}")
         if self.samples_per_state > 1 and self.temperature == 0:
@@ -236,7 +237,8 @@ class SFTConfig:
     demo_noise: float = 0.0
     """DART noise std (env action units) on the expert's executed actions in quickstart demos.
 
-    The recorded labels stay the expert's clean actions (see ``pushcut demos --noise``)."""
+    The recorded labels stay the expert's clean actions (see ``pushcut demos --noise``). The
+    noise goes on every action dimension, the gripper's included."""
     steps: int = 1000
     """Optimiser steps."""
     batch_size: int = 32
@@ -261,8 +263,8 @@ class SFTConfig:
             raise ConfigError(
                 f"sft.steps must be >= 0, sft.batch_size >= 1 and sft.lr > 0; got {self.steps}, {self.batch_size}, {self.lr}"
             )
-        if not self.demo_noise >= 0:
-            raise ConfigError(f"sft.demo_noise must be >= 0 (env action units), got {self.demo_noise}")
+        if not (math.isfinite(self.demo_noise) and self.demo_noise >= 0):
+            raise ConfigError(f"sft.demo_noise must be a finite number >= 0 (env action units), got {self.demo_noise}")
         if self.lr_schedule not in SFT_LR_SCHEDULES:
             raise ConfigError(f"sft.lr_schedule must be one of {', '.join(SFT_LR_SCHEDULES)}, got {self.lr_schedule!r}")
 

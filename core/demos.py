@@ -54,8 +54,8 @@ def record_expert_demo(env: Env, task: TaskSpec, init_state: int, max_steps: int
     """Run the env's scripted expert from ``init_state``; returns the demo and whether it succeeded.
 
     ``noise`` > 0 records DART-style demos: each executed action is the expert's
-    plus Gaussian noise of that std (env action units, seeded by task and init
-    state), while the demo keeps the expert's clean action as the label. The
+    plus Gaussian noise of that std (env action units, on every dimension, seeded
+    by task and init state), while the demo keeps the expert's clean action as the label. The
     closed-loop expert then corrects the drift, so the demos show how to recover
     from states just off its own path.
     """
@@ -123,10 +123,12 @@ def record_demo_file(env: Env, env_name: str, per_task: int, path: str | Path,
         raise ConfigError(f"env {env_name!r} cannot record demos: {exc}") from None
     finally:
         progress.close()
-    return write_demos(path, demos, env_name=env_name), demos
+    return write_demos(path, demos, env_name=env_name, noise=noise), demos
 
 
-def write_demos(path: str | Path, demos: Sequence[Demo], env_name: str = "") -> Path:
+def write_demos(path: str | Path, demos: Sequence[Demo], env_name: str = "", noise: float = 0.0) -> Path:
+    """Write ``demos`` in the robomimic/LIBERO layout; ``noise`` (the DART std they were
+    recorded with) goes into ``data.attrs["dart_noise"]``."""
     import h5py
 
     path = Path(path)
@@ -136,6 +138,7 @@ def write_demos(path: str | Path, demos: Sequence[Demo], env_name: str = "") -> 
         data = f.create_group("data")
         data.attrs["env"] = env_name
         data.attrs["total"] = int(sum(len(d) for d in demos))
+        data.attrs["dart_noise"] = float(noise)
         for i, d in enumerate(demos):
             g = data.create_group(f"demo_{i}")
             g.attrs.update(num_samples=len(d), task_id=d.task_id, instruction=d.instruction, init_state=d.init_state)

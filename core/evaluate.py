@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from pushcut.rollout import Episode, RolloutCollector, StartState
 
@@ -46,8 +47,13 @@ def evaluate(
     progress=None,
     temperature: float = 0.0,
     samples_per_state: int = 1,
+    seed: int = 0,
 ) -> tuple[dict[str, Any], list[Path]]:
     """``samples_per_state`` rollouts per eval start state at ``temperature`` (0: greedy).
+
+    A sampled eval draws from its own torch random stream seeded with ``seed``: it
+    repeats exactly, and leaves the caller's stream (a training run's rollouts) as it was.
+    Its videos are named ``<video_prefix>_T<temperature>_…``, apart from greedy ones.
 
     Returns ``(report, videos)``: report has ``success_rate`` (mean over tasks),
     ``per_task`` {task_id: {"success_rate", "episodes", "successes"}}, ``episodes``,
@@ -60,14 +66,18 @@ def evaluate(
         if len(first_of_task[s.task_id]) < videos_per_task:
             first_of_task[s.task_id].append(k * samples_per_state)  # episode k * G is start k's first
     wanted = {k for ks in first_of_task.values() for k in ks} if video_dir is not None else set()
-    episodes, stats = collector.collect(starts, group_size=samples_per_state, temperature=temperature,
-                                        record=lambda k: k in wanted, progress=progress)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        episodes, stats = collector.collect(starts, group_size=samples_per_state, temperature=temperature,
+                                            record=lambda k: k in wanted, progress=progress)
     report = summarize(episodes)
     report["temperature"] = float(temperature)
     report["samples_per_state"] = int(samples_per_state)
     report["env_steps"] = stats.env_steps
     report["wall_s"] = round(stats.wall_s, 3)
     videos = []
+    if temperature:
+        video_prefix = f"{video_prefix}_T{temperature:g}"
     if video_dir is not None:
         for k in sorted(wanted):
             ep = episodes[k]
@@ -103,7 +113,8 @@ def summarize(episodes: list[Episode]) -> dict[str, Any]:
 
 def eval_metrics(report: dict[str, Any]) -> dict[str, float]:
     """Flatten a report into ``eval/*`` metrics."""
-    metrics = {"eval/success_rate": report["success_rate"], "eval/episodes": float(report["episodes"])}
+    metrics = {"eval/success_rate": report["success_rate"], "eval/episodes": float(report["episodes"]),
+               "eval/temperature": float(report["temperature"])}
     for task, row in report["per_task"].items():
         metrics[f"eval/success/{task}"] = row["success_rate"]
     return metrics

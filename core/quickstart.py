@@ -21,6 +21,7 @@ import torch
 
 from pushcut.config import RunConfig, load_config, save_config
 from pushcut.demos import record_demo_file
+from pushcut.errors import ConfigError
 from pushcut.events import MetricsFile
 from pushcut.pluginmanager import get_plugin_manager
 from pushcut.sft import run_sft
@@ -44,7 +45,9 @@ def run_quickstart(overrides: list[str], config_path: str | Path | None = None) 
     timings: dict[str, float] = {}
 
     demo_path = run_dir / "demos.hdf5"
-    if not demo_path.exists():
+    if demo_path.exists():
+        check_cached_demos(demo_path, cfg)
+    else:
         t = time.perf_counter()
         with get_plugin_manager().envs.get(cfg.env.type).build(cfg.env.options) as env:
             record_demo_file(env, cfg.env.type, cfg.sft.demos_per_task, demo_path, noise=cfg.sft.demo_noise)
@@ -67,6 +70,28 @@ def run_quickstart(overrides: list[str], config_path: str | Path | None = None) 
     plot_curves(run_dir, cfg.algo.temperature)
     print_table(summary)
     return summary
+
+
+def check_cached_demos(path: Path, cfg: RunConfig) -> None:
+    """A rerun reuses the run's demo file (and the SFT policy cloned from it); refuse one
+    recorded with another ``sft.demos_per_task`` or ``sft.demo_noise`` than the config asks for."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        data = f["data"]
+        noise = float(data.attrs.get("dart_noise", 0.0))
+        counts: dict[str, int] = {}
+        for name in data:
+            task = str(data[name].attrs.get("task_id", ""))
+            counts[task] = counts.get(task, 0) + 1
+    per = sorted(set(counts.values())) or [0]
+    found = f"sft.demos_per_task={per[0] if len(per) == 1 else f'{per[0]}..{per[-1]}'}, sft.demo_noise={noise:g}"
+    if set(counts.values()) != {cfg.sft.demos_per_task} or noise != cfg.sft.demo_noise:
+        raise ConfigError(
+            f"{path} holds demos recorded with {found}, but the config asks for sft.demos_per_task="
+            f"{cfg.sft.demos_per_task}, sft.demo_noise={cfg.sft.demo_noise:g}; the quickstart reuses a run's demos "
+            f"and SFT policy, so pick a fresh run_dir (or delete {path.parent})"
+        )
 
 
 def _eval_reports(run_dir: Path) -> list[dict[str, Any]]:

@@ -47,18 +47,12 @@ from pushcut.rollout import Episode, RolloutCollector, StartState
 log = logging.getLogger("pushcut")
 
 
-def mixed_group_chance(success: float, group_size: int) -> float:
-    """Chance that ``group_size`` independent episodes with success rate ``success``
-    are neither all failures nor all successes, i.e. that dynamic sampling keeps the group."""
-    return 1.0 - success**group_size - (1.0 - success) ** group_size
-
-
 class StartStateSampler:
     """Draws (task, train initial state) pairs; resumable.
 
     ``uniform`` (the recipe): cycles through all pairs in shuffled order.
     ``mixed``: picks each task with probability proportional to
-    :func:`mixed_group_chance` of its running rollout success (an exponential
+    :func:`pushcut.algos.mixed_group_chance` of its running rollout success (an exponential
     average over rounds, fed by :meth:`observe`), floored at ``floor`` so that no
     task is starved; tasks not yet observed count as certain to mix. Within a
     task it cycles through the task's states in shuffled order. Dynamic sampling
@@ -91,7 +85,7 @@ class StartStateSampler:
         """Probability of drawing each task next (``mixed``), or its share of the pairs (``uniform``)."""
         if self.mode == "uniform":
             return {t: len(s) / len(self.pairs) for t, s in self.states_of.items()}
-        raw = {t: max(self.floor, mixed_group_chance(self.success[t], self.group_size)) if t in self.success else 1.0
+        raw = {t: max(self.floor, algos.mixed_group_chance(self.success[t], self.group_size)) if t in self.success else 1.0
                for t in self.task_ids}
         total = sum(raw.values())
         return {t: w / total for t, w in raw.items()}
@@ -467,7 +461,7 @@ class Trainer:
         t0 = time.perf_counter()
         report, paths = evaluate(collector, e.max_init_states, e.videos_per_task if videos else 0,
                                  self.run_dir / "videos" if videos else None, f"step{step:06d}", e.fps, show,
-                                 e.temperature, e.samples_per_state)
+                                 e.temperature, e.samples_per_state, self.config.seed)
         report["step"] = step
         write_report(report, self.run_dir / "evals" / f"step_{step:06d}.json")
         metrics = eval_metrics(report)

@@ -114,8 +114,10 @@ def test_unknown_top_level_section(manager):
         ("algo.group_size=1", r"group_size must be >= 2"),
         ("algo.clip_ratio_high=1.5", r"clip_ratio_high must be in \(0, 1\)"),
         ("train.lr_warmup_steps=-1", r"train.lr_warmup_steps must be >= 0, got -1"),
-        ("sft.demo_noise=-0.1", r"sft.demo_noise must be >= 0 \(env action units\), got -0.1"),
-        ("eval.temperature=-1", r"eval.temperature must be >= 0 \(0 = greedy\), got -1"),
+        ("sft.demo_noise=-0.1", r"sft.demo_noise must be a finite number >= 0 \(env action units\), got -0.1"),
+        ("sft.demo_noise=.inf", r"sft.demo_noise must be a finite number >= 0 \(env action units\), got inf"),
+        ("eval.temperature=-1", r"eval.temperature must be a finite number >= 0 \(0 = greedy\), got -1"),
+        ("eval.temperature=.nan", r"eval.temperature must be a finite number >= 0 \(0 = greedy\), got nan"),
         ("eval.samples_per_state=0", r"eval.samples_per_state must be >= 1, got 0"),
         ("train.start_sampling=greedy", r"train.start_sampling must be one of uniform, mixed, got 'greedy'"),
     ],
@@ -197,7 +199,7 @@ def test_field_docs_are_whole_sentences():
                 config_module.EvalConfig, config_module.SFTConfig, RunConfig, TabletopConfig, TinyVLAConfig, OpenVLAConfig):
         docs = field_docs(cls)
         cut += [f"{cls.__name__}.{f.name}: {docs[f.name]!r}" for f in dataclasses.fields(cls)
-                if f.name in docs and not docs[f.name].rstrip().endswith((".", ")", ":"))]
+                if f.name in docs and not docs[f.name].rstrip().endswith((".", ")"))]
     assert not cut, "first docstring lines that stop mid-sentence:\n" + "\n".join(cut)
 
 

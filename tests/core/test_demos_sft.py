@@ -58,7 +58,7 @@ def test_dart_noise_moves_the_path_but_keeps_the_experts_labels():
 
 def test_demos_cli_rejects_negative_noise(manager, tmp_path, capsys):
     assert main(["demos", "reach", "--noise", "-1", "--out", str(tmp_path / "d.hdf5")]) != 0
-    assert "--noise must be >= 0 (env action units), got -1.0" in capsys.readouterr().err
+    assert "--noise must be a finite number >= 0 (env action units), got -1.0" in capsys.readouterr().err
     assert not (tmp_path / "d.hdf5").exists()
 
 

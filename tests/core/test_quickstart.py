@@ -1,9 +1,11 @@
 """The main job end to end on a very small budget: every artefact it promises is written."""
 
 import json
+import re
 
 import pytest
 
+from pushcut.errors import ConfigError
 from pushcut.quickstart import default_config_path, run_quickstart
 
 SMALL = [
@@ -35,3 +37,7 @@ def test_quickstart_writes_summary_curve_videos(tmp_path, capsys):
     # a second run resumes: stages with outputs are skipped, the finished RL run is not repeated
     again = run_quickstart([*SMALL, f"run_dir={run_dir}"])
     assert again["rl_success"] == summary["rl_success"]
+    # a rerun that asks for other demos than the ones cached says so instead of reusing them
+    for change, found in (("sft.demo_noise=0.2", "sft.demo_noise=0"), ("sft.demos_per_task=2", "sft.demos_per_task=1,")):
+        with pytest.raises(ConfigError, match=re.escape(f"holds demos recorded with ") + ".*" + re.escape(found)):
+            run_quickstart([*SMALL, f"run_dir={run_dir}", change])

@@ -14,7 +14,7 @@ from pushcut.config import TrainConfig, load_config
 from pushcut.testing import registered_plugin
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin
 from pushcut.rollout import Episode
-from pushcut.trainer import StartStateSampler, Trainer, mixed_group_chance, warmup_lr
+from pushcut.trainer import StartStateSampler, Trainer, warmup_lr
 
 
 BASE = [
@@ -87,9 +87,11 @@ def test_interrupted_run_resumes_to_the_same_result(manager, tmp_path, extra):
     straight = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     drop = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
     assert [drop(r) for r in lines] == [drop(r) for r in straight]
-    if extra:  # mixed sampling logs where it sends the next rollouts
+    if extra:  # mixed sampling logs where it sends the next rollouts; the warmup ramps the rate up
         weights = [v for k, v in lines[-1].items() if k.startswith("rollout/draw_weight/")]
         assert len(weights) == 2 and sum(weights) == pytest.approx(1.0)
+        rates = [r["actor/lr"] for r in lines if "actor/lr" in r]
+        assert rates[0] < rates[-1] and rates == sorted(rates)
     a = torch.load(tmp_path / "straight/checkpoints/step_000004/policy/bin_policy.pt", weights_only=True)["state"]
     b = torch.load(tmp_path / "resumed/checkpoints/step_000004/policy/bin_policy.pt", weights_only=True)["state"]
     for k in a:
@@ -183,13 +185,6 @@ def test_sampler_uses_train_split_only_and_resumes():
     assert other.draw(5) == nxt
 
 
-def test_mixed_group_chance():
-    assert mixed_group_chance(0.0, 8) == 0.0
-    assert mixed_group_chance(1.0, 8) == 0.0
-    assert mixed_group_chance(0.5, 2) == pytest.approx(0.5)
-    assert mixed_group_chance(0.5, 8) > mixed_group_chance(0.9, 8) > mixed_group_chance(0.01, 8)
-
-
 def outcomes(task_id: str, successes: list[bool]) -> list[Episode]:
     return [Episode(task_id, "", 0, 0, success=s) for s in successes]
 
@@ -225,6 +220,10 @@ def test_uniform_sampling_ignores_outcomes():
     a, b = StartStateSampler(env.tasks(), seed=3), StartStateSampler(env.tasks(), seed=3)
     a.observe(outcomes("reach_0", [False] * 8))
     assert a.draw(40) == b.draw(40)
+    # the recipe's order: shuffled passes over all (task, state) pairs from one stream seeded by the run
+    rng, pairs = np.random.default_rng(3), b.pairs
+    expected = [pairs[i] for i in rng.permutation(len(pairs))] + [pairs[i] for i in rng.permutation(len(pairs))]
+    assert StartStateSampler(env.tasks(), seed=3).draw(2 * len(pairs)) == expected
 
 
 def test_cli_train_then_eval_writes_report_and_videos(manager, tmp_path, capsys):
@@ -266,10 +265,25 @@ def test_cli_eval_can_sample_several_episodes_per_state(manager, tmp_path, capsy
     assert all(r["episodes"] == 30 for r in report["per_task"].values())
     # one video per task, of the first episode from that task's first eval state
     names = sorted(p.name for p in (tmp_path / "r" / "videos").glob("eval_*.mp4"))
-    assert [n.split("_init")[0] for n in names] == ["eval_reach_0", "eval_reach_1"]
-    assert all(f"_init{greedy_first[n[5:12]]}_" in n for n in names)
+    assert [n.split("_init")[0] for n in names] == ["eval_T1_reach_0", "eval_T1_reach_1"]
+    assert all(f"_init{greedy_first[n[8:15]]}_" in n for n in names)
+    # a sampled eval draws from its own seeded stream, so it repeats exactly
+    assert main(["eval", str(tmp_path / "r"), "eval.temperature=1.0", "eval.samples_per_state=3"]) == 0
+    again = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert again["per_task"] == report["per_task"]
     assert main(["eval", str(tmp_path / "r"), "eval.samples_per_state=2"]) == 2
     assert "needs eval.temperature > 0" in capsys.readouterr().err
+
+
+def test_sampled_eval_during_training_leaves_the_rollouts_alone(manager, tmp_path):
+    common = ["train.iterations=3", "train.eval_every=1", "eval.max_init_states=4"]
+    _, _, greedy = run(manager, tmp_path, "greedy", *common)
+    _, _, sampled = run(manager, tmp_path, "sampled", *common, "eval.temperature=1.0", "eval.samples_per_state=2")
+    rollouts = lambda lines: [{k: v for k, v in r.items() if k.startswith(("rollout/", "actor/"))} for r in lines]  # noqa: E731
+    assert rollouts(sampled) == rollouts(greedy)
+    assert {r["eval/temperature"] for r in sampled if "eval/temperature" in r} == {1.0}
+    assert sum(r["eval/episodes"] for r in sampled if "eval/episodes" in r) == 2 * sum(
+        r["eval/episodes"] for r in greedy if "eval/episodes" in r)
 
 
 def test_fresh_run_refuses_to_mix_with_old_checkpoints(manager, tmp_path, capsys):
