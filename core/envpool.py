@@ -308,10 +308,14 @@ class EnvPool:
         return Ticket(sent, grouped, {})
 
     def collect(self, ticket: Ticket) -> dict[int, Any]:
-        """Slot → result (or SlotFailure) of a submitted request."""
+        """Slot → result (or SlotFailure) of a submitted request, in slot order.
+
+        Workers answer in whatever order they finish; the caller frees and refills
+        slots in the order of this dict, so it must not depend on that, or the same
+        seed would give different episodes from run to run."""
         if not ticket.sent:
             return {slot: SlotFailure(slot, v.reason) if isinstance(v, SlotFailure) else v
-                    for slot, v in ticket.done.items()}
+                    for slot, v in sorted(ticket.done.items())}
         out: dict[int, Any] = {}
         for w, reply in self._gather(ticket.sent).items():
             base = w * self.envs_per_worker
@@ -321,7 +325,7 @@ class EnvPool:
                 continue
             for local, value in reply:
                 out[base + local] = SlotFailure(base + local, value.reason) if isinstance(value, SlotFailure) else value
-        return out
+        return dict(sorted(out.items()))
 
     def _per_slot(self, cmd: str, items: Mapping[int, tuple]) -> dict[int, Any]:
         return self.collect(self.submit(cmd, items))

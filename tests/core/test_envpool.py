@@ -47,6 +47,16 @@ def test_env_raising_in_step_is_a_slot_failure(pool):
     assert pool.pop_lost_slots() == set()  # the worker survived
 
 
+def test_results_come_in_slot_order_whatever_order_workers_answer_in():
+    with EnvPool(ReachEnv, ReachConfig(step_delay_s=0.05), num_workers=2, envs_per_worker=2, timeout_s=20) as pool:
+        pool.reset({s: ("reach_0", 1) for s in range(4)})
+        # worker 0 (slots 0, 1) runs 6 steps per env, worker 1 one step: worker 1 answers first
+        out = pool.step({0: np.zeros((6, 1), np.float32), 1: np.zeros((6, 1), np.float32),
+                         3: np.zeros((1, 1), np.float32), 2: np.zeros((1, 1), np.float32)})
+        assert list(out) == [0, 1, 2, 3]
+        assert [r.steps for r in out.values()] == [6, 6, 1, 1]
+
+
 def test_tasks_and_action_spec(pool):
     assert [t.task_id for t in pool.tasks()] == ["reach_0", "reach_1"]
     assert pool.action_spec.action_dim == 1
