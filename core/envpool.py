@@ -313,10 +313,8 @@ class EnvPool:
         Workers answer in whatever order they finish; the caller frees and refills
         slots in the order of this dict, so it must not depend on that, or the same
         seed would give different episodes from run to run."""
-        if not ticket.sent:
-            return {slot: SlotFailure(slot, v.reason) if isinstance(v, SlotFailure) else v
-                    for slot, v in sorted(ticket.done.items())}
-        out: dict[int, Any] = {}
+        out: dict[int, Any] = {slot: SlotFailure(slot, v.reason) if isinstance(v, SlotFailure) else v
+                               for slot, v in ticket.done.items()}
         for w, reply in self._gather(ticket.sent).items():
             base = w * self.envs_per_worker
             if isinstance(reply, SlotFailure):

@@ -51,9 +51,9 @@ def evaluate(
 ) -> tuple[dict[str, Any], list[Path]]:
     """``samples_per_state`` rollouts per eval start state at ``temperature`` (0: greedy).
 
-    A sampled eval draws from its own torch random stream seeded with ``seed``: it
-    repeats exactly, and leaves the caller's stream (a training run's rollouts) as it was.
-    Its videos are named ``<video_prefix>_T<temperature>_…``, apart from greedy ones.
+    The episodes draw from their own torch random stream seeded with ``seed``, so a
+    sampled eval repeats exactly and leaves the caller's stream (a training run's
+    rollouts) as it was. Sampled videos are named ``<video_prefix>_T<temperature>_…``.
 
     Returns ``(report, videos)``: report has ``success_rate`` (mean over tasks),
     ``per_task`` {task_id: {"success_rate", "episodes", "successes"}}, ``episodes``,

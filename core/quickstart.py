@@ -84,11 +84,11 @@ def check_cached_demos(path: Path, cfg: RunConfig) -> None:
         for name in data:
             task = str(data[name].attrs.get("task_id", ""))
             counts[task] = counts.get(task, 0) + 1
-    per = sorted(set(counts.values())) or [0]
-    found = f"sft.demos_per_task={per[0] if len(per) == 1 else f'{per[0]}..{per[-1]}'}, sft.demo_noise={noise:g}"
-    if set(counts.values()) != {cfg.sft.demos_per_task} or noise != cfg.sft.demo_noise:
+    per_task = sorted(set(counts.values()))
+    if per_task != [cfg.sft.demos_per_task] or noise != cfg.sft.demo_noise:
         raise ConfigError(
-            f"{path} holds demos recorded with {found}, but the config asks for sft.demos_per_task="
+            f"{path} holds demos recorded with sft.demos_per_task={'/'.join(map(str, per_task))}, "
+            f"sft.demo_noise={noise:g}, but the config asks for sft.demos_per_task="
             f"{cfg.sft.demos_per_task}, sft.demo_noise={cfg.sft.demo_noise:g}; the quickstart reuses a run's demos "
             f"and SFT policy, so pick a fresh run_dir (or delete {path.parent})"
         )
