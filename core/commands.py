@@ -107,33 +107,48 @@ def train(config: str, overrides: Sequence[str]) -> int:
     return 0
 
 
+def _eval_target(target: str) -> tuple[Path, Path | None]:
+    """``(run_dir, policy weights)`` of what `pushcut eval` was pointed at: a run directory (its
+    newest checkpoint; None when it has none), a checkpoint directory, or a saved policy
+    directory inside a run directory, such as the SFT policy ``runs/x/sft/policy``."""
+    path = Path(target).resolve()
+    if not path.is_dir():
+        raise ConfigError(f"{target!r} is not a directory: pass a run directory, a checkpoint directory "
+                          "or a policy directory inside a run directory")
+    if (path / "config.yaml").is_file():
+        from pushcut.checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(path)
+        return path, (ckpt / "policy" if ckpt is not None else None)
+    if (path / "trainer.pt").is_file() and (path.parents[1] / "config.yaml").is_file():
+        return path.parents[1], path / "policy"
+    run_dir = next((p for p in path.parents[:3] if (p / "config.yaml").is_file()), None)
+    if run_dir is not None and any(path.iterdir()):
+        return run_dir, path
+    raise ConfigError(
+        f"{target!r} is neither a run directory (with config.yaml), a checkpoint (runs/X/checkpoints/step_N) "
+        "nor a policy directory inside a run directory (runs/X/sft/policy)"
+    )
+
+
 def evaluate(target: str, overrides: Sequence[str]) -> int:
-    """Evaluation of a run directory (its newest checkpoint) or a checkpoint directory: greedy, or
-    sampled with ``eval.temperature`` and ``eval.samples_per_state``."""
+    """Evaluation of a run directory (its newest checkpoint), a checkpoint directory or a policy
+    directory inside a run directory: greedy, or sampled with ``eval.temperature`` and
+    ``eval.samples_per_state``, on the held-out states or (``eval.split=train``) the train states."""
     from pushcut.build import build_collector, build_policy, build_pool
-    from pushcut.checkpoint import latest_checkpoint
     from pushcut.evaluate import evaluate as run_eval
     from pushcut.evaluate import write_report
     from pushcut.events import Progress
 
     _setup_logging()
-    path = Path(target).resolve()
-    if not path.is_dir():
-        raise ConfigError(f"{target!r} is not a directory: pass a run directory or a checkpoint directory")
-    if (path / "config.yaml").is_file():
-        run_dir, ckpt = path, latest_checkpoint(path)
-        weights = ckpt / "policy" if ckpt is not None else None
-    elif (path / "trainer.pt").is_file() and (path.parents[1] / "config.yaml").is_file():
-        run_dir, weights = path.parents[1], path / "policy"
-    else:
-        raise ConfigError(
-            f"{target!r} is neither a run directory (with config.yaml) nor a checkpoint (runs/X/checkpoints/step_N)"
-        )
+    run_dir, weights = _eval_target(target)
     cfg = load_config(run_dir / "config.yaml", overrides)
     if weights is None:
         from pushcut.errors import CheckpointError
 
-        raise CheckpointError(f"run directory {str(run_dir)!r} has no checkpoint yet")
+        hint = f"; evaluate its SFT policy with: pushcut eval {run_dir / 'sft' / 'policy'}" if (
+            run_dir / "sft" / "policy").is_dir() else ""
+        raise CheckpointError(f"run directory {str(run_dir)!r} has no checkpoint yet{hint}")
     policy = build_policy(cfg, weights).eval()
     pool = build_pool(cfg)
     try:
@@ -142,7 +157,7 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
         report, videos = run_eval(collector, cfg.eval.max_init_states, cfg.eval.videos_per_task,
                                   run_dir / "videos", "eval", cfg.eval.fps,
                                   lambda done, total: progress.status(f"{done}/{total} episodes"),
-                                  cfg.eval.temperature, cfg.eval.samples_per_state, cfg.seed)
+                                  cfg.eval.temperature, cfg.eval.samples_per_state, cfg.seed, cfg.eval.split)
         progress.close()
     finally:
         pool.close()
@@ -155,6 +170,8 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
 
 
 def _print_eval(report: dict) -> None:
+    if report.get("split") == "train":
+        print("on the train split: the initial states RL trains on and demos come from, not held out")
     if report.get("temperature"):
         print(f"sampled at temperature {report['temperature']:g}, "
               f"{report['samples_per_state']} episode(s) per start state")

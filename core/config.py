@@ -123,6 +123,8 @@ class RolloutConfig:
 
 
 START_SAMPLING = ("uniform", "mixed")
+EVAL_SPLITS = ("eval", "train")
+"""``eval.split`` choices: the held-out initial states, or the ones RL and demos draw from."""
 """``train.start_sampling`` choices (see :class:`pushcut.trainer.StartStateSampler`)."""
 
 
@@ -209,8 +211,14 @@ class EvalConfig:
     """Action sampling temperature of eval episodes (0 = greedy, the evaluation protocol)."""
     samples_per_state: int = 1
     """Episodes per eval start state; more than 1 needs temperature > 0 (greedy episodes repeat)."""
+    split: str = "eval"
+    """Initial states `pushcut eval` runs on: "eval" (held out, the protocol) or "train" (those RL trains on).
+
+    Training runs and the quickstart always evaluate on the held-out states."""
 
     def __post_init__(self) -> None:
+        if self.split not in EVAL_SPLITS:
+            raise ConfigError(f"eval.split must be one of {', '.join(EVAL_SPLITS)}, got {self.split!r}")
         if self.max_init_states < 0 or self.videos_per_task < 0 or self.fps < 1:
             raise ConfigError("eval.max_init_states and eval.videos_per_task must be >= 0 and eval.fps >= 1, got "
                               f"{self.max_init_states}, {self.videos_per_task}, {self.fps}")

@@ -11,17 +11,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from pushcut.config import EVAL_SPLITS
 from pushcut.rollout import Episode, RolloutCollector, StartState
 
 log = logging.getLogger("pushcut")
 
 
-def eval_starts(collector: RolloutCollector, max_init_states: int = 0) -> list[StartState]:
-    """Every task's eval split (the first ``max_init_states`` of each when > 0)."""
+def eval_starts(collector: RolloutCollector, max_init_states: int = 0, split: str = "eval") -> list[StartState]:
+    """Every task's ``split`` of initial states ("eval" or "train"), the first ``max_init_states``
+    of each when > 0."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     starts = []
     for task in collector.tasks.values():
-        states = task.eval_init_states[:max_init_states] if max_init_states else task.eval_init_states
-        starts.extend(StartState(task.task_id, s) for s in states)
+        states = task.eval_init_states if split == "eval" else task.train_init_states
+        starts.extend(StartState(task.task_id, s) for s in (states[:max_init_states] if max_init_states else states))
     return starts
 
 
@@ -48,8 +52,12 @@ def evaluate(
     temperature: float = 0.0,
     samples_per_state: int = 1,
     seed: int = 0,
+    split: str = "eval",
 ) -> tuple[dict[str, Any], list[Path]]:
     """``samples_per_state`` rollouts per eval start state at ``temperature`` (0: greedy).
+
+    ``split`` "train" evaluates on the initial states RL trains on instead of the held-out
+    ones; the gap between the two shows how much a policy fits its training states.
 
     The episodes draw from their own torch random stream seeded with ``seed``, so a
     sampled eval repeats exactly and leaves the caller's stream (a training run's
@@ -57,10 +65,11 @@ def evaluate(
 
     Returns ``(report, videos)``: report has ``success_rate`` (mean over tasks),
     ``per_task`` {task_id: {"success_rate", "episodes", "successes"}}, ``episodes``,
-    ``failed`` (episodes lost to env failures, excluded from the rates), ``temperature``
-    and ``samples_per_state``. Videos show the first episode of the first start states.
+    ``failed`` (episodes lost to env failures, excluded from the rates), ``temperature``,
+    ``samples_per_state`` and ``split``. Videos show the first episode of the first start
+    states; a train-split eval names them ``<video_prefix>_train_…``.
     """
-    starts = eval_starts(collector, max_init_states)
+    starts = eval_starts(collector, max_init_states, split)
     first_of_task: dict[str, list[int]] = defaultdict(list)
     for k, s in enumerate(starts):
         if len(first_of_task[s.task_id]) < videos_per_task:
@@ -73,9 +82,12 @@ def evaluate(
     report = summarize(episodes)
     report["temperature"] = float(temperature)
     report["samples_per_state"] = int(samples_per_state)
+    report["split"] = split
     report["env_steps"] = stats.env_steps
     report["wall_s"] = round(stats.wall_s, 3)
     videos = []
+    if split != "eval":
+        video_prefix = f"{video_prefix}_{split}"
     if temperature:
         video_prefix = f"{video_prefix}_T{temperature:g}"
     if video_dir is not None:

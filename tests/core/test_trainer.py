@@ -249,6 +249,44 @@ def test_cli_train_then_eval_writes_report_and_videos(manager, tmp_path, capsys)
     assert "neither a run directory" in capsys.readouterr().err
 
 
+def test_cli_eval_takes_a_policy_directory_and_the_train_split(manager, tmp_path, capsys):
+    from pushcut.cli import main
+
+    run_dir = tmp_path / "r"
+    cfg_file = tmp_path / "reach.yaml"
+    cfg_file.write_text("env: {type: reach}\npolicy: {type: bins}\ntrain: {iterations: 1, eval_at_start: false}\n"
+                        f"rollout: {{transport: inline, num_workers: 1, envs_per_worker: 8}}\nrun_dir: {run_dir}\n")
+    assert main(["train", str(cfg_file)]) == 0
+    tasks = ReachEnv(ReachConfig()).tasks()
+    policy_dir = run_dir / "checkpoints" / "step_000001" / "policy"
+    assert main(["eval", str(policy_dir), "eval.split=train", "eval.videos_per_task=1"]) == 0
+    assert "on the train split" in capsys.readouterr().out
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert (report["split"], report["checkpoint"]) == ("train", str(policy_dir))
+    assert {k: r["episodes"] for k, r in report["per_task"].items()} == {
+        t.task_id: len(t.train_init_states) for t in tasks}
+    # videos come from each task's first train state and say so in their names
+    names = sorted(p.name for p in (run_dir / "videos").glob("eval_train_*.mp4"))
+    assert [n.split("_init")[0] for n in names] == ["eval_train_reach_0", "eval_train_reach_1"]
+    assert [int(n.split("_init")[1].split("_")[0]) for n in names] == [t.train_init_states[0] for t in tasks]
+    # the default is the held-out split
+    assert main(["eval", str(policy_dir), "eval.max_init_states=3"]) == 0
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert report["split"] == "eval" and report["episodes"] == 3 * len(tasks)
+    assert main(["eval", str(run_dir), "eval.split=test"]) == 2
+    assert "eval.split must be one of eval, train, got 'test'" in capsys.readouterr().err
+    # a run directory without a checkpoint points at its SFT policy when it has one
+    bare = tmp_path / "bare"
+    (bare / "sft" / "policy").mkdir(parents=True)
+    (bare / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    assert main(["eval", str(bare)]) == 2
+    assert f"pushcut eval {bare / 'sft' / 'policy'}" in capsys.readouterr().err
+    # an empty directory inside a run directory is no policy
+    (run_dir / "empty").mkdir()
+    assert main(["eval", str(run_dir / "empty")]) == 2
+    assert "nor a policy directory inside a run directory" in capsys.readouterr().err
+
+
 def test_cli_eval_can_sample_several_episodes_per_state(manager, tmp_path, capsys):
     from pushcut.cli import main
 
