@@ -120,9 +120,9 @@ def _eval_target(target: str) -> tuple[Path, Path | None]:
 
         ckpt = latest_checkpoint(path)
         return path, (ckpt / "policy" if ckpt is not None else None)
-    if (path / "trainer.pt").is_file() and (path.parents[1] / "config.yaml").is_file():
-        return path.parents[1], path / "policy"
     run_dir = next((p for p in path.parents[:3] if (p / "config.yaml").is_file()), None)
+    if run_dir is not None and (path / "trainer.pt").is_file():
+        return run_dir, path / "policy"
     if run_dir is not None and any(path.iterdir()):
         return run_dir, path
     raise ConfigError(

@@ -123,9 +123,10 @@ class RolloutConfig:
 
 
 START_SAMPLING = ("uniform", "mixed")
+"""``train.start_sampling`` choices (see :class:`pushcut.trainer.StartStateSampler`)."""
+
 EVAL_SPLITS = ("eval", "train")
 """``eval.split`` choices: the held-out initial states, or the ones RL and demos draw from."""
-"""``train.start_sampling`` choices (see :class:`pushcut.trainer.StartStateSampler`)."""
 
 
 @dataclass
