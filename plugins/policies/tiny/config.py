@@ -13,7 +13,7 @@ ARCHITECTURE_FIELDS = (
     "image_size", "patch_size", "vision_hidden_size", "vision_layers", "vision_heads", "vision_intermediate_size",
     "hidden_size", "layers", "heads", "intermediate_size", "max_instruction_tokens", "text_patch_size",
     "chunk_size", "action_dim",
-    "n_bins", "use_state", "state_dim", "use_wrist_image",
+    "n_bins", "use_state", "state_dim", "use_wrist_image", "bin_smoothing",
 )
 """Fields that decide tensor shapes; a checkpoint only loads into a config that agrees on all of them."""
 
@@ -58,6 +58,11 @@ class TinyVLAConfig:
     """Dimensions of one action (4 for the embedded tabletop env: dx, dy, dz, gripper)."""
     n_bins: int = 256
     """Discretisation bins per action element over the normalised range [-1, 1] (OpenVLA: 256)."""
+    bin_smoothing: float = 0.0
+    """Std, in bins, of a fixed Gaussian that blurs the action logits across neighbouring bins; 0 keeps bins independent.
+
+    OpenVLA's bins are independent classes: raising bin 140 tells bin 141 nothing. With a
+    blur, an update to one bin moves its neighbours too, as a continuous policy would."""
     use_state: bool = False
     """Feed ``ObsBatch.states`` to the decoder as one proprio token."""
     state_dim: int = 0
@@ -104,6 +109,11 @@ class TinyVLAConfig:
             )
         if self.n_bins < 2:
             raise ConfigError(f"policy.n_bins must be >= 2, got {self.n_bins}")
+        if not 0.0 <= self.bin_smoothing <= self.n_bins / 4:
+            raise ConfigError(
+                f"policy.bin_smoothing must be 0 (off) or a std in bins up to n_bins/4={self.n_bins / 4:g}, "
+                f"got {self.bin_smoothing}"
+            )
         if self.use_state and self.state_dim < 1:
             raise ConfigError(
                 "policy.use_state is true but policy.state_dim is not set; set it to the env's state length"

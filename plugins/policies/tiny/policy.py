@@ -27,6 +27,8 @@ outputs do not depend on how much padding its batch needed.
 Each placeholder's final hidden state gives logits over ``n_bins`` bins of the
 normalised range [-1, 1] (:class:`pushcut.actions.ActionTokenizer` binning);
 bin centres are mapped linearly to env units with ``action_low``/``action_high``.
+With ``bin_smoothing`` > 0 those logits are blurred across neighbouring bins by
+a fixed Gaussian, so the bins are ordered rather than independent classes.
 """
 
 from __future__ import annotations
@@ -122,6 +124,8 @@ class TinyVLA(Policy):
         self.decoder = LlamaModel(decoder_config)
         self.action_queries = nn.Parameter(torch.randn(c.num_action_tokens, c.hidden_size) * 0.02)
         self.action_head = nn.Linear(c.hidden_size, c.n_bins)
+        # Not saved: the blur is a function of the config alone.
+        self.register_buffer("bin_blur", _gaussian_blur(c.n_bins, c.bin_smoothing), persistent=False)
 
     # ------------------------------------------------------------------ inputs
 
@@ -231,6 +235,8 @@ class TinyVLA(Policy):
             inputs_embeds=inputs, attention_mask=additive, position_ids=position_ids, use_cache=False
         ).last_hidden_state
         logits = self.action_head(hidden[:, -self.num_action_tokens:])
+        if self.bin_blur is not None:
+            logits = logits @ self.bin_blur
         return logits, hidden
 
     def _bins_to_env_actions(self, bins: torch.Tensor) -> np.ndarray:
@@ -361,7 +367,7 @@ class TinyVLA(Policy):
                 problems.append(f"unexpected keys {short_list(unexpected)}")
             if shapes:
                 problems.append(f"shape mismatches {short_list(shapes)}")
-            saved = meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}
+            saved = _saved_config(meta)
             diffs = [f"{k}={saved[k]!r} (policy has {v!r})" for k, v in self.config.architecture().items()
                      if k in saved and _normal(saved[k]) != _normal(v)]
             hint = f"; the checkpoint was saved with {', '.join(diffs)}" if diffs else ""
@@ -369,7 +375,28 @@ class TinyVLA(Policy):
                 f"{weights_path} does not fit this tiny policy: {'; '.join(problems)}{hint}. "
                 f"Use the config stored in {META_FILE}"
             )
+        # The blur changes what the weights mean without changing a shape.
+        saved_blur = _saved_config(meta).get("bin_smoothing", 0.0)
+        if saved_blur != self.config.bin_smoothing:
+            raise CheckpointError(
+                f"{directory} was trained with policy.bin_smoothing={saved_blur}, this policy has "
+                f"{self.config.bin_smoothing}; set policy.bin_smoothing={saved_blur} to load it"
+            )
         self.load_state_dict(tensors, strict=True)
+
+
+def _saved_config(meta: dict) -> dict:
+    """The policy config stored in a checkpoint's metadata, or {} if it has none."""
+    return meta["config"] if isinstance(meta.get("config"), dict) else {}
+
+
+def _gaussian_blur(n_bins: int, std: float) -> torch.Tensor | None:
+    """(n_bins, n_bins) matrix whose column j is a unit-sum Gaussian of ``std`` bins around bin j; None for 0."""
+    if std == 0:
+        return None
+    idx = torch.arange(n_bins, dtype=torch.float32)
+    weights = torch.exp(-0.5 * ((idx[:, None] - idx[None, :]) / std) ** 2)
+    return weights / weights.sum(dim=0, keepdim=True)
 
 
 def _sample_categorical(probs: torch.Tensor) -> torch.Tensor:

@@ -221,6 +221,48 @@ def test_gradients_reach_every_part() -> None:
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+def test_bin_smoothing_lets_an_update_to_one_bin_lift_its_neighbours() -> None:
+    """Cloning one action raises the bins next to its label with the blur, and only the label without it."""
+    obs = make_obs(small_config(), b=4)
+    label = 100
+    expert = np.zeros((4, 2, 3), dtype=np.float32)
+    changes = {}
+    for blur in (0.0, 4.0):
+        config = small_config(action_low=(-1.0,) * 3, action_high=(1.0,) * 3, bin_smoothing=blur)
+        policy = TinyVLA(config)
+        expert[:] = policy.action_tokenizer.bin_centers[label]
+        assert (policy.expert_bins(expert) == label).all()
+        with torch.no_grad():
+            before = torch.log_softmax(policy(obs)[0], dim=-1)
+        optimizer = torch.optim.SGD(policy.parameters(), lr=0.05)
+        for _ in range(3):
+            optimizer.zero_grad()
+            policy.sft_loss(obs, expert).backward()
+            optimizer.step()
+        with torch.no_grad():
+            after = torch.log_softmax(policy(obs)[0], dim=-1)
+        changes[blur] = (after - before).mean(dim=(0, 1))
+    plain, blurred = changes[0.0], changes[4.0]
+    assert plain[label] > 0 and blurred[label] > 0
+    # Without the blur a neighbour two bins away falls like any far bin; with it, it rises.
+    assert plain[label + 2] < 0 and abs(plain[label + 2] - plain[label + 60]) < 0.1 * plain[label]
+    assert blurred[label + 2] > 0.5 * blurred[label] and blurred[label + 60] < 0.2 * blurred[label]
+
+
+def test_bin_smoothing_keeps_sampling_and_scoring_consistent() -> None:
+    config = small_config(bin_smoothing=2.5)
+    policy = TinyVLA(config)
+    obs = make_obs(config)
+    out = policy.act(obs, 1.6)
+    scores = policy.log_probs(obs, out.sample, 1.6)
+    torch.testing.assert_close(scores.log_probs, out.log_probs)
+    logits = policy(obs)[0]
+    torch.testing.assert_close(policy.act(obs, 0.0).sample["bins"], logits.argmax(dim=-1))
+    # Neighbouring logits differ by far less than under independent bins.
+    plain = TinyVLA(dataclasses.replace(config, bin_smoothing=0.0))(obs)[0]
+    assert logits.diff(dim=-1).abs().mean() < 0.2 * plain.diff(dim=-1).abs().mean()
+
+
 def test_sft_loss_validates_shape(policy: TinyVLA, config: TinyVLAConfig) -> None:
     with pytest.raises(ValueError, match="expert_actions"):
         policy.sft_loss(make_obs(config), np.zeros((4, config.chunk_size + 1, config.action_dim)))
@@ -253,6 +295,8 @@ def test_observation_mismatches_raise_config_error(config: TinyVLAConfig) -> Non
         ({"use_state": True}, "state_dim"),
         ({"chunk_size": 0}, "chunk_size"),
         ({"device": "nonsense"}, "device"),
+        ({"bin_smoothing": -1.0}, "bin_smoothing must be 0"),
+        ({"bin_smoothing": 100.0}, "up to n_bins/4=64"),
     ],
 )
 def test_config_validation(overrides: dict, match: str) -> None:
@@ -330,6 +374,17 @@ def test_load_into_other_config_names_the_mismatch(tmp_path: Path, config: TinyV
         TinyVLA(small_config(use_state=True, state_dim=2)).load(tmp_path)
     with pytest.raises(CheckpointError, match="unexpected keys .*decoder.layers.1"):
         TinyVLA(small_config(layers=1)).load(tmp_path)
+
+
+def test_load_refuses_another_bin_smoothing(tmp_path: Path, config: TinyVLAConfig) -> None:
+    blurred = dataclasses.replace(config, bin_smoothing=3.0)
+    TinyVLA(blurred).save(tmp_path)
+    with pytest.raises(CheckpointError, match=r"bin_smoothing=3.0, this policy has 0.0; set policy.bin_smoothing=3.0"):
+        TinyVLA(config).load(tmp_path)
+    obs = make_obs(config)
+    with torch.no_grad():
+        torch.testing.assert_close(TinyVLA(dataclasses.replace(blurred, checkpoint=str(tmp_path)))(obs)[0],
+                                   TinyVLA(blurred)(obs)[0], atol=0, rtol=0)
 
 
 def test_load_rejects_other_checkpoints(tmp_path: Path, policy: TinyVLA) -> None:
