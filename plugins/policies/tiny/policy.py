@@ -234,9 +234,13 @@ class TinyVLA(Policy):
         hidden = self.decoder(
             inputs_embeds=inputs, attention_mask=additive, position_ids=position_ids, use_cache=False
         ).last_hidden_state
-        logits = self.action_head(hidden[:, -self.num_action_tokens:])
-        if self.bin_blur is not None:
-            logits = logits @ self.bin_blur
+        action_hidden = hidden[:, -self.num_action_tokens:]
+        if self.bin_blur is None:
+            logits = self.action_head(action_hidden)
+        else:
+            # (h Wᵀ + b) G, with G folded into the head: far cheaper than blurring every row of logits.
+            blur = self.bin_blur.to(action_hidden.dtype)
+            logits = F.linear(action_hidden, blur.T @ self.action_head.weight, self.action_head.bias @ blur)
         return logits, hidden
 
     def _bins_to_env_actions(self, bins: torch.Tensor) -> np.ndarray:
