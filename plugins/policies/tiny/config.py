@@ -13,7 +13,7 @@ ARCHITECTURE_FIELDS = (
     "image_size", "patch_size", "vision_hidden_size", "vision_layers", "vision_heads", "vision_intermediate_size",
     "hidden_size", "layers", "heads", "intermediate_size", "max_instruction_tokens", "text_patch_size",
     "chunk_size", "action_dim",
-    "n_bins", "use_state", "state_dim", "use_wrist_image", "bin_smoothing",
+    "n_bins", "use_state", "state_dim", "use_wrist_image",
 )
 """Fields that decide tensor shapes; a checkpoint only loads into a config that agrees on all of them."""
 
