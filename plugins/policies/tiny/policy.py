@@ -358,6 +358,7 @@ class TinyVLA(Policy):
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             raise CheckpointError(f"cannot read {weights_path}: {exc}") from exc
 
+        saved = meta["config"] if isinstance(meta.get("config"), dict) else {}
         own = self.state_dict()
         missing = sorted(set(own) - set(tensors))
         unexpected = sorted(set(tensors) - set(own))
@@ -371,7 +372,6 @@ class TinyVLA(Policy):
                 problems.append(f"unexpected keys {short_list(unexpected)}")
             if shapes:
                 problems.append(f"shape mismatches {short_list(shapes)}")
-            saved = _saved_config(meta)
             diffs = [f"{k}={saved[k]!r} (policy has {v!r})" for k, v in self.config.architecture().items()
                      if k in saved and _normal(saved[k]) != _normal(v)]
             hint = f"; the checkpoint was saved with {', '.join(diffs)}" if diffs else ""
@@ -380,18 +380,13 @@ class TinyVLA(Policy):
                 f"Use the config stored in {META_FILE}"
             )
         # The blur changes what the weights mean without changing a shape.
-        saved_blur = _saved_config(meta).get("bin_smoothing", 0.0)
+        saved_blur = saved.get("bin_smoothing", 0.0)
         if saved_blur != self.config.bin_smoothing:
             raise CheckpointError(
                 f"{directory} was trained with policy.bin_smoothing={saved_blur}, this policy has "
                 f"{self.config.bin_smoothing}; set policy.bin_smoothing={saved_blur} to load it"
             )
         self.load_state_dict(tensors, strict=True)
-
-
-def _saved_config(meta: dict) -> dict:
-    """The policy config stored in a checkpoint's metadata, or {} if it has none."""
-    return meta["config"] if isinstance(meta.get("config"), dict) else {}
 
 
 def _gaussian_blur(n_bins: int, std: float) -> torch.Tensor | None:
