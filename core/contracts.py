@@ -34,6 +34,10 @@ OBS_IMAGE = "image"
 OBS_WRIST_IMAGE = "wrist_image"
 OBS_STATE = "state"
 
+NO_WRIST_IMAGE_FIX = ("turn the env's wrist camera on, or for SFT name the demo files' wrist image key with "
+                      "sft.wrist_image_key (pushcut's demo files: wrist_image, LIBERO's: eye_in_hand_rgb)")
+"""How to give a policy that wants wrist images some; policies end their error with it."""
+
 
 # --------------------------------------------------------------------------- data
 

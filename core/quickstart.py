@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from pushcut.config import RunConfig, load_config, save_config
+from pushcut.contracts import OBS_WRIST_IMAGE
 from pushcut.demos import record_demo_file
 from pushcut.errors import ConfigError
 from pushcut.events import MetricsFile
@@ -53,6 +54,8 @@ def run_quickstart(overrides: list[str], config_path: str | Path | None = None) 
             record_demo_file(env, cfg.env.type, cfg.sft.demos_per_task, demo_path, noise=cfg.sft.demo_noise)
         timings["demos_s"] = time.perf_counter() - t
     cfg.sft.demos = (str(demo_path),)
+    if not cfg.sft.wrist_image_key and _has_wrist_images(demo_path):
+        cfg.sft.wrist_image_key = OBS_WRIST_IMAGE  # the env's wrist camera is on: SFT reads it from the demos too
     sft_dir = run_dir / "sft" / "policy"  # where run_sft saves
     if not sft_dir.exists():
         t = time.perf_counter()
@@ -92,6 +95,13 @@ def check_cached_demos(path: Path, cfg: RunConfig) -> None:
             f"{cfg.sft.demos_per_task}, sft.demo_noise={cfg.sft.demo_noise:g}; the quickstart reuses a run's demos "
             f"and SFT policy, so pick a fresh run_dir (or delete {path.parent})"
         )
+
+
+def _has_wrist_images(path: Path) -> bool:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return any(OBS_WRIST_IMAGE in group["obs"] for group in f["data"].values())
 
 
 def _eval_reports(run_dir: Path) -> list[dict[str, Any]]:

@@ -41,3 +41,16 @@ def test_quickstart_writes_summary_curve_videos(tmp_path, capsys):
     for change, found in (("sft.demo_noise=0.2", "sft.demo_noise=0"), ("sft.demos_per_task=2", "sft.demos_per_task=1,")):
         with pytest.raises(ConfigError, match=re.escape(f"holds demos recorded with ") + ".*" + re.escape(found)):
             run_quickstart([*SMALL, f"run_dir={run_dir}", change])
+
+
+@pytest.mark.slow
+def test_quickstart_with_the_wrist_camera_clones_from_the_wrist_frames_it_recorded(tmp_path):
+    # Only the env and the policy are told; SFT learns which demo key holds the wrist frames from
+    # the file the quickstart recorded (without that, its first batch has no wrist images).
+    run_dir = tmp_path / "wrist"
+    wrist = ["env.wrist_camera=true", "policy.use_wrist_image=true", "train.iterations=1"]
+    summary = run_quickstart([*SMALL, *wrist, f"run_dir={run_dir}"])
+    assert set(summary["per_task"]) == {"press_button", "close_drawer"}
+    assert "wrist_image_key: wrist_image" in (run_dir / "config.yaml").read_text()
+    saved = json.loads((run_dir / "sft" / "policy" / "pushcut_policy.json").read_text())
+    assert saved["config"]["use_wrist_image"] is True

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, LlamaConfig
 
 from pushcut.actions import ActionBounds, ActionTokenizer
-from pushcut.contracts import ActionSample, ObsBatch, Policy, Scores
+from pushcut.contracts import NO_WRIST_IMAGE_FIX, ActionSample, ObsBatch, Policy, Scores
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.plugins.policies.openvla.checkpoint import (
     TOWER_NAMES,
@@ -245,7 +245,8 @@ class OpenVLAPolicy(Policy):
 
     def _check_obs(self, obs: ObsBatch) -> None:
         if self.config.num_images > 1 and obs.wrist_images is None:
-            raise ConfigError("policy.num_images=2 but the observations have no wrist_image; set policy.num_images=1")
+            raise ConfigError(f"policy.num_images=2 but the observations have no wrist_image; {NO_WRIST_IMAGE_FIX}, "
+                              "or set policy.num_images=1")
         if self.use_proprio:
             if obs.states is None:
                 raise ConfigError(

@@ -46,7 +46,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
 
 from pushcut.actions import ActionTokenizer, normalize_actions, unnormalize_actions
-from pushcut.contracts import ActionSample, ObsBatch, Policy, Scores
+from pushcut.contracts import NO_WRIST_IMAGE_FIX, ActionSample, ObsBatch, Policy, Scores
 from pushcut.errors import CheckpointError, ConfigError, short_list
 from pushcut.plugins.policies.tiny.config import TinyVLAConfig
 from pushcut.plugins.policies.tiny.text import ByteTokenizer
@@ -136,8 +136,8 @@ class TinyVLA(Policy):
         if c.use_wrist_image:
             if obs.wrist_images is None:
                 raise ConfigError(
-                    "policy.use_wrist_image is true but the observations have no wrist_image; "
-                    "turn the env's wrist camera on or set policy.use_wrist_image=false"
+                    f"policy.use_wrist_image is true but the observations have no wrist_image; {NO_WRIST_IMAGE_FIX}, "
+                    "or set policy.use_wrist_image=false"
                 )
             views.append(("wrist_images", obs.wrist_images))
         for name, images in views:
