@@ -36,7 +36,7 @@ OBS_STATE = "state"
 
 NO_WRIST_IMAGE_FIX = ("turn the env's wrist camera on, or for SFT name the demo files' wrist image key with "
                       "sft.wrist_image_key (pushcut's demo files: wrist_image, LIBERO's: eye_in_hand_rgb)")
-"""How to give a policy that wants wrist images some; policies end their error with it."""
+"""Where wrist images come from: the end of a policy's error when it wants them and gets none."""
 
 
 # --------------------------------------------------------------------------- data
