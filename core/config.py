@@ -266,8 +266,15 @@ class SFTConfig:
     """Demo obs keys concatenated into the proprio state (LIBERO: ee_states, gripper_states)."""
     flip_images: bool = False
     """Rotate demo images 180° (LIBERO's demo frames are upside down)."""
+    image_shift: int = 0
+    """Random-shift augmentation: each training image moves by up to this many pixels per axis; 0 = off.
+
+    A fresh offset per sample and step, the edge pixels filling what moves in (DrQ's
+    augmentation). The policy then cannot key its actions to exact pixel positions."""
 
     def __post_init__(self) -> None:
+        if self.image_shift < 0:
+            raise ConfigError(f"sft.image_shift must be >= 0 pixels, got {self.image_shift}")
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError(
                 f"sft.steps must be >= 0, sft.batch_size >= 1 and sft.lr > 0; got {self.steps}, {self.batch_size}, {self.lr}"

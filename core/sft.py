@@ -47,15 +47,31 @@ class DemoDataset:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def batch(self, idx: np.ndarray) -> tuple[ObsBatch, np.ndarray]:
+    def batch(self, idx: np.ndarray, shift: int = 0, rng: np.random.Generator | None = None) -> tuple[ObsBatch, np.ndarray]:
+        """Samples ``idx``; with ``shift`` > 0 every image moves by a random offset of up to that many pixels."""
+        images, wrist = self.images[idx], None if self.wrist is None else self.wrist[idx]
+        if shift:
+            images = random_shift(images, shift, rng)
+            wrist = None if wrist is None else random_shift(wrist, shift, rng)
         obs = ObsBatch(
-            images=self.images[idx],
+            images=images,
             instructions=[self.instructions[i] for i in idx],
             task_ids=[self.task_ids[i] for i in idx],
-            wrist_images=None if self.wrist is None else self.wrist[idx],
+            wrist_images=wrist,
             states=None if self.states is None else self.states[idx],
         )
         return obs, self.targets[idx]
+
+
+def random_shift(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+    """Move each (H, W, C) image by its own offset in [-pad, pad] pixels per axis; the
+    edge pixels fill what moves in (DrQ's augmentation for learning from pixels)."""
+    n, h, w = images.shape[:3]
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    top, left = rng.integers(0, 2 * pad + 1, size=(2, n))
+    rows = (top[:, None] + np.arange(h))[:, :, None]
+    cols = (left[:, None] + np.arange(w))[:, None, :]
+    return padded[np.arange(n)[:, None, None], rows, cols]
 
 
 def load_demo_files(config: RunConfig) -> list[Demo]:
@@ -96,7 +112,7 @@ def train_sft(policy: Policy, demos: list[Demo], config: RunConfig, log_path: Pa
     policy.train()
     for step in range(1, s.steps + 1):
         idx = rng.choice(len(data), size=min(s.batch_size, len(data)), replace=len(data) < s.batch_size)
-        obs, targets = data.batch(idx)
+        obs, targets = data.batch(idx, s.image_shift, rng)
         loss = policy.sft_loss(obs, targets)
         if not torch.isfinite(loss):
             raise DataError(f"SFT loss became {float(loss)} at step {step}: check the demo actions for NaN / huge values")

@@ -163,3 +163,36 @@ def test_demo_action_dim_mismatch(manager, tmp_path):
     cfg = load_config(None, ["env.type=reach", "policy.type=bins", "sft.steps=1"], manager)
     with pytest.raises(DataError, match=r"demos have action_dim=1 but the policy expects action_dim=2"):
         train_sft(BinPolicy(BinPolicyConfig(action_dim=2)), demos, cfg)
+
+
+def test_random_shift_moves_each_image_by_its_own_offset_and_repeats_the_edges():
+    from pushcut.sft import random_shift
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(256, 12, 12, 3), dtype=np.uint8)
+    shifted = random_shift(images, 2, rng)
+    assert shifted.shape == images.shape and shifted.dtype == np.uint8
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    offsets = []
+    for i in range(len(images)):
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if np.array_equal(padded[i, dy:dy + 12, dx:dx + 12], shifted[i])]
+        assert len(found) == 1, f"image {i} is not a window of its edge-padded original"
+        offsets.append(found[0])
+    # Every offset in [-2, 2]² is drawn, and images of one batch get different ones.
+    assert len(set(offsets)) == 25
+
+
+def test_sft_image_shift_augments_only_when_asked():
+    from pushcut.sft import DemoDataset
+
+    demos, _ = record_demos(ReachEnv(ReachConfig()), per_task=2)
+    data = DemoDataset(demos, 1)
+    idx = np.arange(len(data))
+    plain, _ = data.batch(idx, 0, np.random.default_rng(0))
+    shifted, targets = data.batch(idx, 3, np.random.default_rng(0))
+    np.testing.assert_array_equal(plain.images, data.images)
+    assert not np.array_equal(shifted.images, data.images)
+    np.testing.assert_array_equal(targets, data.targets)  # labels are never augmented
+    with pytest.raises(ConfigError, match="sft.image_shift must be >= 0 pixels, got -1"):
+        load_config(None, ["sft.image_shift=-1"])
