@@ -51,6 +51,7 @@ class DemoDataset:
         """Samples ``idx``; with ``shift`` > 0 every image moves by a random offset of up to that many pixels."""
         images, wrist = self.images[idx], None if self.wrist is None else self.wrist[idx]
         if shift:
+            rng = rng if rng is not None else np.random.default_rng()
             images = random_shift(images, shift, rng)
             wrist = None if wrist is None else random_shift(wrist, shift, rng)
         obs = ObsBatch(
