@@ -175,9 +175,13 @@ def _print_eval(report: dict) -> None:
     if report.get("temperature"):
         print(f"sampled at temperature {report['temperature']:g}, "
               f"{report['samples_per_state']} episode(s) per start state")
-    print(f"{'task':<32} {'success':>8} {'episodes':>9}")
+    from pushcut.evaluate import format_stages
+
+    staged = any("failures_by_stage" in row for row in report["per_task"].values())
+    print(f"{'task':<32} {'success':>8} {'episodes':>9}" + ("   failures by furthest stage" if staged else ""))
     for task, row in report["per_task"].items():
-        print(f"{task:<32} {row['success_rate']:>8.2f} {row['episodes']:>9d}")
+        stages = format_stages(row["failures_by_stage"]) if "failures_by_stage" in row else ""
+        print(f"{task:<32} {row['success_rate']:>8.2f} {row['episodes']:>9d}   {stages}".rstrip())
     print(f"{'mean':<32} {report['success_rate']:>8.2f} {report['episodes']:>9d}")
 
 

@@ -34,6 +34,11 @@ OBS_IMAGE = "image"
 OBS_WRIST_IMAGE = "wrist_image"
 OBS_STATE = "state"
 
+INFO_STAGE = "stage"
+"""``StepResult.info`` key where an env reports the furthest of its task's ``stages`` the episode
+has reached so far (:data:`NO_STAGE` before the first)."""
+NO_STAGE = "none"
+
 NO_WRIST_IMAGE_FIX = ("turn the env's wrist camera on, or for SFT name the demo files' wrist image key with "
                       "sft.wrist_image_key (pushcut's demo files: wrist_image, LIBERO's: eye_in_hand_rgb)")
 """Where wrist images come from: the end of a policy's error when it wants them and gets none."""
@@ -58,6 +63,10 @@ class TaskSpec:
     """Held-out initial-state indices for evaluation (disjoint from train)."""
     max_steps: int
     """Env steps after which an unfinished episode counts as a failure."""
+    stages: tuple[str, ...] = ()
+    """Ordered milestones on the way to success (e.g. ``grasped``, ``lifted``) that the env reports
+    in ``info["stage"]``, so an evaluation can tell where failed episodes stopped. Empty when the
+    env reports none. A diagnostic only: the reward stays the binary success."""
 
     def __post_init__(self) -> None:
         overlap = set(self.train_init_states) & set(self.eval_init_states)
@@ -72,6 +81,9 @@ class TaskSpec:
             )
         if self.max_steps < 1:
             raise ValueError(f"task {self.task_id!r}: max_steps must be >= 1, got {self.max_steps}")
+        if NO_STAGE in self.stages or len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"task {self.task_id!r}: stages {list(self.stages)} must be distinct and must not "
+                             f"include {NO_STAGE!r} (it means no stage reached)")
 
 
 def split_init_states(num_init_states: int, num_eval: int) -> tuple[tuple[int, ...], tuple[int, ...]]:

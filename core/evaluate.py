@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from pushcut.config import EVAL_SPLITS
+from pushcut.contracts import INFO_STAGE, NO_STAGE
 from pushcut.rollout import Episode, RolloutCollector, StartState
 
 log = logging.getLogger("pushcut")
@@ -64,7 +66,8 @@ def evaluate(
     rollouts) as it was. Sampled videos are named ``<video_prefix>_T<temperature>_…``.
 
     Returns ``(report, videos)``: report has ``success_rate`` (mean over tasks),
-    ``per_task`` {task_id: {"success_rate", "episodes", "successes"}}, ``episodes``,
+    ``per_task`` {task_id: {"success_rate", "episodes", "successes"}, plus
+    "failures_by_stage" where the env names stages (see :func:`summarize`)}, ``episodes``,
     ``failed`` (episodes lost to env failures, excluded from the rates), ``temperature``,
     ``samples_per_state`` and ``split``. Videos show the first episode of the first start
     states; a train-split eval names them ``<video_prefix>_train_…``.
@@ -79,7 +82,7 @@ def evaluate(
         torch.manual_seed(seed)
         episodes, stats = collector.collect(starts, group_size=samples_per_state, temperature=temperature,
                                             record=lambda k: k in wanted, progress=progress)
-    report = summarize(episodes)
+    report = summarize(episodes, {t.task_id: t.stages for t in collector.tasks.values()})
     report["temperature"] = float(temperature)
     report["samples_per_state"] = int(samples_per_state)
     report["split"] = split
@@ -103,13 +106,22 @@ def evaluate(
     return report, videos
 
 
-def summarize(episodes: list[Episode]) -> dict[str, Any]:
+def summarize(episodes: list[Episode], stages: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """Per-task and mean success of ``episodes``. For a task with ``stages`` (its
+    :attr:`TaskSpec.stages`), ``failures_by_stage`` counts the unsuccessful episodes by the
+    furthest stage they reached (``info["stage"]``), from ``none`` up, in the task's order."""
+    stages = stages or {}
     per_task: dict[str, dict[str, Any]] = {}
     for ep in episodes:
         row = per_task.setdefault(ep.task_id, {"episodes": 0, "successes": 0, "failed": 0})
+        if stages.get(ep.task_id):
+            row.setdefault("failures_by_stage", dict.fromkeys((NO_STAGE, *stages[ep.task_id]), 0))
         if ep.ok:
             row["episodes"] += 1
             row["successes"] += int(ep.success)
+            if not ep.success and "failures_by_stage" in row:
+                stage = ep.final_info.get(INFO_STAGE, NO_STAGE)
+                row["failures_by_stage"][stage] = row["failures_by_stage"].get(stage, 0) + 1
         else:
             row["failed"] += 1
     for row in per_task.values():
@@ -121,6 +133,11 @@ def summarize(episodes: list[Episode]) -> dict[str, Any]:
         "episodes": sum(r["episodes"] for r in per_task.values()),
         "failed": sum(r["failed"] for r in per_task.values()),
     }
+
+
+def format_stages(failures_by_stage: Mapping[str, int]) -> str:
+    """``none 10 · grasped 4 · lifted 2``: failed episodes by the furthest stage they reached."""
+    return " · ".join(f"{stage} {n}" for stage, n in failures_by_stage.items())
 
 
 def eval_metrics(report: dict[str, Any]) -> dict[str, float]:

@@ -23,6 +23,7 @@ from pushcut.config import RunConfig, load_config, save_config
 from pushcut.contracts import OBS_WRIST_IMAGE
 from pushcut.demos import record_demo_file
 from pushcut.errors import ConfigError
+from pushcut.evaluate import format_stages
 from pushcut.events import MetricsFile
 from pushcut.pluginmanager import get_plugin_manager
 from pushcut.sft import run_sft
@@ -116,6 +117,8 @@ def summarize(cfg: RunConfig, run_dir: Path, timings: dict[str, float]) -> dict[
             "sft_success": sft["per_task"][task]["success_rate"],
             "rl_success": rl["per_task"][task]["success_rate"],
             "episodes": rl["per_task"][task]["episodes"],
+            **{f"{when}_failures_by_stage": report["per_task"][task]["failures_by_stage"]
+               for when, report in (("sft", sft), ("rl", rl)) if "failures_by_stage" in report["per_task"][task]},
         }
         for task in rl["per_task"]
     }
@@ -178,5 +181,12 @@ def print_table(summary: dict[str, Any]) -> None:
     for task, row in summary["per_task"].items():
         print(f"{task:<26} {row['sft_success']:>6.2f} {row['rl_success']:>7.2f} {row['episodes']:>9d}")
     print(f"{'mean':<26} {summary['sft_success']:>6.2f} {summary['rl_success']:>7.2f}")
+    staged = {task: row for task, row in summary["per_task"].items()
+              if "sft_failures_by_stage" in row and "rl_failures_by_stage" in row}
+    if staged:
+        print("\nfailed episodes by the furthest stage they reached, SFT → SFT+RL:")
+        for task, row in staged.items():
+            sft, rl = (format_stages(row[f"{when}_failures_by_stage"]) for when in ("sft", "rl"))
+            print(f"{task:<26} {sft}  →  {rl}")
     print(f"\nimprovement: {100 * summary['improvement']:+.1f} points; total time {summary['timings'].get('total_s', 0):.0f} s")
 

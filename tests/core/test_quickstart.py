@@ -28,12 +28,16 @@ def test_quickstart_writes_summary_curve_videos(tmp_path, capsys):
     assert on_disk["per_task"].keys() == {"press_button", "close_drawer"}
     for row in on_disk["per_task"].values():
         assert 0 <= row["sft_success"] <= 1 and 0 <= row["rl_success"] <= 1 and row["episodes"] == 3
+        for when in ("sft", "rl"):  # every failed episode is counted at the furthest stage it reached
+            stages = row[f"{when}_failures_by_stage"]
+            assert list(stages)[0] == "none" and len(stages) >= 2
+            assert sum(stages.values()) == round(3 * (1 - row[f"{when}_success"]))
     assert on_disk["eval_steps"] == [0, 1, 2] and on_disk["seeds"]["run"] == 0
     assert summary["rl_success"] == on_disk["rl_success"]
     assert (run_dir / "success.png").stat().st_size > 5000
     assert len(on_disk["videos"]) == 2 and (run_dir / "demos.hdf5").is_file()
     out = capsys.readouterr().out
-    assert "SFT+RL" in out and "press_button" in out and "improvement" in out
+    assert "SFT+RL" in out and "press_button" in out and "improvement" in out and "furthest stage" in out
     # a second run resumes: stages with outputs are skipped, the finished RL run is not repeated
     again = run_quickstart([*SMALL, f"run_dir={run_dir}"])
     assert again["rl_success"] == summary["rl_success"]

@@ -6,6 +6,8 @@ import numpy as np
 
 from pushcut.contracts import (
     check_action_chunk,
+    INFO_STAGE,
+    NO_STAGE,
     OBS_IMAGE,
     OBS_STATE,
     OBS_WRIST_IMAGE,
@@ -20,7 +22,7 @@ from pushcut.errors import EnvError
 from pushcut.plugins.envs.tabletop.config import TabletopConfig
 from pushcut.plugins.envs.tabletop.experts import Expert, make_expert
 from pushcut.plugins.envs.tabletop.render import SceneRenderer
-from pushcut.plugins.envs.tabletop.scene import TabletopScene
+from pushcut.plugins.envs.tabletop.scene import Layout, TabletopScene
 from pushcut.plugins.envs.tabletop.tasks import TASK_IDS, TASKS, Task
 
 ACTION_DIM = 4
@@ -47,6 +49,7 @@ class TabletopEnv(Env):
                 train_init_states=train,
                 eval_init_states=evaluate,
                 max_steps=self.config.max_steps or TASKS[t].max_steps,
+                stages=TASKS[t].stage_names,
             )
             for t in self.config.task_ids()
         }
@@ -55,6 +58,9 @@ class TabletopEnv(Env):
         self._init_state = -1
         self._steps = 0
         self._success = False
+        self._layout: Layout | None = None
+        self._stage = -1
+        """Index into the task's stages of the furthest one reached this episode (-1: none)."""
         self._expert: Expert | None = None
 
     # ------------------------------------------------------------- contract
@@ -79,7 +85,9 @@ class TabletopEnv(Env):
             )
         self._task = TASKS[task_id]
         self._init_state = int(init_state)
-        self.scene.apply_layout(self._task.layout(self._init_state, self.config.jitter))
+        self._layout = self._task.layout(self._init_state, self.config.jitter)
+        self.scene.apply_layout(self._layout)
+        self._stage = -1
         self._steps = 0
         self._success = bool(self._task.success(self.scene))
         self._expert = None
@@ -99,10 +107,14 @@ class TabletopEnv(Env):
             self._steps += 1
             executed += 1
             self._success = bool(self._task.success(self.scene))
+            self._stage = self._task.furthest_stage(self.scene, self._layout, self._stage)
             if record:
                 frames.append(self.render())
-        return StepResult.after_chunk(self.observe(), executed, self._success, episode_steps=self._steps, budget=budget,
-                                      task_id=self._task.task_id, init_state=self._init_state, frames=frames)
+        result = StepResult.after_chunk(self.observe(), executed, self._success, episode_steps=self._steps,
+                                        budget=budget, task_id=self._task.task_id, init_state=self._init_state,
+                                        frames=frames)
+        result.info[INFO_STAGE] = self._task.stage_names[self._stage] if self._stage >= 0 else NO_STAGE
+        return result
 
     def expert_action(self) -> np.ndarray:
         """The scripted expert's next action (4,) for the current episode (see

@@ -46,6 +46,7 @@ MAX_LAG = 0.03
 against the drawer stop or the table does not wind up a large force."""
 FINGER_MAX = 0.04
 """Opening of one finger from the centre line (m) when fully open."""
+
 WORKSPACE_LOW = np.array([-0.28, -0.25, 0.02])
 WORKSPACE_HIGH = np.array([0.28, 0.22, 0.25])
 SETTLE_SUBSTEPS = 10
@@ -99,6 +100,12 @@ class TabletopScene:
         self._button_adr = jnt("button")
         self._body = {name: body(name) for name in ("plate", "target", "button_base", "cabinet")}
         self.finger_geoms = np.array([geom("finger_left"), geom("finger_right")])
+        self.gripper_geoms = np.array([geom("palm"), *self.finger_geoms])
+        # a finger pad's centre height above the grip point and its half height
+        pad = self.finger_geoms[0]
+        self._pad_z, self._pad_half = float(m.geom_pos[pad, 2]), float(m.geom_size[pad, 2])
+        self.button_geoms = np.array([geom("button")])
+        self.drawer_geoms = np.array([geom(g) for g in ("drawer", "handle_post_l", "handle_post_r", "handle")])
         self.cube_geoms = {c: geom(f"{c}_cube") for c in CUBES}
         self.camera_ids = {
             name: int(mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, name)) for name in ("agentview", "wrist")
@@ -198,11 +205,22 @@ class TabletopScene:
 
     def fingers_touch(self, cube: str) -> bool:
         """True if either finger is in contact with ``cube``."""
-        ncon = self.data.ncon
-        if ncon == 0:
-            return False
-        pairs = self.data.contact.geom[:ncon]
-        g = self.cube_geoms[cube]
-        hit_cube = (pairs == g).any(axis=1)
-        hit_finger = np.isin(pairs, self.finger_geoms).any(axis=1)
-        return bool((hit_cube & hit_finger).any())
+        return bool(self._contacts_with(self.cube_geoms[cube], self.finger_geoms).size)
+
+    def fingers_grip(self, cube: str) -> bool:
+        """True if both fingers touch ``cube`` with the cube's centre at the height of the finger
+        pads: a pinch from the sides, not fingertips resting on its top face."""
+        both = np.unique(self._contacts_with(self.cube_geoms[cube], self.finger_geoms)).size == 2
+        return both and abs(self.cube_pos(cube)[2] - self.grip_pos[2] - self._pad_z) < self._pad_half
+
+    def gripper_touches(self, geoms: np.ndarray) -> bool:
+        """True if the palm or a finger is in contact with any of ``geoms``."""
+        return bool(self._contacts_with(geoms, self.gripper_geoms).size)
+
+    def _contacts_with(self, geoms, others: np.ndarray) -> np.ndarray:
+        """The geoms of ``others`` in contact with any of ``geoms``, one entry per contact."""
+        pairs = self.data.contact.geom[: self.data.ncon]
+        # (contacts, 2, n) equality tables: np.isin costs ~15x more on arrays this small
+        ours = (pairs[:, :, None] == np.atleast_1d(geoms)).any(axis=2)
+        theirs = (pairs[:, :, None] == others).any(axis=2)
+        return pairs[:, ::-1][ours & theirs[:, ::-1]]

@@ -59,6 +59,20 @@ class Task:
     """Default step budget, about three times the expert's average episode."""
     sample: Callable[[_Draw], Layout]
     success: Callable[[TabletopScene], bool]
+    stages: tuple[tuple[str, Stage], ...] = ()
+    """Ordered milestones on the way to success, each a name and a test of the scene against
+    the episode's initial layout. A diagnostic of where failures stop, never a reward."""
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.stages)
+
+    def furthest_stage(self, scene: TabletopScene, start: Layout, reached: int) -> int:
+        """The index of the furthest milestone that holds now or did before (``reached``; -1 = none)."""
+        for i in range(len(self.stages) - 1, reached, -1):
+            if self.stages[i][1](scene, start):
+                return i
+        return reached
 
     def layout(self, init_state: int, jitter: float | None = None) -> Layout:
         """The deterministic layout of initial state ``init_state``: anywhere on the
@@ -294,6 +308,43 @@ def _stacked(s: TabletopScene) -> bool:
     return bool(aligned and on_top and r[2] < CUBE_HALF + 0.008 and not s.fingers_touch("green"))
 
 
+# ----------------------------------------------------------------- stages
+
+Stage = Callable[[TabletopScene, Layout], bool]
+
+RAISED = CUBE_HALF + 0.01
+"""A cube whose centre is this high (m) is off the table: 1 cm up."""
+MOVED = 0.02
+"""How far (m) a pushed cube or the drawer must move from its start to count as moved."""
+
+
+def _carried_over_plate(s: TabletopScene, start: Layout) -> bool:
+    p = s.cube_pos("red")
+    return bool(p[2] > PLATE_TOP + RAISED and np.linalg.norm(p[:2] - s.body_xy("plate")) < PLATE_RADIUS - 0.015)
+
+
+def _carried_over_red(s: TabletopScene, start: Layout) -> bool:
+    g, r = s.cube_pos("green"), s.cube_pos("red")
+    return bool(g[2] > r[2] + CUBE_HALF and np.linalg.norm(g[:2] - r[:2]) < 0.02)
+
+
+def _cube_moved(s: TabletopScene, start: Layout) -> bool:
+    return bool(np.linalg.norm(s.cube_pos("red")[:2] - start.cubes["red"][:2]) > MOVED)
+
+
+def _drawer_moved(direction: float) -> Stage:
+    return lambda s, start: (s.drawer_opening - start.drawer) * direction > MOVED
+
+
+def _picked(cube: str) -> tuple[tuple[str, Stage], ...]:
+    """Both fingers on ``cube``, then ``cube`` off the table."""
+    return (("grasped", lambda s, start: s.fingers_grip(cube)),
+            ("lifted", lambda s, start: bool(s.cube_pos(cube)[2] > RAISED)))
+
+
+_DRAWER = (("touched", lambda s, start: s.gripper_touches(s.drawer_geoms)),)
+
+
 DRAWER_OPEN = 0.08
 """Opening (m) at which the drawer counts as open (of 0.12 possible)."""
 DRAWER_SHUT = 0.01
@@ -301,16 +352,21 @@ DRAWER_SHUT = 0.01
 TASKS: dict[str, Task] = {
     t.task_id: t
     for t in (
-        Task("press_button", "press the button", 40, _sample_default, lambda s: s.button_depth > 0.7 * BUTTON_TRAVEL),
+        Task("press_button", "press the button", 40, _sample_default, lambda s: s.button_depth > 0.7 * BUTTON_TRAVEL,
+             (("touched", lambda s, start: s.gripper_touches(s.button_geoms)),)),
         Task("close_drawer", "close the drawer", 50, _sample_drawer((0.08, DRAWER_RANGE)),
-             lambda s: s.drawer_opening < DRAWER_SHUT),
-        Task("lift_blue", "pick up the blue cube", 60, _sample_pick("blue"), _lifted("blue")),
+             lambda s: s.drawer_opening < DRAWER_SHUT, (*_DRAWER, ("moved", _drawer_moved(-1.0)))),
+        Task("lift_blue", "pick up the blue cube", 60, _sample_pick("blue"), _lifted("blue"),
+             _picked("blue")),
         Task("open_drawer", "open the drawer", 60, _sample_drawer((0.0, 0.01)),
-             lambda s: s.drawer_opening > DRAWER_OPEN),
+             lambda s: s.drawer_opening > DRAWER_OPEN, (*_DRAWER, ("moved", _drawer_moved(1.0)))),
         Task("push_red_to_target", "push the red cube onto the yellow target", 80, _sample_push,
-             _pushed_onto_target),
-        Task("place_red_on_plate", "put the red cube on the plate", 100, _sample_pick("red"), _on_plate),
-        Task("stack_green_on_red", "stack the green cube on the red cube", 120, _sample_pick("green"), _stacked),
+             _pushed_onto_target, (("touched", lambda s, start: s.gripper_touches(s.cube_geoms["red"])),
+                                   ("moved", _cube_moved))),
+        Task("place_red_on_plate", "put the red cube on the plate", 100, _sample_pick("red"), _on_plate,
+             (*_picked("red"), ("over_plate", _carried_over_plate))),
+        Task("stack_green_on_red", "stack the green cube on the red cube", 120, _sample_pick("green"), _stacked,
+             (*_picked("green"), ("over_red", _carried_over_red))),
     )
 }
 """All tasks, roughly from easiest to hardest."""

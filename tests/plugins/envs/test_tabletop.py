@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("mujoco", reason="the tabletop env needs mujoco (pip install mujoco)")
 
-from pushcut.contracts import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE  # noqa: E402
+from pushcut.contracts import INFO_STAGE, NO_STAGE, OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE  # noqa: E402
 from pushcut.errors import ConfigError, EnvError  # noqa: E402
 from pushcut.plugins.envs import tabletop  # noqa: E402
 from pushcut.plugins.envs.tabletop import (  # noqa: E402
@@ -184,6 +184,50 @@ def test_doing_nothing_does_not_succeed(shared_env: TabletopEnv, task_id: str) -
         for gripper in (-1.0, 1.0):  # idle with the gripper open, then closed
             result = shared_env.step(np.tile([0.0, 0.0, 0.0, gripper], (25, 1)))
             assert not result.success, f"{task_id} succeeded without any motion (init state {init_state})"
+            assert result.info[INFO_STAGE] == NO_STAGE
+
+
+@pytest.mark.parametrize("task_id", TASK_IDS)
+def test_expert_passes_every_stage_in_order(shared_env: TabletopEnv, task_id: str) -> None:
+    spec = next(t for t in shared_env.tasks() if t.task_id == task_id)
+    assert spec.stages == TASKS[task_id].stage_names and spec.stages
+    expert = make_expert(task_id)
+    shared_env.reset(task_id, 3)
+    seen = [NO_STAGE]
+    for _ in range(spec.max_steps):
+        result = shared_env.step(expert.act(shared_env.scene)[None])
+        if result.info[INFO_STAGE] != seen[-1]:
+            seen.append(result.info[INFO_STAGE])
+        if result.done:
+            break
+    assert result.success
+    assert seen == [NO_STAGE, *spec.stages]
+
+
+def test_a_stage_once_reached_is_kept(shared_env: TabletopEnv) -> None:
+    # Grip and lift the blue cube with the expert, then open the fingers: the cube
+    # falls back to the table, and the episode still reports that it was lifted.
+    expert = make_expert("lift_blue")
+    shared_env.reset("lift_blue", 3)
+    while shared_env.scene.cube_pos("blue")[2] < 0.05:
+        result = shared_env.step(expert.act(shared_env.scene)[None])
+    result = shared_env.step(np.tile([0.0, 0.0, 0.0, -1.0], (10, 1)))
+    assert shared_env.scene.cube_pos("blue")[2] < 0.03 and not result.success
+    assert result.info[INFO_STAGE] == "lifted"
+    assert not shared_env.scene.fingers_grip("blue")
+
+
+def test_fingertips_on_top_of_a_cube_are_not_a_grasp(shared_env: TabletopEnv) -> None:
+    # Fingers half closed (2 cm each side, narrower than the 5 cm cube) come down onto the
+    # cube's top face: both touch it, but nothing is pinched.
+    shared_env.reset("lift_blue", 3)
+    scene = shared_env.scene
+    for height in (0.12, 0.02):  # over the cube, then straight down
+        for _ in range(20):
+            delta = np.append(scene.cube_pos("blue")[:2], height) - scene.grip_pos
+            result = shared_env.step(np.append(np.clip(delta / 0.02, -1, 1), 0.0)[None])
+    assert scene.fingers_touch("blue") and scene.grip_pos[2] > 0.05
+    assert not scene.fingers_grip("blue") and result.info[INFO_STAGE] == NO_STAGE
 
 
 def test_noisy_expert_is_reproducible_and_different(shared_env: TabletopEnv) -> None:
