@@ -46,7 +46,6 @@ MAX_LAG = 0.03
 against the drawer stop or the table does not wind up a large force."""
 FINGER_MAX = 0.04
 """Opening of one finger from the centre line (m) when fully open."""
-
 WORKSPACE_LOW = np.array([-0.28, -0.25, 0.02])
 WORKSPACE_HIGH = np.array([0.28, 0.22, 0.25])
 SETTLE_SUBSTEPS = 10
