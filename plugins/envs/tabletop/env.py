@@ -97,7 +97,8 @@ class TabletopEnv(Env):
         if self._task is None:
             raise EnvError("tabletop: step() called before reset(task_id, init_state)")
         actions = check_action_chunk(actions, ACTION_DIM, "tabletop", "(dx, dy, dz, gripper)")
-        budget = self._specs[self._task.task_id].max_steps
+        spec = self._specs[self._task.task_id]
+        budget = spec.max_steps
         frames: list[np.ndarray] = []
         executed = 0
         for action in actions:
@@ -113,7 +114,7 @@ class TabletopEnv(Env):
         result = StepResult.after_chunk(self.observe(), executed, self._success, episode_steps=self._steps,
                                         budget=budget, task_id=self._task.task_id, init_state=self._init_state,
                                         frames=frames)
-        result.info[INFO_STAGE] = self._task.stage_names[self._stage] if self._stage >= 0 else NO_STAGE
+        result.info[INFO_STAGE] = spec.stages[self._stage] if self._stage >= 0 else NO_STAGE
         return result
 
     def expert_action(self) -> np.ndarray:
