@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pushcut.errors import ConfigError
 from pushcut.gl import GL_BACKENDS
@@ -32,6 +32,8 @@ class TabletopConfig:
     """How many of them (the last ones) are held out for evaluation."""
     max_steps: int = 0
     """Step budget per episode for every task; 0 uses each task's own default (40-120)."""
+    step_budgets: dict[str, int] = field(default_factory=dict)
+    """Step budgets of single tasks, e.g. ``{press_button: 16}``; they win over ``max_steps``."""
     gl_backend: str = "auto"
     """OpenGL backend for offscreen rendering: ``egl``, ``osmesa`` or ``auto`` ($MUJOCO_GL, else egl)."""
     expert_noise: float = 0.0
@@ -65,11 +67,21 @@ class TabletopConfig:
                               f"layout, got {self.jitter}")
         if self.max_steps < 0:
             raise ConfigError(f"env.max_steps must be >= 0 (0 = each task's default), got {self.max_steps}")
+        unknown = [t for t in self.step_budgets if t not in TASK_IDS]
+        if unknown:
+            raise ConfigError(f"env.step_budgets: unknown tabletop task(s) {unknown}; valid tasks: {', '.join(TASK_IDS)}")
+        bad = {t: n for t, n in self.step_budgets.items() if isinstance(n, bool) or not isinstance(n, int) or n < 1}
+        if bad:
+            raise ConfigError(f"env.step_budgets: each budget must be a whole number of steps >= 1, got {bad}")
         if not 0.0 <= self.expert_noise <= 1.0:
             raise ConfigError(f"env.expert_noise must be in 0..1 (action units; 0.3 gives varied but solid demos), "
                               f"got {self.expert_noise}")
         if self.gl_backend not in GL_BACKENDS:
             raise ConfigError(f"env.gl_backend must be one of {', '.join(GL_BACKENDS)}, got {self.gl_backend!r}")
+
+    def step_budget(self, task_id: str, default: int) -> int:
+        """The step budget of ``task_id``: its own entry, else ``max_steps``, else ``default``."""
+        return self.step_budgets.get(task_id) or self.max_steps or default
 
     def task_ids(self) -> tuple[str, ...]:
         """The tasks this config selects, in order."""

@@ -48,7 +48,7 @@ class TabletopEnv(Env):
                 num_init_states=self.config.num_init_states,
                 train_init_states=train,
                 eval_init_states=evaluate,
-                max_steps=self.config.max_steps or TASKS[t].max_steps,
+                max_steps=self.config.step_budget(t, TASKS[t].max_steps),
                 stages=TASKS[t].stage_names,
             )
             for t in self.config.task_ids()

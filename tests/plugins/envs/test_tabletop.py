@@ -56,6 +56,8 @@ class TestTabletopContract(EnvContract):
         ({"num_init_states": 1}, "num_init_states must be >= 2"),
         ({"num_init_states": 10, "num_eval_init_states": 10}, "num_eval_init_states must be 1..9"),
         ({"max_steps": -1}, "max_steps must be >= 0"),
+        ({"step_budgets": {"lift_red": 10}}, "step_budgets: unknown tabletop task"),
+        ({"step_budgets": {"lift_blue": 0}}, "whole number of steps >= 1"),
         ({"gl_backend": "glx"}, "gl_backend must be one of auto, egl, osmesa"),
         ({"expert_noise": -0.1}, "expert_noise must be in 0..1"),
         ({"jitter": 0.5}, "jitter must be null"),
@@ -101,6 +103,9 @@ def test_tasks_and_splits(shared_env: TabletopEnv) -> None:
     spec = env.tasks()[0]
     assert spec.train_init_states == tuple(range(15)) and spec.eval_init_states == tuple(range(15, 20))
     assert spec.max_steps == 33
+    own = TabletopEnv(TabletopConfig(max_steps=33, step_budgets={"press_button": 12}))
+    assert {t.task_id: t.max_steps for t in own.tasks()}["press_button"] == 12
+    assert {t.max_steps for t in own.tasks() if t.task_id != "press_button"} == {33}
 
 
 def test_init_state_depends_only_on_task_and_index() -> None:
