@@ -135,6 +135,20 @@ def summarize(episodes: list[Episode], stages: Mapping[str, tuple[str, ...]] | N
     }
 
 
+def stage_reach(episodes: list[Episode], stages: Mapping[str, tuple[str, ...]]) -> dict[str, dict[str, float]]:
+    """For each task with ``stages``: the share of its usable episodes that got at least as far as
+    each stage (a success counts as reaching them all), in the task's order. Rises before success does."""
+    reach: dict[str, dict[str, float]] = {}
+    for task, names in stages.items():
+        eps = [ep for ep in episodes if ep.ok and ep.task_id == task]
+        if not names or not eps:
+            continue
+        order = {name: i for i, name in enumerate(names)}
+        furthest = [len(names) if ep.success else order.get(ep.final_info.get(INFO_STAGE, NO_STAGE), -1) for ep in eps]
+        reach[task] = {name: sum(f >= i for f in furthest) / len(eps) for i, name in enumerate(names)}
+    return reach
+
+
 def format_stages(failures_by_stage: Mapping[str, int]) -> str:
     """``none 10 · grasped 4 · lifted 2``: failed episodes by the furthest stage they reached."""
     return " · ".join(f"{stage} {n}" for stage, n in failures_by_stage.items())

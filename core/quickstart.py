@@ -3,8 +3,8 @@
 demos (scripted expert, k per task) → SFT → greedy eval → GRPO → greedy eval,
 on the embedded MuJoCo tabletop with the tiny VLA. Prints a per-task table of
 success after SFT and after SFT+RL, and writes into the run directory:
-``summary.json``, ``success.png`` (curves), ``videos/*.mp4``, plus everything a
-``pushcut train`` run writes. Each stage is skipped when its output exists, so
+``summary.json``, ``success.png`` (curves), ``stages.png`` (rollouts reaching each
+task stage), ``videos/*.mp4``, plus everything a ``pushcut train`` run writes. Each stage is skipped when its output exists, so
 an interrupted quickstart continues where it stopped.
 """
 
@@ -72,6 +72,7 @@ def run_quickstart(overrides: list[str], config_path: str | Path | None = None) 
 
     summary = summarize(cfg, run_dir, timings)
     plot_curves(run_dir, cfg.algo.temperature)
+    plot_stages(run_dir, cfg.algo.temperature)
     print_table(summary)
     return summary
 
@@ -171,6 +172,56 @@ def plot_curves(run_dir: Path, temperature: float = 1.6) -> Path:
     ax.set_title("pushcut quickstart: SFT → GRPO with binary rewards")
     fig.tight_layout()
     out = run_dir / "success.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_stages(run_dir: Path, temperature: float = 1.6) -> Path | None:
+    """stages.png: one panel per task with stages, showing the share of RL rollouts that reached
+    each stage over the iterations, next to rollout and greedy eval success. None if no task has stages."""
+    records = [r for r in MetricsFile(run_dir).read() if r.get("rollout/success_rate") is not None]
+    reached: dict[str, list[str]] = {}
+    for key in dict.fromkeys(k for r in records for k in r if k.startswith("rollout/reached/")):  # logged order
+        task, stage = key.removeprefix("rollout/reached/").rsplit("/", 1)
+        reached.setdefault(task, []).append(stage)
+    if not reached:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reports = _eval_reports(run_dir)
+    cols = min(4, len(reached))
+    rows = -(-len(reached) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=110, squeeze=False, sharey=True)
+    for ax, (task, stages) in zip(axes.flat, sorted(reached.items())):
+        for i, stage in enumerate(stages):
+            points = [(r["step"], r[f"rollout/reached/{task}/{stage}"]) for r in records
+                      if f"rollout/reached/{task}/{stage}" in r]
+            ax.plot(*zip(*points), lw=1.2, color=plt.cm.viridis(0.15 + 0.6 * i / max(1, len(stages) - 1)),
+                    label=f"reached {stage}")
+        ax.legend(fontsize=6, loc="upper left")
+        success = [(r["step"], r[f"rollout/success/{task}"]) for r in records if f"rollout/success/{task}" in r]
+        ax.plot(*zip(*success), "--", color="tab:red", lw=1.5)
+        evals = [(r["step"], r["per_task"][task]["success_rate"]) for r in reports if task in r["per_task"]]
+        if evals:
+            ax.plot(*zip(*evals), "ko", ms=4)
+        ax.set_title(task, fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    for ax in list(axes.flat)[len(reached):]:
+        ax.axis("off")
+    fig.legend(handles=[plt.Line2D([], [], ls="--", color="tab:red", label=f"rollout success (T={temperature:g})"),
+                        plt.Line2D([], [], ls="", marker="o", color="k", ms=4, label="eval success (greedy)")],
+               loc="lower right", fontsize=7)
+    fig.supxlabel("RL iteration", fontsize=9)
+    fig.suptitle("share of RL rollouts that reached each stage", fontsize=10)
+    fig.tight_layout()
+    out = run_dir / "stages.png"
     fig.savefig(out)
     plt.close(fig)
     return out

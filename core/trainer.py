@@ -39,7 +39,7 @@ from pushcut.checkpoint import (
 from pushcut.config import START_SAMPLING, RunConfig, TrainConfig, save_config, to_dict
 from pushcut.contracts import ObsBatch, Policy, TaskSpec
 from pushcut.errors import CheckpointError, ConfigError, EnvError
-from pushcut.evaluate import eval_metrics, evaluate, write_report
+from pushcut.evaluate import eval_metrics, evaluate, stage_reach, write_report
 from pushcut.events import MetricsFile, Progress, TensorBoardLogger
 from pushcut.pluginmanager import PluginManager, get_plugin_manager
 from pushcut.rollout import Episode, RolloutCollector, StartState
@@ -209,6 +209,9 @@ def collect_batch(
     }
     for task in sorted({ep.task_id for ep in ok}):
         metrics[f"rollout/success/{task}"] = float(np.mean([ep.success for ep in ok if ep.task_id == task]))
+    for task, shares in stage_reach(ok, {t: spec.stages for t, spec in collector.tasks.items()}).items():
+        for stage, share in shares.items():
+            metrics[f"rollout/reached/{task}/{stage}"] = share
     if sampler.mode == "mixed":  # where the next iteration's rollouts will go
         for task, weight in sampler.task_weights().items():
             metrics[f"rollout/draw_weight/{task}"] = weight

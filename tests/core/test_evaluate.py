@@ -4,7 +4,7 @@ import pytest
 
 from pushcut.commands import _print_eval
 from pushcut.contracts import INFO_STAGE, NO_STAGE, TaskSpec
-from pushcut.evaluate import format_stages, summarize
+from pushcut.evaluate import format_stages, stage_reach, summarize
 from pushcut.rollout import Episode
 
 
@@ -30,6 +30,19 @@ def test_failures_are_counted_by_their_furthest_stage_in_the_tasks_order():
     assert report["per_task"]["press"]["failures_by_stage"] == {NO_STAGE: 0, "touched": 1}
     assert "failures_by_stage" not in report["per_task"]["reach"]  # an env without stages reports none
     assert format_stages(lift["failures_by_stage"]) == "none 2 · grasped 0 · lifted 1"
+
+
+def test_stage_reach_counts_every_episode_that_got_at_least_that_far():
+    episodes = [
+        episode("lift", True, "grasped"),  # a success reaches every stage, whatever its last info says
+        episode("lift", False, "lifted"),
+        episode("lift", False, "grasped"),
+        episode("lift", False, NO_STAGE),
+        episode("lift", False, "lifted", failure="worker timed out"),  # lost: not counted
+        episode("reach", True),
+    ]
+    reach = stage_reach(episodes, {"lift": ("grasped", "lifted"), "reach": (), "press": ("touched",)})
+    assert reach == {"lift": {"grasped": 0.75, "lifted": 0.5}}  # no stages or no episodes: no entry
 
 
 def test_the_eval_table_shows_stages_only_where_the_env_names_them(capsys):

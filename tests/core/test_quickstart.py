@@ -33,8 +33,15 @@ def test_quickstart_writes_summary_curve_videos(tmp_path, capsys):
             assert list(stages)[0] == "none" and len(stages) >= 2
             assert sum(stages.values()) == round(3 * (1 - row[f"{when}_success"]))
     assert on_disk["eval_steps"] == [0, 1, 2] and on_disk["seeds"]["run"] == 0
+    rollouts = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rollouts = [row for row in rollouts if "rollout/success_rate" in row]
+    for row in rollouts:  # the share of rollouts reaching each stage: from the first stage down, never rising
+        press = row["rollout/reached/press_button/touched"]
+        assert row["rollout/success/press_button"] <= press <= 1
+        opened = [row[f"rollout/reached/close_drawer/{stage}"] for stage in ("touched", "moved")]
+        assert opened == sorted(opened, reverse=True) and row["rollout/success/close_drawer"] <= opened[-1]
     assert summary["rl_success"] == on_disk["rl_success"]
-    assert (run_dir / "success.png").stat().st_size > 5000
+    assert (run_dir / "success.png").stat().st_size > 5000 and (run_dir / "stages.png").stat().st_size > 5000
     assert len(on_disk["videos"]) == 2 and (run_dir / "demos.hdf5").is_file()
     out = capsys.readouterr().out
     assert "SFT+RL" in out and "press_button" in out and "improvement" in out and "furthest stage" in out
