@@ -17,6 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pushcut.config import RunConfig, load_config, save_config
@@ -193,18 +194,16 @@ def plot_stages(run_dir: Path, temperature: float = 1.6) -> Path | None:
     import matplotlib.pyplot as plt
 
     reports = _eval_reports(run_dir)
+    smooth = 5  # iterations: each holds only a few groups of each task
     cols = min(4, len(reached))
     rows = -(-len(reached) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=110, squeeze=False, sharey=True)
     for ax, (task, stages) in zip(axes.flat, sorted(reached.items())):
         for i, stage in enumerate(stages):
-            points = [(r["step"], r[f"rollout/reached/{task}/{stage}"]) for r in records
-                      if f"rollout/reached/{task}/{stage}" in r]
-            ax.plot(*zip(*points), lw=1.2, color=plt.cm.viridis(0.15 + 0.6 * i / max(1, len(stages) - 1)),
-                    label=f"reached {stage}")
+            ax.plot(*_trailing_mean(records, f"rollout/reached/{task}/{stage}", smooth), lw=1.2,
+                    color=plt.cm.viridis(0.15 + 0.6 * i / max(1, len(stages) - 1)), label=f"reached {stage}")
         ax.legend(fontsize=6, loc="upper left")
-        success = [(r["step"], r[f"rollout/success/{task}"]) for r in records if f"rollout/success/{task}" in r]
-        ax.plot(*zip(*success), "--", color="tab:red", lw=1.5)
+        ax.plot(*_trailing_mean(records, f"rollout/success/{task}", smooth), "--", color="tab:red", lw=1.5)
         evals = [(r["step"], r["per_task"][task]["success_rate"]) for r in reports if task in r["per_task"]]
         if evals:
             ax.plot(*zip(*evals), "ko", ms=4)
@@ -219,12 +218,19 @@ def plot_stages(run_dir: Path, temperature: float = 1.6) -> Path | None:
                         plt.Line2D([], [], ls="", marker="o", color="k", ms=4, label="eval success (greedy)")],
                loc="lower right", fontsize=7)
     fig.supxlabel("RL iteration", fontsize=9)
-    fig.suptitle("share of RL rollouts that reached each stage", fontsize=10)
+    fig.suptitle(f"share of RL rollouts that reached each stage (mean of the last {smooth} iterations)", fontsize=10)
     fig.tight_layout()
     out = run_dir / "stages.png"
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _trailing_mean(records: list[dict[str, Any]], key: str, window: int) -> tuple[list[int], list[float]]:
+    """(steps, values) of metric ``key``, each value the mean over the last ``window`` logged ones."""
+    points = [(r["step"], r[key]) for r in records if key in r]
+    values = [v for _, v in points]
+    return [s for s, _ in points], [float(np.mean(values[max(0, i + 1 - window):i + 1])) for i in range(len(values))]
 
 
 def print_table(summary: dict[str, Any]) -> None:
