@@ -17,7 +17,6 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pushcut.config import RunConfig, load_config, save_config
@@ -25,7 +24,7 @@ from pushcut.contracts import OBS_WRIST_IMAGE
 from pushcut.demos import record_demo_file
 from pushcut.errors import ConfigError
 from pushcut.evaluate import format_stages
-from pushcut.events import MetricsFile
+from pushcut.plots import eval_reports
 from pushcut.pluginmanager import get_plugin_manager
 from pushcut.sft import run_sft
 from pushcut.trainer import Trainer
@@ -72,8 +71,6 @@ def run_quickstart(overrides: list[str], config_path: str | Path | None = None) 
     timings["total_s"] = time.perf_counter() - t0
 
     summary = summarize(cfg, run_dir, timings)
-    plot_curves(run_dir, cfg.algo.temperature)
-    plot_stages(run_dir, cfg.algo.temperature)
     print_table(summary)
     return summary
 
@@ -107,12 +104,8 @@ def _has_wrist_images(path: Path) -> bool:
         return any(OBS_WRIST_IMAGE in group["obs"] for group in f["data"].values())
 
 
-def _eval_reports(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((run_dir / "evals").glob("step_*.json"))]
-
-
 def summarize(cfg: RunConfig, run_dir: Path, timings: dict[str, float]) -> dict[str, Any]:
-    reports = _eval_reports(run_dir)
+    reports = eval_reports(run_dir)
     sft, rl = reports[0], reports[-1]
     per_task = {
         task: {
@@ -146,91 +139,6 @@ def summarize(cfg: RunConfig, run_dir: Path, timings: dict[str, float]) -> dict[
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(summary_path)
     return summary
-
-
-def plot_curves(run_dir: Path, temperature: float = 1.6) -> Path:
-    """success.png: eval success (mean and per task) and rollout success over RL iterations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = MetricsFile(run_dir).read()
-    reports = _eval_reports(run_dir)
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    steps = [r["step"] for r in reports]
-    for task in reports[-1]["per_task"]:
-        ax.plot(steps, [r["per_task"][task]["success_rate"] for r in reports], lw=1, alpha=0.45, label=task)
-    ax.plot(steps, [r["success_rate"] for r in reports], "k-o", lw=2.5, label="eval mean (greedy)")
-    roll = [(r["step"], r["rollout/success_rate"]) for r in records if r.get("rollout/success_rate") is not None]
-    if roll:
-        ax.plot(*zip(*roll), "--", color="tab:red", lw=1.5, label=f"rollout (T={temperature:g})")
-    ax.set_xlabel("RL iteration (0 = after SFT)")
-    ax.set_ylabel("success rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best", ncol=2)
-    ax.set_title("pushcut quickstart: SFT → GRPO with binary rewards")
-    fig.tight_layout()
-    out = run_dir / "success.png"
-    fig.savefig(out)
-    plt.close(fig)
-    return out
-
-
-def plot_stages(run_dir: Path, temperature: float = 1.6) -> Path | None:
-    """stages.png: one panel per task with stages, showing the share of RL rollouts that reached
-    each stage over the iterations, next to rollout and greedy eval success. None if no task has stages."""
-    records = [r for r in MetricsFile(run_dir).read() if r.get("rollout/success_rate") is not None]
-    reached: dict[str, list[str]] = {}
-    for key in dict.fromkeys(k for r in records for k in r if k.startswith("rollout/reached/")):  # logged order
-        task, stage = key.removeprefix("rollout/reached/").rsplit("/", 1)
-        reached.setdefault(task, []).append(stage)
-    if not reached:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    reports = _eval_reports(run_dir)
-    smooth = 5  # iterations: each holds only a few groups of each task
-    cols = min(4, len(reached))
-    rows = -(-len(reached) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=110, squeeze=False, sharey=True)
-    for ax, (task, stages) in zip(axes.flat, sorted(reached.items())):
-        for i, stage in enumerate(stages):
-            ax.plot(*_trailing_mean(records, f"rollout/reached/{task}/{stage}", smooth), lw=1.2,
-                    color=plt.cm.viridis(0.15 + 0.6 * i / max(1, len(stages) - 1)), label=f"reached {stage}")
-        ax.legend(fontsize=6, loc="upper left")
-        ax.plot(*_trailing_mean(records, f"rollout/success/{task}", smooth), "--", color="tab:red", lw=1.5)
-        evals = [(r["step"], r["per_task"][task]["success_rate"]) for r in reports if task in r["per_task"]]
-        if evals:
-            ax.plot(*zip(*evals), "ko", ms=4)
-        ax.set_title(task, fontsize=9)
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=7)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in list(axes.flat)[len(reached):]:
-        ax.axis("off")
-    fig.legend(handles=[plt.Line2D([], [], ls="--", color="tab:red", label=f"rollout success (T={temperature:g})"),
-                        plt.Line2D([], [], ls="", marker="o", color="k", ms=4, label="eval success (greedy)")],
-               loc="lower right", fontsize=7)
-    fig.supxlabel("RL iteration", fontsize=9)
-    fig.suptitle(f"share of RL rollouts that reached each stage (mean of the last {smooth} iterations)", fontsize=10)
-    fig.tight_layout()
-    out = run_dir / "stages.png"
-    fig.savefig(out)
-    plt.close(fig)
-    return out
-
-
-def _trailing_mean(records: list[dict[str, Any]], key: str, window: int) -> tuple[list[int], list[float]]:
-    """(steps, values) of metric ``key``, each value the mean over the last ``window`` logged ones."""
-    points = [(r["step"], r[key]) for r in records if key in r]
-    values = [v for _, v in points]
-    return [s for s, _ in points], [float(np.mean(values[max(0, i + 1 - window):i + 1])) for i in range(len(values))]
 
 
 def print_table(summary: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ from pushcut.errors import CheckpointError, ConfigError, EnvError
 from pushcut.evaluate import eval_metrics, evaluate, stage_reach, write_report
 from pushcut.events import MetricsFile, Progress, TensorBoardLogger
 from pushcut.pluginmanager import PluginManager, get_plugin_manager
+from pushcut.plots import plot_run
 from pushcut.rollout import Episode, RolloutCollector, StartState
 
 log = logging.getLogger("pushcut")
@@ -422,6 +423,7 @@ class Trainer:
                         "generator": generator.get_state(),
                     }, keep=t.keep_checkpoints)
                 progress.advance(step, _status(record))
+            plot_run(self.run_dir, cfg.algo.temperature)
             history = self.metrics_file.read()
             evals = [r for r in history if r.get("eval/success_rate") is not None]
             summary = {

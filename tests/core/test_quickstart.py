@@ -6,7 +6,7 @@ import re
 import pytest
 
 from pushcut.errors import ConfigError
-from pushcut.quickstart import _trailing_mean, default_config_path, run_quickstart
+from pushcut.quickstart import default_config_path, run_quickstart
 
 SMALL = [
     "env.tasks=[press_button, close_drawer]", "env.num_init_states=12", "env.num_eval_init_states=3",
@@ -18,11 +18,6 @@ SMALL = [
 
 def test_default_config_ships_with_the_package():
     assert default_config_path().is_file()
-
-
-def test_stage_curves_average_each_metric_over_the_iterations_that_logged_it():
-    records = [{"step": 1, "a": 0.0}, {"step": 2}, {"step": 3, "a": 1.0}, {"step": 4, "a": 0.5}, {"step": 5, "a": 1.0}]
-    assert _trailing_mean(records, "a", 2) == ([1, 3, 4, 5], [0.0, 0.5, 0.75, 0.75])
 
 
 @pytest.mark.slow

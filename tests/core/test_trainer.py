@@ -58,6 +58,8 @@ def test_metrics_tensorboard_config_and_eval_files(manager, tmp_path):
     run_dir = tmp_path / "files"
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert (run_dir / "config.yaml").is_file() and (run_dir / "evals" / "step_000002.json").is_file()
+    assert (run_dir / "success.png").stat().st_size > 5000  # every finished run draws its curves
+    assert not (run_dir / "stages.png").exists()  # the toy env names no stages
     again = load_config(run_dir / "config.yaml", [], manager)
     assert again == cfg
 
