@@ -3,9 +3,9 @@
 demos (scripted expert, k per task) → SFT → greedy eval → GRPO → greedy eval,
 on the embedded MuJoCo tabletop with the tiny VLA. Prints a per-task table of
 success after SFT and after SFT+RL, and writes into the run directory:
-``summary.json``, ``success.png`` (curves), ``stages.png`` (rollouts reaching each
-task stage), ``videos/*.mp4``, plus everything a ``pushcut train`` run writes. Each stage is skipped when its output exists, so
-an interrupted quickstart continues where it stopped.
+``summary.json`` and ``videos/*.mp4``, plus everything a ``pushcut train`` run writes
+(``success.png``, ``stages.png``, metrics, checkpoints). Each stage is skipped when
+its output exists, so an interrupted quickstart continues where it stopped.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def test_quickstart_writes_summary_curve_videos(tmp_path, capsys):
     assert again["rl_success"] == summary["rl_success"]
     # a rerun that asks for other demos than the ones cached says so instead of reusing them
     for change, found in (("sft.demo_noise=0.2", "sft.demo_noise=0"), ("sft.demos_per_task=2", "sft.demos_per_task=1,")):
-        with pytest.raises(ConfigError, match=re.escape(f"holds demos recorded with ") + ".*" + re.escape(found)):
+        with pytest.raises(ConfigError, match=re.escape("holds demos recorded with ") + ".*" + re.escape(found)):
             run_quickstart([*SMALL, f"run_dir={run_dir}", change])
 
 
