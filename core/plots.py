@@ -37,11 +37,7 @@ def eval_reports(run_dir: Path) -> list[dict[str, Any]]:
 
 def plot_curves(run_dir: Path, temperature: float = 1.6) -> Path:
     """success.png: eval success (mean and per task) and rollout success over RL iterations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     records = MetricsFile(run_dir).read()
     reports = eval_reports(run_dir)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
@@ -61,11 +57,7 @@ def plot_curves(run_dir: Path, temperature: float = 1.6) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best", ncol=2)
     ax.set_title(f"{run_dir.name}: GRPO with binary rewards")
-    fig.tight_layout()
-    out = run_dir / "success.png"
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, run_dir / "success.png")
 
 
 def plot_stages(run_dir: Path, temperature: float = 1.6) -> Path | None:
@@ -78,11 +70,7 @@ def plot_stages(run_dir: Path, temperature: float = 1.6) -> Path | None:
         reached.setdefault(task, []).append(stage)
     if not reached:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     reports = eval_reports(run_dir)
     smooth = 5  # iterations: each holds only a few groups of each task
     cols = min(4, len(reached))
@@ -110,8 +98,21 @@ def plot_stages(run_dir: Path, temperature: float = 1.6) -> Path | None:
                loc="lower right", fontsize=7)
     fig.supxlabel("RL iteration", fontsize=9)
     fig.suptitle(f"share of RL rollouts that reached each stage (mean of the last {smooth} iterations)", fontsize=10)
+    return _save(plt, fig, run_dir / "stages.png")
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, out: Path) -> Path:
     fig.tight_layout()
-    out = run_dir / "stages.png"
     fig.savefig(out)
     plt.close(fig)
     return out
