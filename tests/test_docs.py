@@ -109,3 +109,49 @@ def test_python_examples_in_plugin_docs_parse():
                 ast.parse(block)
             except SyntaxError as exc:
                 pytest.fail(f"{doc.name}: python block #{i + 1} does not parse: {exc}\n{block}")
+
+
+# ------------------------------------------------------------------ links between the docs
+
+REPO = DOCS.parent
+LINKED_DOCS = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def github_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives the headings of a markdown file: lower case, punctuation
+    dropped, spaces turned into hyphens, ``-1``, ``-2`` … on repeats."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    in_fence = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_fence = not in_fence
+        match = None if in_fence else re.match(r"#{1,6} (.*)", line)
+        if match:
+            slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
+            count = seen.get(slug, 0)
+            seen[slug] = count + 1
+            anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def test_github_anchors_follow_githubs_rules():
+    text = "# A title\n## Ordered bins: `policy.bin_smoothing`\n```\n# not a heading\n```\n## Where GRPO's signal\n## Where GRPO's signal\n"
+    assert github_anchors(text) == {"a-title", "ordered-bins-policybin_smoothing", "where-grpos-signal",
+                                    "where-grpos-signal-1"}
+
+
+@pytest.mark.parametrize("doc", LINKED_DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_relative_links_and_their_anchors_resolve(doc):
+    broken = []
+    for target in LINK.findall(doc.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto: not checked here
+        path, _, anchor = target.partition("#")
+        linked = (doc.parent / path).resolve() if path else doc
+        if not linked.exists():
+            broken.append(f"{target}: {path} does not exist")
+        elif anchor and linked.suffix == ".md" and anchor not in github_anchors(linked.read_text(encoding="utf-8")):
+            broken.append(f"{target}: no heading with anchor #{anchor} in {linked.name}")
+    assert not broken, f"{doc.name} has broken links:\n" + "\n".join(broken)
