@@ -574,6 +574,56 @@ def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
+RESUME_SAFE = (
+    "run_dir", "train.iterations", "train.eval_every", "train.save_every", "train.keep_checkpoints", "train.device",
+    "train.torch_threads", "train.resume", "train.init_from", "train.eval_at_start", "rollout.num_workers",
+    "rollout.envs_per_worker", "rollout.step_timeout_s", "rollout.pipeline", "rollout.transport", "eval", "sft",
+)
+"""Keys (or whole sections) a run may change when it continues: how long it runs, how often it
+evaluates and saves, on what hardware, and how it is evaluated; never what it learns from or how."""
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: data}
+
+
+def _under(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def config_changes(saved: RunConfig, new: RunConfig, allowed: Sequence[str] = RESUME_SAFE,
+                   only: Sequence[str] | None = None) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved value, new value)}`` for every key that differs, is not in ``allowed`` (a key,
+    or a section that allows all of its keys) and, when ``only`` is given, is in ``only``."""
+    old, now = _flatten(to_dict(saved)), _flatten(to_dict(new))
+    changes = {}
+    for key in dict.fromkeys([*old, *now]):
+        if old.get(key) != now.get(key) and not _under(key, allowed) and (only is None or _under(key, only)):
+            changes[key] = (old.get(key), now.get(key))
+    return changes
+
+
+def check_continues(config: RunConfig, run_dir: str | Path, allowed: Sequence[str] = RESUME_SAFE,
+                    manager: Any | None = None, only: Sequence[str] | None = None) -> None:
+    """Refuse to continue the run in ``run_dir`` with a config that would change what it learns
+    (``only``: just these keys or sections, the ones the run's finished stages depend on)."""
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        return
+    changes = config_changes(load_config(saved, manager=manager), config, allowed, only)
+    if changes:
+        listed = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in changes.items())
+        raise ConfigError(
+            f"{run_dir} holds a run made with another config, and running again continues it: {listed}. "
+            f"Pick a fresh run_dir=..., or delete {run_dir} to start over"
+        )
+
+
 def save_config(config: RunConfig, run_dir: str | Path) -> Path:
     """Write ``<run_dir>/config.yaml`` atomically."""
     run_dir = Path(run_dir)

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from pushcut.config import RunConfig, load_config, save_config
+from pushcut.checkpoint import list_checkpoints
+from pushcut.config import RunConfig, check_continues, load_config, save_config
 from pushcut.contracts import OBS_WRIST_IMAGE
 from pushcut.demos import record_demo_file
 from pushcut.errors import ConfigError
@@ -31,6 +32,9 @@ from pushcut.trainer import Trainer
 
 log = logging.getLogger("pushcut")
 
+QUICKSTART_SETS = ("sft.demos", "sft.wrist_image_key")
+"""Keys the quickstart fills in itself, so a saved config differs from a fresh one there."""
+
 
 def default_config_path() -> Path:
     return Path(str(files("pushcut.configs") / "quickstart.yaml"))
@@ -39,14 +43,19 @@ def default_config_path() -> Path:
 def run_quickstart(overrides: list[str], config_path: str | Path | None = None) -> dict[str, Any]:
     cfg = load_config(config_path or default_config_path(), overrides)
     run_dir = Path(cfg.run_dir)
+    demo_path = run_dir / "demos.hdf5"
+    sft_dir = run_dir / "sft" / "policy"  # where run_sft saves
+    # A rerun continues the stages that have output; they must not change under it (RL's own
+    # checkpoints are the Trainer's to check).
+    finished = ("env", "policy", "sft", "seed") if sft_dir.exists() else ("env",) if demo_path.exists() else ()
+    if finished:
+        check_continues(cfg, run_dir, allowed=QUICKSTART_SETS, only=finished)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir)
     if cfg.train.torch_threads:  # env workers share the cores: oversubscribed torch threads crawl
         torch.set_num_threads(cfg.train.torch_threads)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
-    demo_path = run_dir / "demos.hdf5"
     if demo_path.exists():
         check_cached_demos(demo_path, cfg)
     else:
@@ -54,10 +63,11 @@ def run_quickstart(overrides: list[str], config_path: str | Path | None = None) 
         with get_plugin_manager().envs.get(cfg.env.type).build(cfg.env.options) as env:
             record_demo_file(env, cfg.env.type, cfg.sft.demos_per_task, demo_path, noise=cfg.sft.demo_noise)
         timings["demos_s"] = time.perf_counter() - t
+    if not list_checkpoints(run_dir):  # once RL has begun, its config is the Trainer's to keep
+        save_config(cfg, run_dir)
     cfg.sft.demos = (str(demo_path),)
     if not cfg.sft.wrist_image_key and _has_wrist_images(demo_path):
         cfg.sft.wrist_image_key = OBS_WRIST_IMAGE  # the env's wrist camera is on: SFT reads it from the demos too
-    sft_dir = run_dir / "sft" / "policy"  # where run_sft saves
     if not sft_dir.exists():
         t = time.perf_counter()
         run_sft(cfg)

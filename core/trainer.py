@@ -36,7 +36,7 @@ from pushcut.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pushcut.config import START_SAMPLING, RunConfig, TrainConfig, save_config, to_dict
+from pushcut.config import START_SAMPLING, RunConfig, TrainConfig, check_continues, save_config, to_dict
 from pushcut.contracts import ObsBatch, Policy, TaskSpec
 from pushcut.errors import CheckpointError, ConfigError, EnvError
 from pushcut.evaluate import eval_metrics, evaluate, stage_reach, write_report
@@ -365,13 +365,15 @@ class Trainer:
         """Train for ``train.iterations`` iterations (resuming if possible)."""
         cfg, t = self.config, self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if list_checkpoints(self.run_dir):
+            if not t.resume:
+                raise ConfigError(f"{self.run_dir} already holds checkpoints and train.resume=false: "
+                                  "use a new run_dir, or resume (train.resume=true)")
+            check_continues(cfg, self.run_dir, manager=self.manager)
         save_config(cfg, self.run_dir)
         clean_partial(self.run_dir)
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
-        if not t.resume and list_checkpoints(self.run_dir):
-            raise ConfigError(f"{self.run_dir} already holds checkpoints and train.resume=false: "
-                              "use a new run_dir, or resume (train.resume=true)")
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)

@@ -9,6 +9,8 @@ from pushcut.config import (
     PluginChoice,
     RunConfig,
     apply_overrides,
+    check_continues,
+    config_changes,
     dump_config,
     field_docs,
     load_config,
@@ -228,3 +230,26 @@ def test_exponent_floats_and_algorithm_names(manager):
         load_config(None, [*TOY, "algo.advantage=gpro"], manager)
     with pytest.raises(ConfigError, match=r"rollout.pipeline needs rollout.num_workers >= 2"):
         load_config(None, [*TOY, "rollout.pipeline=true", "rollout.num_workers=1"], manager)
+
+
+def test_config_changes_lists_what_a_continued_run_may_not_change(manager):
+    base = load_config(None, [*TOY, "policy.hidden=7"], manager)
+    longer = load_config(None, [*TOY, "policy.hidden=7", "train.iterations=500", "eval.max_init_states=3",
+                                "rollout.num_workers=4", "sft.steps=9", "run_dir=elsewhere"], manager)
+    assert config_changes(base, longer) == {}
+    other = load_config(None, [*TOY, "policy.hidden=8", "algo.temperature=1.0", "env.tasks=[a]"], manager)
+    assert config_changes(base, other) == {"policy.hidden": (7, 8), "algo.temperature": (1.6, 1.0),
+                                           "env.tasks": ([], ["a"])}
+    assert config_changes(base, other, allowed=("policy", "algo.temperature", "env.tasks")) == {}
+    assert config_changes(base, load_config(None, [*TOY, "env.type=other_env", "policy.hidden=7"], manager)) == {
+        "env.type": ("toyenv", "other_env")}
+
+
+def test_check_continues_names_each_change_and_passes_a_fresh_directory(manager, tmp_path):
+    check_continues(load_config(None, TOY, manager), tmp_path / "new", manager=manager)  # nothing saved: no check
+    save_config(load_config(None, [*TOY, f"run_dir={tmp_path}"], manager), tmp_path)
+    check_continues(load_config(None, [*TOY, "train.iterations=7"], manager), tmp_path, manager=manager)
+    with pytest.raises(ConfigError, match=r"policy.dropout: 0.0 there, 0.5 now; algo.group_size: 8 there, 4 now\. "
+                                          r"Pick a fresh run_dir"):
+        check_continues(load_config(None, [*TOY, "algo.group_size=4", "policy.dropout=0.5"], manager), tmp_path,
+                        manager=manager)

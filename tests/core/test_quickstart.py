@@ -48,10 +48,18 @@ def test_quickstart_writes_summary_curve_videos(tmp_path, capsys):
     # a second run resumes: stages with outputs are skipped, the finished RL run is not repeated
     again = run_quickstart([*SMALL, f"run_dir={run_dir}"])
     assert again["rl_success"] == summary["rl_success"]
-    # a rerun that asks for other demos than the ones cached says so instead of reusing them
+    # a rerun that would change what the run learns from says so instead of continuing it
+    for change, found in (("env.jitter=null", "env.jitter: 0.03 there, None now"),
+                          ("sft.steps=7", "sft.steps: 6 there, 7 now"),
+                          ("sft.demo_noise=0.2", "sft.demo_noise: 0.0 there, 0.2 now")):
+        with pytest.raises(ConfigError, match=re.escape(found)):
+            run_quickstart([*SMALL, f"run_dir={run_dir}", change])
+    # demos copied into a directory without the run's config: the demo file itself is checked
+    (run_dir / "config.yaml").unlink()
     for change, found in (("sft.demo_noise=0.2", "sft.demo_noise=0"), ("sft.demos_per_task=2", "sft.demos_per_task=1,")):
         with pytest.raises(ConfigError, match=re.escape("holds demos recorded with ") + ".*" + re.escape(found)):
             run_quickstart([*SMALL, f"run_dir={run_dir}", change])
+    assert not (run_dir / "config.yaml").exists()  # a refused rerun leaves no config behind to block the next
 
 
 @pytest.mark.slow

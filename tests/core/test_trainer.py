@@ -11,6 +11,7 @@ import torch
 from pushcut import hookimpl
 from pushcut.checkpoint import latest_checkpoint, list_checkpoints
 from pushcut.config import TrainConfig, load_config
+from pushcut.errors import ConfigError
 from pushcut.testing import registered_plugin
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin
 from pushcut.rollout import Episode
@@ -121,6 +122,17 @@ def test_lr_warmup_is_linear_and_follows_the_optimizer_state():
     plain = torch.optim.AdamW([weight], lr=0.1)
     warmup_lr(plain, TrainConfig(lr=0.1))
     assert plain.param_groups[0]["lr"] == 0.1
+
+
+def test_a_continued_run_refuses_a_config_that_changes_what_it_learns(manager, tmp_path):
+    run(manager, tmp_path, "run", "train.iterations=1")
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"algo.clip_ratio_high: 0.28 there, 0.3 now"):
+        run(manager, tmp_path, "run", "train.iterations=2", "algo.clip_ratio_high=0.3")
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved  # untouched: the run can still continue
+    assert latest_checkpoint(tmp_path / "run").name == "step_000001"
+    run(manager, tmp_path, "run", "train.iterations=2", "eval.max_init_states=2")  # longer, evaluated on fewer
+    assert latest_checkpoint(tmp_path / "run").name == "step_000002"
 
 
 def test_partial_checkpoint_is_ignored(manager, tmp_path):
