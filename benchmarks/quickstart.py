@@ -77,6 +77,9 @@ def main() -> None:
     ap.add_argument("--root", default="runs/bench-quickstart")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    taken = [str(Path(args.root) / f"seed{s}") for s in args.seeds if (Path(args.root) / f"seed{s}").exists()]
+    if taken:  # a quickstart in an existing run directory resumes it, and there is nothing left to time
+        ap.error(f"{', '.join(taken)} already exist: the benchmark times fresh runs; delete them or pass --root NEW")
     results = [run(s, args.overrides, Path(args.root)) for s in args.seeds]
     for r in results:
         print(f"seed {r['seed']}: {r['wall_s']:.0f} s, peak {r['peak_rss_gb']:.2f} GB, "
