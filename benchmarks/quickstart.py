@@ -43,8 +43,12 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def seed_dir(root: Path, seed: int) -> Path:
+    return root / f"seed{seed}"
+
+
 def run(seed: int, extra: list[str], root: Path) -> dict:
-    run_dir = root / f"seed{seed}"
+    run_dir = seed_dir(root, seed)
     cmd = [sys.executable, "-m", "pushcut.cli", "quickstart", f"run_dir={run_dir}", f"seed={seed}",
            f"policy.seed={seed}", *extra]
     t0 = time.perf_counter()
@@ -77,7 +81,7 @@ def main() -> None:
     ap.add_argument("--root", default="runs/bench-quickstart")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    taken = [str(Path(args.root) / f"seed{s}") for s in args.seeds if (Path(args.root) / f"seed{s}").exists()]
+    taken = [str(seed_dir(Path(args.root), s)) for s in args.seeds if seed_dir(Path(args.root), s).exists()]
     if taken:  # a quickstart in an existing run directory resumes it, and there is nothing left to time
         ap.error(f"{', '.join(taken)} already exist: the benchmark times fresh runs; delete them or pass --root NEW")
     results = [run(s, args.overrides, Path(args.root)) for s in args.seeds]

@@ -26,15 +26,23 @@ def hook_specs() -> dict[str, object]:
     }
 
 
-def sections(text: str) -> dict[str, str]:
-    """``## heading`` → its text, up to the next ``#``/``##`` heading outside a code fence."""
-    result: dict[str, str] = {}
-    current: list[str] | None = None
+def lines_and_fences(text: str):
+    """Each line of a markdown text with whether it lies in a code fence (fence lines count as in)."""
     in_fence = False
     for line in text.splitlines(keepends=True):
         if line.startswith("```"):
             in_fence = not in_fence
-        elif not in_fence and re.match(r"#{1,2} ", line):
+            yield line, True
+        else:
+            yield line, in_fence
+
+
+def sections(text: str) -> dict[str, str]:
+    """``## heading`` → its text, up to the next ``#``/``##`` heading outside a code fence."""
+    result: dict[str, str] = {}
+    current: list[str] | None = None
+    for line, fenced in lines_and_fences(text):
+        if not fenced and re.match(r"#{1,2} ", line):
             current = result.setdefault(line[3:].strip(), []) if line.startswith("## ") else None
             continue
         if current is not None:
@@ -123,11 +131,8 @@ def github_anchors(text: str) -> set[str]:
     dropped, spaces turned into hyphens, ``-1``, ``-2`` … on repeats."""
     anchors: set[str] = set()
     seen: dict[str, int] = {}
-    in_fence = False
-    for line in text.splitlines():
-        if line.startswith("```"):
-            in_fence = not in_fence
-        match = None if in_fence else re.match(r"#{1,6} (.*)", line)
+    for line, fenced in lines_and_fences(text):
+        match = None if fenced else re.match(r"#{1,6} (.*)", line)
         if match:
             slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
             count = seen.get(slug, 0)
