@@ -72,11 +72,15 @@ class Aim:
     """Fraction of the episodes that aimed within :data:`HIT_RADIUS` of the object."""
 
     def describe(self) -> str:
-        fmt = lambda pair, f: "/".join(format(v, f) for v in pair)  # noqa: E731
-        return (f"{self.task_id:20s} success {self.success:4.0%}  follows object {fmt(self.slope_object, '+.2f')}  "
-                f"follows own start {fmt(self.slope_start, '+.2f')}  unexplained {fmt(self.residual_cm, '.1f')} cm  "
+        """One line: success, both slopes, the fit's residual, the miss and the on-target share."""
+        return (f"{self.task_id:20s} success {self.success:4.0%}  follows object {_pair(self.slope_object, '+.2f')}  "
+                f"follows own start {_pair(self.slope_start, '+.2f')}  unexplained {_pair(self.residual_cm, '.1f')} cm  "
                 f"median miss {self.median_miss_cm:.1f} cm  "
                 f"on target {self.on_target:4.0%}  ({self.episodes} episodes; slopes x/y)")
+
+
+def _pair(values: tuple[float, float], spec: str) -> str:
+    return "/".join(format(v, spec) for v in values)
 
 
 def fit_aim(task_id: str, object_offsets: np.ndarray, start_offsets: np.ndarray, aims: np.ndarray,
