@@ -93,7 +93,7 @@ def fit_aim(task_id: str, object_offsets: np.ndarray, start_offsets: np.ndarray,
     object_offsets, start_offsets, aims = (np.asarray(a, dtype=float) for a in (object_offsets, start_offsets, aims))
     n = len(aims)
     if n < 6:
-        raise ValueError(f"fit_aim needs at least 6 episodes to fit 5 coefficients per axis, got {n}")
+        raise ValueError(f"fit_aim needs at least 6 episodes (3 coefficients per axis and a residual), got {n}")
     slope_object, slope_start, bias, residual = [], [], [], []
     for axis in range(2):
         design = np.column_stack([object_offsets[:, axis], start_offsets[:, axis], np.ones(n)])
@@ -110,15 +110,20 @@ def fit_aim(task_id: str, object_offsets: np.ndarray, start_offsets: np.ndarray,
 
 
 def measure_aim(env: TabletopEnv, act: Actor, task_id: str, init_states: Sequence[int]) -> Aim:
-    """Run one episode of ``task_id`` from each of ``init_states`` with ``act`` and fit its aim."""
+    """Run one episode of ``task_id`` from each of ``init_states`` with ``act`` and fit its aim.
+
+    The gripper's height is read after every action chunk; a grasp or a press holds the
+    gripper at the bottom for several steps, so the lowest reading is where it aimed."""
     if task_id not in AIM_OBJECTS:
         raise ConfigError(f"aim: task {task_id!r} does not start with a descent onto one object; "
                           f"aim works on {', '.join(AIM_OBJECTS)}")
     if env.config.jitter is None:
         raise ConfigError("aim: needs LIBERO-style initial states around a nominal layout (env.jitter, e.g. 0.03); "
                           "with env.jitter=null objects start anywhere and there is no nominal position to compare")
-    task = TASKS[task_id]
-    spec = next(s for s in env.tasks() if s.task_id == task_id)
+    specs = {s.task_id: s for s in env.tasks()}
+    if task_id not in specs:
+        raise ConfigError(f"aim: task {task_id!r} is not offered by this env (env.tasks); it offers {', '.join(specs)}")
+    task, spec = TASKS[task_id], specs[task_id]
     nominal = task.nominal_layout()
     where = AIM_OBJECTS[task_id]
     object_offsets, start_offsets, aims, successes = [], [], [], []

@@ -72,6 +72,8 @@ def test_a_replayed_path_follows_its_own_start(env: TabletopEnv) -> None:
 def test_bad_requests_are_refused(env: TabletopEnv) -> None:
     with pytest.raises(ConfigError, match="aim works on press_button"):
         measure_aim(env, lambda *a: np.zeros((1, 4)), "open_drawer", STATES)
+    with pytest.raises(ConfigError, match="not offered by this env"):
+        measure_aim(env, lambda *a: np.zeros((1, 4)), "place_red_on_plate", STATES)
     anywhere = TabletopEnv(TabletopConfig(tasks=("press_button",)))
     with pytest.raises(ConfigError, match="env.jitter"):
         measure_aim(anywhere, lambda *a: np.zeros((1, 4)), "press_button", STATES)
