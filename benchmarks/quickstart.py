@@ -81,10 +81,11 @@ def main() -> None:
     ap.add_argument("--root", default="runs/bench-quickstart")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    taken = [str(seed_dir(Path(args.root), s)) for s in args.seeds if seed_dir(Path(args.root), s).exists()]
+    root = Path(args.root)
+    taken = [str(d) for d in (seed_dir(root, s) for s in args.seeds) if d.exists()]
     if taken:  # a quickstart in an existing run directory resumes it, and there is nothing left to time
         ap.error(f"{', '.join(taken)} already exist: the benchmark times fresh runs; delete them or pass --root NEW")
-    results = [run(s, args.overrides, Path(args.root)) for s in args.seeds]
+    results = [run(s, args.overrides, root) for s in args.seeds]
     for r in results:
         print(f"seed {r['seed']}: {r['wall_s']:.0f} s, peak {r['peak_rss_gb']:.2f} GB, "
               f"success {r['sft_success']:.3f} -> {r['rl_success']:.3f} ({r['improvement_points']:+.1f} points)")

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pushcut.contracts import Observation
+from pushcut.contracts import ObsBatch, Observation
 from pushcut.errors import ConfigError, PushcutError
+from pushcut.plugins.envs.tabletop.config import TabletopConfig
 from pushcut.plugins.envs.tabletop.env import TabletopEnv
 from pushcut.plugins.envs.tabletop.scene import Layout
 from pushcut.plugins.envs.tabletop.tasks import TASKS
@@ -150,8 +151,6 @@ def policy_actor(policy) -> Actor:
     """An :data:`Actor` that decodes ``policy`` greedily, one observation at a time."""
     import torch
 
-    from pushcut.contracts import ObsBatch
-
     def act(obs: Observation, instruction: str, task_id: str) -> np.ndarray:
         with torch.no_grad():
             return policy.act(ObsBatch.from_observations([obs], [instruction], [task_id]), 0.0).actions[0]
@@ -173,21 +172,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from pushcut.build import build_policy
     from pushcut.config import load_config
-    from pushcut.plugins.envs.tabletop.config import TabletopConfig
 
     try:
         config = load_config(args.config, [])
         if not isinstance(config.env.options, TabletopConfig):
             raise ConfigError(f"aim: {args.config} runs env {config.env.type!r}; aim measures the tabletop env only")
         env = TabletopEnv(config.env.options)
-        offered = [s.task_id for s in env.tasks()]
+        offered = {s.task_id: s for s in env.tasks()}
         tasks = args.tasks if args.tasks else [t for t in AIM_OBJECTS if t in offered]
         unknown = [t for t in tasks if t not in offered]
         if unknown:
             raise ConfigError(f"aim: task(s) {unknown} are not in {args.config}'s env; it offers {', '.join(offered)}")
         act = policy_actor(build_policy(config, args.weights).eval())
         for task_id in tasks:
-            states = next(s for s in env.tasks() if s.task_id == task_id).eval_init_states[:args.states]
+            states = offered[task_id].eval_init_states[:args.states]
             print(measure_aim(env, act, task_id, states).describe(), flush=True)
         env.close()
     except PushcutError as e:

@@ -77,6 +77,7 @@ def test_bad_requests_are_refused(env: TabletopEnv) -> None:
     anywhere = TabletopEnv(TabletopConfig(tasks=("press_button",)))
     with pytest.raises(ConfigError, match="env.jitter"):
         measure_aim(anywhere, lambda *a: np.zeros((1, 4)), "press_button", STATES)
+    anywhere.close()
 
 
 def test_command_line_on_a_saved_policy(tmp_path, capsys) -> None:
