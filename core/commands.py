@@ -269,6 +269,9 @@ def predict(policy_type: str, checkpoint: str, image: str, instruction: str, unn
         sample = policy.act(obs, 0.0)
     result = {"actions": sample.actions[0].tolist(), "chunk_size": int(sample.actions.shape[1]),
               "action_dim": int(sample.actions.shape[2])}
+    tokens = sample.sample.get("tokens")
+    if isinstance(tokens, torch.Tensor):  # token policies: the ids, to compare against the original code
+        result["tokens"] = tokens[0].tolist()
     for name in ("unnorm_key", "mode"):
         value = getattr(policy, name, None) or getattr(getattr(policy, "config", None), name, None)
         if value is not None:

@@ -46,15 +46,18 @@ PROJECTOR_PREFIX = "projector."
 PROPRIO_PREFIX = "proprio_projector."
 LLM_PREFIX = "language_model."
 
-# Attention heads per timm vision model (not recoverable from tensor shapes). Unknown ids
-# (e.g. tiny test towers) fall back to DEFAULT_VISION_HEADS, which both real towers use.
+# Attention heads per timm vision model: a head count cannot be read from tensor shapes, and a
+# wrong guess computes garbage without any error, so an id not listed here must come with
+# policy.vision_heads (see tower_spec).
 TIMM_VISION_HEADS = {
     "vit_large_patch14_reg4_dinov2": 16,
     "vit_large_patch14_dinov2": 16,
     "vit_so400m_patch14_siglip_224": 16,
     "vit_so400m_patch14_siglip_384": 16,
 }
-DEFAULT_VISION_HEADS = 16
+# timm activation names (config.json ``timm_override_act_layers``) → transformers ``hidden_act``.
+# None means timm's default for these ViTs, ``nn.GELU()``: the exact erf GELU, for SigLIP too.
+TIMM_ACTIVATIONS = {None: "gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
 
 
 # --------------------------------------------------------------------------- raw files
@@ -198,7 +201,7 @@ class TowerSpec:
     """Shape and flavour of one timm ViT tower, read from its tensors and the config."""
 
     kind: str
-    """``dinov2`` (cls + register tokens, layer scale, GELU) or ``siglip`` (no prefix tokens, tanh-GELU)."""
+    """``dinov2`` (cls + register tokens, layer scale) or ``siglip`` (no prefix tokens, no layer scale)."""
     hidden_size: int
     layers: int
     heads: int
@@ -210,6 +213,9 @@ class TowerSpec:
     """DINOv2 only: whether ``pos_embed`` has a slot for the cls token (else timm's no_embed_class)."""
     scale_name: str
     """DINOv2 only: ``scale_factor`` (OpenVLA's HF export) or ``gamma`` (plain timm)."""
+    act: str = "gelu"
+    """The MLP activation as a transformers ``hidden_act``: ``gelu`` (exact erf, timm's default for
+    both towers) unless config.json's ``timm_override_act_layers`` names another."""
 
     @property
     def num_patches(self) -> int:
@@ -230,8 +236,39 @@ def _block_count(keys: list[str]) -> int:
     return max(ids) + 1
 
 
-def tower_spec(tensors: Mapping[str, torch.Tensor], timm_id: str, image_size: int, where: str) -> TowerSpec:
-    """The spec of a tower from its tensors (local timm keys), its timm id and the configured image size."""
+def vision_heads(timm_id: str, override: int | None, where: str) -> int:
+    """Attention heads of the timm tower ``timm_id``: the known count, or ``override`` (from
+    ``policy.vision_heads``) for an id not in :data:`TIMM_VISION_HEADS`. Never a guess."""
+    base = timm_id.split(".")[0]
+    known = TIMM_VISION_HEADS.get(base)
+    if known is not None and override is not None and override != known:
+        raise CheckpointError(
+            f"{where}: timm model {timm_id!r} has {known} attention heads but policy.vision_heads gives {override}; "
+            "leave policy.vision_heads unset for this tower"
+        )
+    if known is None and override is None:
+        raise CheckpointError(
+            f"{where}: unknown timm model id {timm_id!r}: its attention-head count cannot be read from the weights; "
+            "give it with policy.vision_heads=[HEADS, ...] (one per tower, in timm_model_ids order); known ids: "
+            f"{', '.join(sorted(TIMM_VISION_HEADS))}"
+        )
+    return known if known is not None else int(override)
+
+
+def tower_activation(name: str | None, where: str) -> str:
+    """transformers ``hidden_act`` for a timm activation override (None: timm's exact GELU)."""
+    if name not in TIMM_ACTIVATIONS:
+        raise CheckpointError(
+            f"{where}: timm_override_act_layers entry {name!r} is not supported; supported: "
+            f"{', '.join(str(k) for k in TIMM_ACTIVATIONS)}"
+        )
+    return TIMM_ACTIVATIONS[name]
+
+
+def tower_spec(tensors: Mapping[str, torch.Tensor], timm_id: str, image_size: int, where: str,
+               heads: int | None = None, act: str | None = None) -> TowerSpec:
+    """The spec of a tower from its tensors (local timm keys), its timm id, the configured image size,
+    an optional head count for an unknown id and config.json's activation override."""
     keys = sorted(tensors)
     for needed in ("patch_embed.proj.weight", "pos_embed"):
         if needed not in tensors:
@@ -244,9 +281,13 @@ def tower_spec(tensors: Mapping[str, torch.Tensor], timm_id: str, image_size: in
     fc1 = tensors.get("blocks.0.mlp.fc1.weight")
     if fc1 is None:
         raise CheckpointError(f"{where}: missing key 'blocks.0.mlp.fc1.weight'")
-    heads = TIMM_VISION_HEADS.get(timm_id.split(".")[0], DEFAULT_VISION_HEADS)
+    heads = vision_heads(timm_id, heads, where)
     if hidden % heads:
-        raise CheckpointError(f"{where}: width {hidden} is not divisible by {heads} attention heads")
+        raise CheckpointError(
+            f"{where}: width {hidden} is not divisible by {heads} attention heads; the tower does not fit "
+            f"timm model {timm_id!r} (check timm_model_ids, or policy.vision_heads for an unknown id)"
+        )
+    hidden_act = tower_activation(act, where)
     if image_size % patch:
         raise CheckpointError(f"{where}: image size {image_size} is not a multiple of the patch size {patch}")
     num_patches = (image_size // patch) ** 2
@@ -263,13 +304,13 @@ def tower_spec(tensors: Mapping[str, torch.Tensor], timm_id: str, image_size: in
             raise CheckpointError(f"{where}: register tokens with a cls position slot are not supported")
         scale = "gamma" if "blocks.0.ls1.gamma" in tensors else "scale_factor"
         return TowerSpec("dinov2", hidden, layers, heads, int(fc1.shape[0]), patch, image_size, registers,
-                         positions == num_patches + 1, scale)
+                         positions == num_patches + 1, scale, hidden_act)
     if positions != num_patches:
         raise CheckpointError(
             f"{where}: pos_embed has {positions} positions but {image_size}px images with {patch}px patches "
             f"give {num_patches}; check image_sizes in config.json"
         )
-    return TowerSpec("siglip", hidden, layers, heads, int(fc1.shape[0]), patch, image_size, 0, False, "")
+    return TowerSpec("siglip", hidden, layers, heads, int(fc1.shape[0]), patch, image_size, 0, False, "", hidden_act)
 
 
 def _block_map(spec: TowerSpec, i: int) -> dict[str, str]:

@@ -45,6 +45,10 @@ class OpenVLAConfig:
     None means 8 in parallel mode and 1 in autoregressive mode (the only value it allows)."""
     action_dim: int | None = None
     """Dimensions of one action; None takes it from the checkpoint's norm_stats (and a mismatch is an error)."""
+    vision_heads: tuple[int, ...] | None = None
+    """Attention heads per vision tower (timm_model_ids order), needed only for a timm id pushcut does not know.
+
+    A head count cannot be read from the weights; the known ids (DINOv2-L, SigLIP so400m) need nothing."""
     num_images: int = 1
     """Images per observation: 1 (ObsBatch.images) or 2 (also ObsBatch.wrist_images, OFT multi-image)."""
     use_proprio: bool | None = None
@@ -102,6 +106,14 @@ class OpenVLAConfig:
             raise ConfigError(
                 f"policy.num_images={self.num_images}: observations carry at most 2 images (image, wrist_image)"
             )
+        if self.vision_heads is not None:
+            self.vision_heads = tuple(self.vision_heads)
+            if not self.vision_heads or any(not isinstance(h, int) or isinstance(h, bool) or h < 1
+                                            for h in self.vision_heads):
+                raise ConfigError(
+                    f"policy.vision_heads must be a list of positive integers, one per vision tower, got "
+                    f"{list(self.vision_heads)!r}"
+                )
         if self.action_dim is not None and self.action_dim < 1:
             raise ConfigError(f"policy.action_dim must be >= 1 (or unset), got {self.action_dim}")
         if self.mode == "autoregressive" and self.chunk_size != 1:

@@ -1,6 +1,8 @@
 """The OpenVLA network in transformers-5 parts (no timm, no torchvision, no remote code).
 
-* Vision: one or two towers (DINOv2-with-registers and SigLIP, transformers' own modules). Each
+* Vision: one or two towers (DINOv2-with-registers and SigLIP, transformers' own modules), both with
+  timm's exact erf GELU (OpenVLA builds them with timm and overrides no activation; transformers'
+  own SigLIP default, the tanh approximation, would move features by ~1e-3). Each
   tower's features are the patch tokens output by its **second-to-last** block, without the final
   norm (timm ``get_intermediate_layers(n={blocks - 2})``); the last block is never run. Fused
   towers are concatenated along the feature dimension (DINOv2 first), several images along tokens.
@@ -35,7 +37,7 @@ def build_tower(spec: TowerSpec) -> nn.Module:
             hidden_size=spec.hidden_size, num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
             mlp_ratio=spec.intermediate_size // spec.hidden_size, image_size=spec.image_size,
             patch_size=spec.patch_size, num_register_tokens=spec.registers, layerscale_value=1.0,
-            layer_norm_eps=1e-6, hidden_act="gelu", qkv_bias=True, drop_path_rate=0.0,
+            layer_norm_eps=1e-6, hidden_act=spec.act, qkv_bias=True, drop_path_rate=0.0,
             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         )
         config._attn_implementation = "sdpa"
@@ -43,7 +45,7 @@ def build_tower(spec: TowerSpec) -> nn.Module:
     config = SiglipVisionConfig(
         hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size, num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads, image_size=spec.image_size, patch_size=spec.patch_size,
-        layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh", attention_dropout=0.0, vision_use_head=False,
+        layer_norm_eps=1e-6, hidden_act=spec.act, attention_dropout=0.0, vision_use_head=False,
     )
     config._attn_implementation = "sdpa"
     return SiglipVisionModel(config)

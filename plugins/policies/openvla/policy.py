@@ -25,6 +25,7 @@ and are un-normalised with the checkpoint's ``norm_stats`` (q01/q99 or min/max, 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import logging
 from collections.abc import Mapping
@@ -34,7 +35,7 @@ import numpy as np
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, LlamaConfig
+from transformers import DynamicCache, LlamaConfig, LlamaModel
 
 from pushcut.actions import ActionBounds, ActionTokenizer
 from pushcut.contracts import NO_WRIST_IMAGE_FIX, ActionSample, ObsBatch, Policy, Scores
@@ -53,7 +54,12 @@ from pushcut.plugins.policies.openvla.checkpoint import (
 )
 from pushcut.plugins.policies.openvla.config import OpenVLAConfig
 from pushcut.plugins.policies.openvla.modeling import PrismaticVLA
-from pushcut.plugins.policies.openvla.processing import ImageProcessor, PromptTokenizer, normalize_proprio
+from pushcut.plugins.policies.openvla.processing import (
+    APPENDED_ID,
+    ImageProcessor,
+    PromptTokenizer,
+    normalize_proprio,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,8 @@ LORA_META_FILE = "pushcut_lora.json"
 DATASET_STATISTICS_FILE = "dataset_statistics.json"
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _STATS_KEYS = {"q99": ("q01", "q99"), "minmax": ("min", "max")}
+# transformers 5.24 renamed LlamaModel.forward's ``past_key_values`` to ``cache`` (the old name goes in 5.40).
+_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 
 class OpenVLAPolicy(Policy):
@@ -81,6 +89,7 @@ class OpenVLAPolicy(Policy):
         # OpenVLA counts action ids back from the *unpadded* vocabulary (32064 - 64 = 32000 for Llama-2).
         self.base_vocab_size = self._llm_config.vocab_size - int(raw.config.get("pad_to_multiple_of", 0))
         n_bins = int(raw.config.get("n_action_bins", 256))
+        self._check_vocabulary(raw, n_bins)
         self.action_tokenizer = ActionTokenizer(vocab_size=self.base_vocab_size, n_bins=n_bins)
         if self.tokenizer.vocab_size != self.base_vocab_size:
             log.warning("tokenizer has %d pieces but the checkpoint's base vocabulary is %d",
@@ -127,8 +136,16 @@ class OpenVLAPolicy(Policy):
         sizes = list(cfg.get("image_sizes") or [224] * n)
         if len(timm_ids) < n or len(sizes) < n:
             raise CheckpointError(f"{raw.directory}/config.json: timm_model_ids and image_sizes need {n} entries")
+        heads = self.config.vision_heads
+        if heads is not None and len(heads) != n:
+            raise ConfigError(
+                f"policy.vision_heads has {len(heads)} entries but {raw.directory} has {n} vision tower(s) "
+                f"({', '.join(map(str, timm_ids[:n]))}); give one head count per tower"
+            )
+        acts = list(cfg.get("timm_override_act_layers") or [None] * n)
         self._specs: list[TowerSpec] = [
-            tower_spec(t, str(timm_ids[i]), int(sizes[i]), f"{raw.directory}: vision_backbone.{TOWER_NAMES[i]}")
+            tower_spec(t, str(timm_ids[i]), int(sizes[i]), f"{raw.directory}: vision_backbone.{TOWER_NAMES[i]}",
+                       heads=None if heads is None else heads[i], act=acts[i] if i < len(acts) else None)
             for i, t in enumerate(split.towers)
         ]
         self._llm_config = _llama_config(cfg.get("text_config") or {}, split.language_model, raw.directory)
@@ -145,6 +162,23 @@ class OpenVLAPolicy(Policy):
         self.use_proprio = bool(proprio_dim) and self.config.use_proprio is not False
         self.proprio_dim = proprio_dim if self.use_proprio else 0
         self._split = split
+
+    def _check_vocabulary(self, raw: RawCheckpoint, n_bins: int) -> None:
+        """The action ids (the n_bins ids below the base vocabulary) and the appended prompt id must
+        be rows of the language model's embedding."""
+        rows = self._llm_config.vocab_size
+        where = f"{raw.directory}/config.json"
+        if not 0 < n_bins < self.base_vocab_size <= rows:
+            raise CheckpointError(
+                f"{where}: the vocabulary has no action-id range: {n_bins} action bins (n_action_bins) below a base "
+                f"vocabulary of {self.base_vocab_size} (embedding rows {rows} - pad_to_multiple_of "
+                f"{raw.config.get('pad_to_multiple_of', 0)}); fix n_action_bins or pad_to_multiple_of"
+            )
+        if APPENDED_ID >= rows:
+            raise CheckpointError(
+                f"{where}: OpenVLA appends token id {APPENDED_ID} to every prompt, but the language model has only "
+                f"{rows} embedding rows; this is not a Llama-2-sized OpenVLA vocabulary"
+            )
 
     def _choose_stats(self, raw: RawCheckpoint) -> None:
         """Pick the norm_stats entry (dataset_statistics.json wins over config.json, as in OFT)."""
@@ -340,7 +374,7 @@ class OpenVLAPolicy(Policy):
                     cache: DynamicCache | None) -> torch.Tensor:
         out = self.model.language_model.model(
             inputs_embeds=inputs, attention_mask=valid.long(), position_ids=positions,
-            past_key_values=cache, use_cache=cache is not None,
+            use_cache=cache is not None, **{_CACHE_ARGUMENT: cache},
         )
         return out.last_hidden_state
 
@@ -419,15 +453,20 @@ class OpenVLAPolicy(Policy):
             mask=torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device),
         )
 
-    def _generate(self, obs: ObsBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Autoregressive decoding of action_dim tokens with a KV cache."""
+    def _generate(self, obs: ObsBatch, temperature: float, logits_out: list | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Autoregressive decoding of action_dim tokens with a KV cache (each step's logits are
+        appended to ``logits_out`` when given)."""
         prefix, valid = self._ar_prefix(obs)
         positions = (valid.long().cumsum(dim=1) - 1).clamp_(min=0)
         cache = DynamicCache()
         hidden = self._ar_forward(prefix, valid, positions, cache)[:, -1]
         tokens, log_probs = [], []
         for step in range(self.num_action_tokens):
-            index, lp = self._draw(self._logits(hidden), temperature)
+            logits = self._logits(hidden)
+            if logits_out is not None:
+                logits_out.append(logits)
+            index, lp = self._draw(logits, temperature)
             token = self._index_to_token(index)
             tokens.append(token)
             log_probs.append(lp)
@@ -436,6 +475,48 @@ class OpenVLAPolicy(Policy):
                 positions = positions[:, -1:] + 1
                 hidden = self._ar_forward(self._embed(token[:, None]), valid, positions, cache)[:, -1]
         return torch.stack(tokens, dim=1), torch.stack(log_probs, dim=1)
+
+    # ------------------------------------------------------------------ inspection
+
+    @torch.no_grad()
+    def action_logits(self, obs: ObsBatch, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw float32 logits of the T action elements over the ``n_action_bins`` action ids
+        (column j is id ``first_token_id + j``, i.e. 31744 + j for Llama-2), before any temperature:
+        (B, T, n_bins). For checking a checkpoint against the original code.
+
+        Parallel mode: the one forward pass's logits (``tokens`` is ignored). Autoregressive mode:
+        the logits of each decoding step, teacher-forced on ``tokens`` (B, T) when given (one causal
+        pass, no cache), else of greedy decoding with the KV cache, step by step as ``act`` does."""
+        if self.config.mode == "parallel":
+            return self._action_id_logits(self._parallel_hidden(obs))
+        if tokens is not None:
+            tokens = torch.as_tensor(tokens, device=self.device).long()
+            if tuple(tokens.shape) != (len(obs), self.num_action_tokens):
+                raise ValueError(f"tokens must be (B={len(obs)}, T={self.num_action_tokens}), got {tuple(tokens.shape)}")
+            return self._action_id_logits(self._ar_teacher_forced_hidden(obs, tokens))
+        steps: list[torch.Tensor] = []
+        restricted = self.config.restrict_to_action_tokens
+        self._generate(obs, 0.0, steps)
+        logits = torch.stack(steps, dim=1)
+        if not restricted:  # steps hold the whole vocabulary: keep the action ids' columns
+            first = self.action_tokenizer.first_token_id
+            logits = logits[..., first: first + self.action_tokenizer.n_bins]
+        return logits
+
+    def _action_id_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.model.language_model.get_output_embeddings().weight
+        first = self.action_tokenizer.first_token_id
+        return F.linear(hidden, weight[first: first + self.action_tokenizer.n_bins]).float()
+
+    @torch.no_grad()
+    def vision_features(self, obs: ObsBatch) -> list[torch.Tensor]:
+        """Each vision tower's patch features for ``obs.images``, before the projector: a list (one per
+        tower, DINOv2 first) of (B, patches, width) tensors — what OpenVLA's timm featurizer returns
+        (``get_intermediate_layers(n={blocks - 2})``: the second-to-last block's output, no final norm,
+        no prefix tokens). For checking a checkpoint's towers against timm."""
+        pixels = self.image_processor(np.asarray(obs.images)).to(self.device, self.dtype)
+        chunks = torch.split(pixels, 3, dim=1)
+        return [tower(chunk).float() for tower, chunk in zip(self.model.vision_backbone, chunks)]
 
     def _action_hidden(self, obs: ObsBatch, tokens: torch.Tensor) -> torch.Tensor:
         if self.config.mode == "parallel":

@@ -2,9 +2,10 @@
 
 * Prompt: ``"In: What action should the robot take to {instruction.lower()}?\\nOut:"`` (OpenVLA's
   and SimpleVLA-RL's rollouts lower-case the instruction), tokenised with the checkpoint's own
-  SentencePiece model (``tokenizer.model``) with BOS in front; if the last id is not the
-  SentencePiece "▁" piece it is appended, as ``predict_action`` does with Llama-2's id 29871
-  (the id is looked up, not hard-coded, so other 32000-piece vocabularies work the same way).
+  SentencePiece model (``tokenizer.model``) with BOS in front; if the last id is not **29871** it
+  is appended. That literal id is what the original ``predict_action`` and SimpleVLA-RL's rollout
+  append (it is Llama-2's "▁" piece); they do not look the piece up, so with any other vocabulary
+  (e.g. Mistral's, whose "▁" is 28705) the original still appends 29871, and so does pushcut.
 * Pixels: per vision tower, resize to its input size (PIL bicubic, only when the size differs),
   scale to [0, 1] and normalise with that tower's mean/std (``preprocessor_config.json``, else
   DINOv2 = ImageNet, SigLIP = 0.5/0.5); towers are stacked along channels (DINOv2 first), images
@@ -30,7 +31,8 @@ from pushcut.errors import CheckpointError
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 TOKENIZER_FILE = "tokenizer.model"
 PREPROCESSOR_FILE = "preprocessor_config.json"
-SPACE_PIECE = "\u2581"
+APPENDED_ID = 29871
+"""The id OpenVLA appends to every prompt that does not end in it (Llama-2's "▁"), literally."""
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 CENTER_CROP_AREA = 0.9
@@ -57,20 +59,19 @@ class PromptTokenizer:
         self.vocab_size = int(self.sp.vocab_size())
         self.bos_id = int(self.sp.bos_id())
         self.eos_id = int(self.sp.eos_id())
-        self.space_id = int(self.sp.piece_to_id(SPACE_PIECE))
         if self.bos_id < 0 or self.eos_id < 0:
             raise CheckpointError(f"{path}: the tokenizer defines no BOS/EOS pieces; not a Llama-style tokenizer")
         # act() and log_probs() see the same few instructions thousands of times: encode each once.
         self._prompt_ids = lru_cache(maxsize=4096)(self._prompt_ids_uncached)
 
     def prompt_ids(self, instruction: str) -> list[int]:
-        """BOS + the prompt + "▁" (unless the prompt already ends in it)."""
+        """BOS + the prompt + 29871 (unless the prompt already ends in it), as the original does."""
         return list(self._prompt_ids(instruction))
 
     def _prompt_ids_uncached(self, instruction: str) -> tuple[int, ...]:
         ids = [self.bos_id, *self.sp.encode(build_prompt(instruction))]
-        if ids[-1] != self.space_id:
-            ids.append(self.space_id)
+        if ids[-1] != APPENDED_ID:
+            ids.append(APPENDED_ID)
         return tuple(ids)
 
 

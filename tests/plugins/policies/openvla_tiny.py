@@ -53,14 +53,20 @@ def norm_stats(action_dim: int = 7, proprio_dim: int = 8) -> dict:
     return {LIBERO_KEY: entry, ALOHA_KEY: aloha}
 
 
-def _vit(prefix: str, gen: torch.Generator, hidden: int, layers: int, patches: int, dino: bool) -> dict:
+def _vit(prefix: str, gen: torch.Generator, hidden: int, layers: int, patches: int, dino: bool, mlp: int) -> dict:
+    """One timm ViT tower's tensors, *stressed*: every bias, norm gain and norm bias, and the layer
+    scale, sits far from its initial value (0, 1, 0, 1e-5), so a loader that drops or swaps any of
+    them, or a forward that ignores one, changes the features visibly."""
     def rnd(*shape, std=0.05):
         return torch.randn(*shape, generator=gen) * std
 
+    def gain(*shape):  # norm weights in [0.5, 1.5]
+        return 0.5 + torch.rand(*shape, generator=gen)
+
     t = {f"{prefix}pos_embed": rnd(1, patches, hidden, std=0.1),
          f"{prefix}patch_embed.proj.weight": rnd(hidden, 3, 14, 14, std=0.02),
-         f"{prefix}patch_embed.proj.bias": rnd(hidden),
-         f"{prefix}norm.weight": 1 + rnd(hidden), f"{prefix}norm.bias": rnd(hidden)}
+         f"{prefix}patch_embed.proj.bias": rnd(hidden, std=0.2),
+         f"{prefix}norm.weight": gain(hidden), f"{prefix}norm.bias": rnd(hidden, std=0.3)}
     if dino:
         t[f"{prefix}cls_token"] = rnd(1, 1, hidden, std=0.5)
         t[f"{prefix}reg_token"] = rnd(1, 4, hidden, std=0.5)
@@ -68,23 +74,25 @@ def _vit(prefix: str, gen: torch.Generator, hidden: int, layers: int, patches: i
         t.update({f"{prefix}attn_pool.latent": rnd(1, 1, hidden), f"{prefix}attn_pool.q.weight": rnd(hidden, hidden),
                   f"{prefix}attn_pool.q.bias": rnd(hidden), f"{prefix}attn_pool.kv.weight": rnd(2 * hidden, hidden),
                   f"{prefix}attn_pool.kv.bias": rnd(2 * hidden), f"{prefix}attn_pool.proj.weight": rnd(hidden, hidden),
-                  f"{prefix}attn_pool.proj.bias": rnd(hidden), f"{prefix}attn_pool.norm.weight": 1 + rnd(hidden),
+                  f"{prefix}attn_pool.proj.bias": rnd(hidden), f"{prefix}attn_pool.norm.weight": gain(hidden),
                   f"{prefix}attn_pool.norm.bias": rnd(hidden),
-                  f"{prefix}attn_pool.mlp.fc1.weight": rnd(4 * hidden, hidden),
-                  f"{prefix}attn_pool.mlp.fc1.bias": rnd(4 * hidden),
-                  f"{prefix}attn_pool.mlp.fc2.weight": rnd(hidden, 4 * hidden),
+                  f"{prefix}attn_pool.mlp.fc1.weight": rnd(mlp, hidden),
+                  f"{prefix}attn_pool.mlp.fc1.bias": rnd(mlp),
+                  f"{prefix}attn_pool.mlp.fc2.weight": rnd(hidden, mlp),
                   f"{prefix}attn_pool.mlp.fc2.bias": rnd(hidden)})
+    w = 3.0 / math.sqrt(hidden)  # ~unit-variance pre-activations whatever the width
     for i in range(layers):
         b = f"{prefix}blocks.{i}."
-        t.update({b + "norm1.weight": 1 + rnd(hidden), b + "norm1.bias": rnd(hidden),
-                  b + "attn.qkv.weight": rnd(3 * hidden, hidden, std=0.2), b + "attn.qkv.bias": rnd(3 * hidden),
-                  b + "attn.proj.weight": rnd(hidden, hidden, std=0.2), b + "attn.proj.bias": rnd(hidden),
-                  b + "norm2.weight": 1 + rnd(hidden), b + "norm2.bias": rnd(hidden),
-                  b + "mlp.fc1.weight": rnd(4 * hidden, hidden, std=0.2), b + "mlp.fc1.bias": rnd(4 * hidden),
-                  b + "mlp.fc2.weight": rnd(hidden, 4 * hidden, std=0.2), b + "mlp.fc2.bias": rnd(hidden)})
+        t.update({b + "norm1.weight": gain(hidden), b + "norm1.bias": rnd(hidden, std=0.3),
+                  b + "attn.qkv.weight": rnd(3 * hidden, hidden, std=w), b + "attn.qkv.bias": rnd(3 * hidden, std=0.3),
+                  b + "attn.proj.weight": rnd(hidden, hidden, std=w / 4), b + "attn.proj.bias": rnd(hidden, std=0.1),
+                  b + "norm2.weight": gain(hidden), b + "norm2.bias": rnd(hidden, std=0.3),
+                  b + "mlp.fc1.weight": rnd(mlp, hidden, std=w / 2), b + "mlp.fc1.bias": rnd(mlp, std=0.5),
+                  b + "mlp.fc2.weight": rnd(hidden, mlp, std=0.5 / math.sqrt(mlp)),
+                  b + "mlp.fc2.bias": rnd(hidden, std=0.1)})
         if dino:
-            t[b + "ls1.scale_factor"] = 0.5 + rnd(hidden, std=0.2)
-            t[b + "ls2.scale_factor"] = 0.5 + rnd(hidden, std=0.2)
+            t[b + "ls1.scale_factor"] = 0.1 + 0.9 * torch.rand(hidden, generator=gen)
+            t[b + "ls2.scale_factor"] = 0.1 + 0.9 * torch.rand(hidden, generator=gen)
     return t
 
 
@@ -94,7 +102,9 @@ def make_tiny_checkpoint(
     image_size: int = 28,
     dino_hidden: int = 32,
     siglip_hidden: int = 48,
+    siglip_mlp: int | None = None,
     vision_layers: int = 3,
+    timm_ids: tuple[str, str] = TIMM_IDS,
     llm_hidden: int = 64,
     llm_layers: int = 2,
     llm_heads: int = 4,
@@ -106,25 +116,30 @@ def make_tiny_checkpoint(
     shards: int = 1,
     seed: int = 0,
 ) -> Path:
-    """Write a tiny OpenVLA(-OFT) checkpoint into ``directory`` and return it."""
+    """Write a tiny OpenVLA(-OFT) checkpoint into ``directory`` and return it. With
+    ``dino_hidden=1024, siglip_hidden=1152, siglip_mlp=4304, image_size=224`` the towers have the
+    real models' widths (only fewer blocks), so timm can build them from their ids."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     patches = (image_size // 14) ** 2
     t = {}
-    t.update(_vit("vision_backbone.featurizer.", gen, dino_hidden, vision_layers, patches, dino=True))
-    t.update(_vit("vision_backbone.fused_featurizer.", gen, siglip_hidden, vision_layers, patches, dino=False))
+    t.update(_vit("vision_backbone.featurizer.", gen, dino_hidden, vision_layers, patches, dino=True,
+                  mlp=4 * dino_hidden))
+    t.update(_vit("vision_backbone.fused_featurizer.", gen, siglip_hidden, vision_layers, patches, dino=False,
+                  mlp=siglip_mlp or 4 * siglip_hidden))
     vd = dino_hidden + siglip_hidden
 
     def rnd(*shape, std=0.05):
         return torch.randn(*shape, generator=gen) * std
 
-    t.update({"projector.fc1.weight": rnd(4 * vd, vd, std=0.1), "projector.fc1.bias": rnd(4 * vd),
-              "projector.fc2.weight": rnd(llm_hidden, 4 * vd, std=0.1), "projector.fc2.bias": rnd(llm_hidden),
-              "projector.fc3.weight": rnd(llm_hidden, llm_hidden, std=0.1), "projector.fc3.bias": rnd(llm_hidden)})
+    t.update({"projector.fc1.weight": rnd(4 * vd, vd, std=1 / math.sqrt(vd)), "projector.fc1.bias": rnd(4 * vd, std=0.3),
+              "projector.fc2.weight": rnd(llm_hidden, 4 * vd, std=1 / math.sqrt(vd)),
+              "projector.fc2.bias": rnd(llm_hidden, std=0.3),
+              "projector.fc3.weight": rnd(llm_hidden, llm_hidden, std=0.1), "projector.fc3.bias": rnd(llm_hidden, std=0.3)})
     head_dim = llm_hidden // llm_heads
     inter = 2 * llm_hidden
-    lm = {"model.embed_tokens.weight": rnd(VOCAB, llm_hidden, std=0.5), "model.norm.weight": 1 + rnd(llm_hidden),
+    lm = {"model.embed_tokens.weight": rnd(VOCAB, llm_hidden, std=0.5), "model.norm.weight": 0.5 + torch.rand(llm_hidden, generator=gen),
           "lm_head.weight": rnd(VOCAB, llm_hidden, std=0.3)}
     for i in range(llm_layers):
         p = f"model.layers.{i}."
@@ -135,8 +150,8 @@ def make_tiny_checkpoint(
                    p + "mlp.gate_proj.weight": rnd(inter, llm_hidden, std=0.15),
                    p + "mlp.up_proj.weight": rnd(inter, llm_hidden, std=0.15),
                    p + "mlp.down_proj.weight": rnd(llm_hidden, inter, std=0.15),
-                   p + "input_layernorm.weight": 1 + rnd(llm_hidden),
-                   p + "post_attention_layernorm.weight": 1 + rnd(llm_hidden)})
+                   p + "input_layernorm.weight": 0.5 + torch.rand(llm_hidden, generator=gen),
+                   p + "post_attention_layernorm.weight": 0.5 + torch.rand(llm_hidden, generator=gen)})
     t.update({f"language_model.{k}": v for k, v in lm.items()})
     proprio = {}
     if proprio_dim:
@@ -184,7 +199,7 @@ def make_tiny_checkpoint(
                         "hidden_size": llm_hidden, "intermediate_size": inter, "num_hidden_layers": llm_layers,
                         "num_attention_heads": llm_heads, "num_key_value_heads": llm_kv_heads,
                         "rms_norm_eps": 1e-06},
-        "timm_model_ids": TIMM_IDS,
+        "timm_model_ids": list(timm_ids),
         "timm_override_act_layers": [None, None],
         "torch_dtype": "bfloat16",
         "transformers_version": "4.40.1",
@@ -213,15 +228,33 @@ def make_tiny_checkpoint(
 
 
 # --------------------------------------------------------------------------- reference forward
+#
+# Written from the original architecture description (OpenVLA's prismatic code with timm towers,
+# Llama-2, OpenVLA-OFT's parallel decoding, SimpleVLA-RL's rollout), never from pushcut's modules:
+#
+# * towers: timm ViTs (``vit_large_patch14_reg4_dinov2``, ``vit_so400m_patch14_siglip_224``) with
+#   timm's default ``nn.GELU()`` — the exact erf GELU, SigLIP included — LayerNorm eps 1e-6, fused
+#   qkv, DINOv2's layer scale and 1 cls + 4 register tokens without positions; the featurizer is
+#   ``get_intermediate_layers(n={blocks - 2})``: the output of the second-to-last block, no norm,
+#   prefix tokens dropped;
+# * projector: fc1 → GELU → fc2 → GELU → fc3 (erf GELU, torch's nn.GELU);
+# * prompt: BOS + "In: What action should the robot take to {lower}?\nOut:" + the literal id 29871
+#   when the last id is not 29871 (``predict_action``; SimpleVLA-RL's rollout);
+# * parallel (OFT): [BOS][patches][prompt][T zero embeddings][EOS], bidirectional attention, element
+#   k read at position patches + prompt + k; AR: causal, the whole sequence re-run for every token;
+# * ids → actions: discretised = vocab - id, clip(discretised - 1, 0, 254) indexes the 255 bin
+#   centres of linspace(-1, 1, 256); then 0.5 (x + 1)(q99 - q01 + 1e-8) + q01 where the mask is set
+#   (OFT's +1e-8; OpenVLA's original ``predict_action`` has no 1e-8).
+
+APPENDED_ID = 29871
+N_BINS = 256
 
 
 def _ln(x, w, b):
     return F.layer_norm(x, (x.shape[-1],), w, b, eps=1e-6)
 
 
-def _vit_features(t: dict, prefix: str, pixels: torch.Tensor, dino: bool, layers: int) -> torch.Tensor:
-    """What OpenVLA's timm tower returns: patch tokens after the second-to-last block, written
-    straight from the timm weights (fused qkv, layer scale, cls/register tokens)."""
+def _vit_features(t: dict, prefix: str, pixels: torch.Tensor, dino: bool, layers: int, heads: int) -> torch.Tensor:
     g = lambda k: t[prefix + k]  # noqa: E731
     x = F.conv2d(pixels, g("patch_embed.proj.weight"), g("patch_embed.proj.bias"), stride=14)
     x = x.flatten(2).transpose(1, 2) + g("pos_embed")
@@ -229,7 +262,7 @@ def _vit_features(t: dict, prefix: str, pixels: torch.Tensor, dino: bool, layers
     if dino:
         x = torch.cat([g("cls_token").expand(b, -1, -1), g("reg_token").expand(b, -1, -1), x], dim=1)
     hidden = x.shape[-1]
-    heads, hd = VISION_HEADS, hidden // VISION_HEADS
+    hd = hidden // heads
     for i in range(layers - 1):  # blocks up to and including the second-to-last
         p = f"blocks.{i}."
         h = _ln(x, g(p + "norm1.weight"), g(p + "norm1.bias"))
@@ -239,8 +272,7 @@ def _vit_features(t: dict, prefix: str, pixels: torch.Tensor, dino: bool, layers
         att = att.transpose(1, 2).reshape(b, -1, hidden) @ g(p + "attn.proj.weight").T + g(p + "attn.proj.bias")
         x = x + (att * g(p + "ls1.scale_factor") if dino else att)
         h = _ln(x, g(p + "norm2.weight"), g(p + "norm2.bias"))
-        h = h @ g(p + "mlp.fc1.weight").T + g(p + "mlp.fc1.bias")
-        h = F.gelu(h) if dino else F.gelu(h, approximate="tanh")
+        h = F.gelu(h @ g(p + "mlp.fc1.weight").T + g(p + "mlp.fc1.bias"))  # timm's nn.GELU(): exact erf
         h = h @ g(p + "mlp.fc2.weight").T + g(p + "mlp.fc2.bias")
         x = x + (h * g(p + "ls2.scale_factor") if dino else h)
     return x[:, 5:] if dino else x
@@ -289,64 +321,89 @@ def llama_hidden(t: dict, config: dict, inputs: torch.Tensor, causal: bool) -> t
 
 class Reference:
     """Single-observation OpenVLA decoding, looped one observation (and for the autoregressive mode
-    one token) at a time with no padding, no cache and no batching — straight from the upstream
-    description, to compare the batched policy against."""
+    one token) at a time with no padding, no cache and no batching, in float64 — straight from the
+    description above, to compare the batched policy against."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, vision_heads: int = VISION_HEADS) -> None:
         directory = Path(directory)
-        self.t = {k: v.float() for k, v in safetensors.torch.load_file(str(directory / "model.safetensors")).items()}
+        self.t = {k: v.double() for k, v in safetensors.torch.load_file(str(directory / "model.safetensors")).items()}
         self.config = json.loads((directory / "config.json").read_text())
         import sentencepiece
 
         self.sp = sentencepiece.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
         self.layers = 1 + max(int(k.split(".")[3]) for k in self.t if ".featurizer.blocks." in k)
+        self.heads = vision_heads
+        self.vocab = self.config["text_config"]["vocab_size"] - self.config["pad_to_multiple_of"]
+        self.first = self.vocab - N_BINS
 
-    def pixels(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
+    def pixels(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One (H, W, 3) uint8 image, already at the towers' size → (DINOv2, SigLIP) pixel values."""
+        x = torch.from_numpy(image).permute(2, 0, 1).double()[None] / 255
         mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-        dino = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-        sig = (x - 0.5) / 0.5
-        return dino, sig
+        dino = (x - mean.view(1, 3, 1, 1).double()) / std.view(1, 3, 1, 1).double()
+        return dino, (x - 0.5) / 0.5
+
+    def features(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        dino, sig = self.pixels(image)
+        return (_vit_features(self.t, "vision_backbone.featurizer.", dino, True, self.layers, self.heads)[0],
+                _vit_features(self.t, "vision_backbone.fused_featurizer.", sig, False, self.layers, self.heads)[0])
 
     def patches(self, image: np.ndarray) -> torch.Tensor:
-        dino, sig = self.pixels(image)
-        f = torch.cat([_vit_features(self.t, "vision_backbone.featurizer.", dino, True, self.layers),
-                       _vit_features(self.t, "vision_backbone.fused_featurizer.", sig, False, self.layers)], dim=-1)
+        f = torch.cat(self.features(image), dim=-1)
         g = lambda k: self.t["projector." + k]  # noqa: E731
         h = F.gelu(f @ g("fc1.weight").T + g("fc1.bias"))
         h = F.gelu(h @ g("fc2.weight").T + g("fc2.bias"))
-        return (h @ g("fc3.weight").T + g("fc3.bias"))[0]
+        return h @ g("fc3.weight").T + g("fc3.bias")
 
     def prompt_ids(self, instruction: str) -> list[int]:
         prompt = f"In: What action should the robot take to {instruction.lower()}?\nOut:"
         ids = [self.sp.bos_id(), *self.sp.encode(prompt)]
-        space = self.sp.piece_to_id("\u2581")
-        return ids + ([space] if ids[-1] != space else [])
+        return ids + ([APPENDED_ID] if ids[-1] != APPENDED_ID else [])
 
     def embed(self, ids) -> torch.Tensor:
-        return self.t["language_model.model.embed_tokens.weight"][torch.as_tensor(ids)]
+        return self.t["language_model.model.embed_tokens.weight"][torch.as_tensor(ids, dtype=torch.long)]
 
     def action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.t["language_model.lm_head.weight"][31744:32000].T
+        return hidden @ self.t["language_model.lm_head.weight"][self.first: self.vocab].T
 
     def parallel(self, image: np.ndarray, instruction: str, num_tokens: int) -> torch.Tensor:
         """(T, 256) action logits of OFT's parallel decoding for one observation."""
         ids = self.prompt_ids(instruction)
         patches = self.patches(image)
         seq = torch.cat([self.embed(ids[:1]), patches, self.embed(ids[1:]),
-                         torch.zeros(num_tokens, patches.shape[-1]), self.embed([self.sp.eos_id()])])
+                         torch.zeros(num_tokens, patches.shape[-1], dtype=patches.dtype),
+                         self.embed([self.sp.eos_id()])])
         hidden = llama_hidden(self.t, self.config, seq, causal=False)
         start = len(patches) + len(ids) - 1
         return self.action_logits(hidden[start: start + num_tokens])
 
-    def autoregressive(self, image: np.ndarray, instruction: str, num_tokens: int) -> tuple[list[int], torch.Tensor]:
-        """Greedy tokens and their (T, 256) logits, re-running the whole sequence for every token."""
+    def autoregressive(self, image: np.ndarray, instruction: str, num_tokens: int,
+                       given: list[int] | None = None) -> tuple[list[int], torch.Tensor]:
+        """Greedy tokens (or ``given`` ones, teacher-forced) and their (T, 256) logits, re-running the
+        whole causal sequence for every token."""
         ids = self.prompt_ids(instruction)
         patches = self.patches(image)
         tokens, logits = [], []
-        for _ in range(num_tokens):
+        for i in range(num_tokens):
             seq = torch.cat([self.embed(ids[:1]), patches, self.embed(ids[1:] + tokens)])
             step = self.action_logits(llama_hidden(self.t, self.config, seq, causal=True)[-1])
             logits.append(step)
-            tokens.append(int(step.argmax()) + 31744)
+            tokens.append(given[i] if given is not None else int(step.argmax()) + self.first)
         return tokens, torch.stack(logits)
+
+    def log_probs(self, logits: torch.Tensor, tokens: list[int], temperature: float) -> torch.Tensor:
+        """log softmax(logits / temperature) at the given action ids: (T,)."""
+        logp = torch.log_softmax(logits / temperature, dim=-1)
+        return logp[torch.arange(len(tokens)), torch.tensor(tokens) - self.first]
+
+    def actions(self, tokens: list[int], key: str, chunk: int, oft: bool = True) -> np.ndarray:
+        """Action ids → env-unit actions (chunk, action_dim), as OpenVLA(-OFT) un-normalises."""
+        bins = np.linspace(-1, 1, N_BINS)
+        centers = (bins[:-1] + bins[1:]) / 2.0
+        discretized = np.clip(self.vocab - np.asarray(tokens) - 1, a_min=0, a_max=centers.shape[0] - 1)
+        normalized = centers[discretized].reshape(chunk, -1)
+        stats = self.config["norm_stats"][key]["action"]
+        mask = np.array(stats.get("mask", np.ones_like(stats["q01"], dtype=bool)))
+        high, low = np.array(stats["q99"]), np.array(stats["q01"])
+        eps = 1e-8 if oft else 0.0
+        return np.where(mask, 0.5 * (normalized + 1) * (high - low + eps) + low, normalized)

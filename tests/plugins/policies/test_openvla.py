@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -137,12 +138,13 @@ def test_directory_without_config_is_a_clear_error(tmp_path):
 # ------------------------------------------------------------------ tokens, prompt, bins
 
 
-def test_prompt_and_space_token(ckpt):
+def test_prompt_ends_in_29871_for_any_vocabulary(ckpt):
     tok = PromptTokenizer(ckpt)
     assert build_prompt("Open the Drawer") == "In: What action should the robot take to open the drawer?\nOut:"
-    assert tok.space_id == 28705  # mistral's "▁"; Llama-2's is 29871, looked up the same way
+    # The test tokenizer is Mistral's, whose "▁" is 28705: the original appends the literal 29871 anyway.
+    assert tok.sp.piece_to_id("\u2581") == 28705
     ids = tok.prompt_ids("open the drawer")
-    assert ids[0] == tok.bos_id and ids[-1] == tok.space_id
+    assert ids[0] == tok.bos_id and ids[-1] == 29871
     assert ids[1:-1] == tok.sp.encode(build_prompt("open the drawer"))
     ids.append(0)  # prompts are memoised: a caller changing its list must not change the next answer
     assert tok.prompt_ids("open the drawer") == ids[:-1]
@@ -181,26 +183,81 @@ def test_unnormalisation_uses_q99_or_minmax_and_the_mask(ckpt):
 # ------------------------------------------------------------------ decoding against the reference
 
 
+LOGIT_TOL = 5e-5  # float32 batched, padded policy vs the float64 unpadded reference loop
+
+
+def test_vision_features_match_the_reference(ckpt, reference):
+    policy = policy_for(ckpt)
+    obs = make_obs(2)
+    features = policy.vision_features(obs)
+    assert [tuple(f.shape) for f in features] == [(2, 4, 32), (2, 4, 48)]
+    for r in range(len(obs)):
+        for mine, ref in zip(features, reference.features(obs.images[r])):
+            torch.testing.assert_close(mine[r].double(), ref, atol=LOGIT_TOL, rtol=0)
+
+
 def test_parallel_decoding_matches_reference_loop(ckpt, reference):
     policy = policy_for(ckpt, chunk_size=2)
     obs = make_obs(3)
-    greedy = policy.act(obs, 0.0).sample["tokens"]
-    logits = policy._logits(policy._parallel_hidden(obs))
+    greedy = policy.act(obs, 0.0)
+    logits = policy.action_logits(obs)
+    assert logits.shape == (3, 14, 256) and logits.dtype == torch.float32
+    torch.manual_seed(0)
+    sampled = policy.act(obs, 1.6)
     for r in range(len(obs)):  # rows of different prompt lengths: padding must not matter
         ref = reference.parallel(obs.images[r], obs.instructions[r], 14)
-        torch.testing.assert_close(logits[r], ref, atol=1e-4, rtol=1e-4)
-        assert greedy[r].tolist() == (ref.argmax(-1) + 31744).tolist()
+        torch.testing.assert_close(logits[r].double(), ref, atol=LOGIT_TOL, rtol=0)
+        ids = (ref.argmax(-1) + 31744).tolist()
+        assert greedy.sample["tokens"][r].tolist() == ids
+        np.testing.assert_array_equal(greedy.actions[r], reference.actions(ids, LIBERO_KEY, 2).astype(np.float32))
+        given = sampled.sample["tokens"][r].tolist()
+        torch.testing.assert_close(sampled.log_probs[r].double(), reference.log_probs(ref, given, 1.6),
+                                   atol=LOGIT_TOL, rtol=0)
 
 
 def test_autoregressive_decoding_matches_reference_loop(ckpt, reference):
     policy = policy_for(ckpt, mode="autoregressive", chunk_size=1)
     obs = make_obs(3)
-    greedy = policy.act(obs, 0.0).sample["tokens"]
-    logits = policy._logits(policy._ar_teacher_forced_hidden(obs, greedy))
+    greedy = policy.act(obs, 0.0)
+    tokens = greedy.sample["tokens"]
+    cached = policy.action_logits(obs)  # step by step with the KV cache
+    forced = policy.action_logits(obs, tokens)  # one teacher-forced causal pass
+    torch.manual_seed(0)
+    sampled = policy.act(obs, 1.6)
     for r in range(len(obs)):
-        tokens, ref = reference.autoregressive(obs.images[r], obs.instructions[r], 7)
-        assert greedy[r].tolist() == tokens
-        torch.testing.assert_close(logits[r], ref, atol=1e-4, rtol=1e-4)
+        ids, ref = reference.autoregressive(obs.images[r], obs.instructions[r], 7)
+        assert tokens[r].tolist() == ids
+        torch.testing.assert_close(cached[r].double(), ref, atol=LOGIT_TOL, rtol=0)
+        torch.testing.assert_close(forced[r].double(), ref, atol=LOGIT_TOL, rtol=0)
+        np.testing.assert_array_equal(greedy.actions[r],
+                                      reference.actions(ids, LIBERO_KEY, 1, oft=False).astype(np.float32))
+        given = sampled.sample["tokens"][r].tolist()
+        _, ref_given = reference.autoregressive(obs.images[r], obs.instructions[r], 7, given=given)
+        torch.testing.assert_close(sampled.log_probs[r].double(), reference.log_probs(ref_given, given, 1.6),
+                                   atol=LOGIT_TOL, rtol=0)
+
+
+def test_activation_override_is_honoured_and_visible(tmp_path, reference, ckpt):
+    """config.json's timm_override_act_layers picks the towers' GELU; the tanh approximation (what
+    transformers' SigLIP defaults to) moves the logits far past the tolerance, so the comparisons
+    above would catch it."""
+    tanh = tmp_path / "tanh"
+    shutil.copytree(ckpt, tanh)
+    config = json.loads((tanh / "config.json").read_text())
+    config["timm_override_act_layers"] = [None, "gelu_tanh"]
+    (tanh / "config.json").write_text(json.dumps(config))
+    policy = policy_for(tanh, chunk_size=1)
+    obs = make_obs(1)
+    dino, siglip = policy.vision_features(obs)
+    ref_dino, ref_siglip = reference.features(obs.images[0])
+    torch.testing.assert_close(dino[0].double(), ref_dino, atol=LOGIT_TOL, rtol=0)  # no override: unchanged
+    assert (siglip[0].double() - ref_siglip).abs().max() > 10 * LOGIT_TOL
+    logits = policy.action_logits(obs)[0].double()
+    assert (logits - reference.parallel(obs.images[0], obs.instructions[0], 7)).abs().max() > 2 * LOGIT_TOL
+    config["timm_override_act_layers"] = ["relu6", None]
+    (tanh / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="timm_override_act_layers entry 'relu6'"):
+        policy_for(tanh)
 
 
 @pytest.mark.parametrize("mode", ["parallel", "autoregressive"])
@@ -221,7 +278,7 @@ def test_sampled_log_probs_equal_recomputed(ckpt, mode, restrict):
 
 def test_temperature_sampling_follows_the_softmax(ckpt):
     policy = policy_for(ckpt, chunk_size=1)
-    logits = policy._logits(policy._parallel_hidden(make_obs(1)))[0, 0].detach()
+    logits = policy.action_logits(make_obs(1))[0, 0].detach()
     torch.manual_seed(1)
     draws, log_probs = policy._draw(logits.expand(20000, -1), 2.0)
     probs = torch.softmax(logits / 2.0, dim=-1)
@@ -242,7 +299,7 @@ def test_proprio_and_two_images(tmp_path):
     # the proprio token and the wrist image both change the prediction
     other = make_obs(2, states=14, wrist=True)
     other.states = other.states + 1.0
-    assert not torch.equal(policy._logits(policy._parallel_hidden(obs)), policy._logits(policy._parallel_hidden(other)))
+    assert not torch.equal(policy.action_logits(obs), policy.action_logits(other))
     with pytest.raises(ConfigError, match=r"reports 5-dimensional states .* takes 14"):
         policy.act(make_obs(2, states=5, wrist=True), 0.0)
 
@@ -270,7 +327,7 @@ def test_lora_gradients_reach_only_lora_weights(ckpt, tmp_path):
     orig = safetensors.torch.load_file(str(ckpt / "model.safetensors"))
     assert all(torch.equal(base[k], orig[k]) for k in orig)
     fresh = policy_for(tmp_path / "lora", lora_rank=4)
-    torch.testing.assert_close(fresh._logits(fresh._parallel_hidden(obs)), policy._logits(policy._parallel_hidden(obs)))
+    torch.testing.assert_close(fresh.action_logits(obs), policy.action_logits(obs))
     with pytest.raises(CheckpointError, match="lora_rank"):
         policy_for(tmp_path / "lora")
 
@@ -284,8 +341,8 @@ def test_lora_merged_save_is_a_plain_checkpoint(ckpt, tmp_path):
     assert not (tmp_path / "merged" / "pushcut_lora.safetensors").exists()
     plain = policy_for(tmp_path / "merged")
     obs = make_obs(2)
-    torch.testing.assert_close(plain._logits(plain._parallel_hidden(obs)),
-                               policy._logits(policy._parallel_hidden(obs)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(plain.action_logits(obs),
+                               policy.action_logits(obs), atol=1e-4, rtol=1e-4)
 
 
 def test_frozen_vision_and_gradient_checkpointing(ckpt):
@@ -367,25 +424,90 @@ def test_plugin_is_unavailable_without_its_extra(monkeypatch):
     assert info.status == "unavailable" and "peft" in info.reason and "[openvla]" in info.reason
 
 
-def test_predict_prints_the_greedy_chunk(ckpt, tmp_path, capsys):
+def test_predict_prints_the_reference_ids_and_chunk(ckpt, reference, tmp_path, capsys):
     from PIL import Image
 
     image = tmp_path / "frame.png"
-    Image.fromarray(make_obs(1).images[0]).save(image)
+    obs = make_obs(1)
+    Image.fromarray(obs.images[0]).save(image)
     args = ["predict", "--checkpoint", str(ckpt), "--image", str(image), "--instruction", INSTRUCTIONS[0]]
     assert main([*args, "--unnorm-key", "libero_10"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert np.array(out["actions"]).shape == (8, 7) and out["unnorm_key"] == LIBERO_KEY
-    policy = policy_for(ckpt, chunk_size=8)
-    obs = ObsBatch(images=make_obs(1).images, instructions=[INSTRUCTIONS[0]], task_ids=["x"])
-    np.testing.assert_array_equal(np.array(out["actions"], dtype=np.float32), policy.act(obs, 0.0).actions[0])
+    ids = (reference.parallel(obs.images[0], INSTRUCTIONS[0], 56).argmax(-1) + 31744).tolist()
+    assert out["tokens"] == ids
+    np.testing.assert_array_equal(np.array(out["actions"], dtype=np.float32),
+                                  reference.actions(ids, LIBERO_KEY, 8).astype(np.float32))
     assert main([*args, "--unnorm-key", "libero_10", "--mode", "autoregressive"]) == 0
-    assert np.array(json.loads(capsys.readouterr().out)["actions"]).shape == (1, 7)
+    out = json.loads(capsys.readouterr().out)
+    assert out["tokens"] == reference.autoregressive(obs.images[0], INSTRUCTIONS[0], 7)[0]
+    assert np.array(out["actions"]).shape == (1, 7)
     assert main([*args, "--unnorm-key", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pushcut: error: ") and LIBERO_KEY in err[0]
     assert main([*args[:-4], "--image", str(tmp_path / "missing.png"), "--instruction", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _edit_config(directory: Path, **changes) -> None:
+    config = json.loads((directory / "config.json").read_text())
+    config.update(changes)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def test_unknown_timm_id_needs_vision_heads(tmp_path, ckpt, capsys):
+    from PIL import Image
+
+    src = make_tiny_checkpoint(tmp_path / "custom", timm_ids=("my_dino_vit", "my_siglip_vit"))
+    with pytest.raises(CheckpointError) as info:
+        policy_for(src)
+    msg = str(info.value)
+    assert "unknown timm model id 'my_dino_vit'" in msg and "policy.vision_heads=" in msg
+    # With the head count given, the same weights compute exactly what the known ids compute...
+    known, custom = policy_for(ckpt), policy_for(src, vision_heads=[16, 16])
+    obs = make_obs(2)
+    assert torch.equal(known.action_logits(obs), custom.action_logits(obs))
+    # ...and a wrong count computes something else without any shape error: why it is never guessed.
+    assert not torch.allclose(policy_for(src, vision_heads=[8, 8]).action_logits(obs), known.action_logits(obs))
+    with pytest.raises(ConfigError, match=r"vision_heads has 1 entries .* 2 vision tower"):
+        policy_for(src, vision_heads=[16])
+    with pytest.raises(CheckpointError, match=r"width 32 is not divisible by 5 attention heads"):
+        policy_for(src, vision_heads=[5, 16])
+    with pytest.raises(CheckpointError, match=r"has 16 attention heads but policy.vision_heads gives 8"):
+        policy_for(ckpt, vision_heads=[8, 16])
+    with pytest.raises(ConfigError, match="list of positive integers"):
+        OpenVLAConfig(checkpoint=str(ckpt), vision_heads=[0])
+    image = tmp_path / "frame.png"
+    Image.fromarray(obs.images[0]).save(image)
+    args = ["predict", "--checkpoint", str(src), "--image", str(image), "--instruction", "x", "--unnorm-key",
+            "libero_10"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "policy.vision_heads" in err[0]
+    assert main([*args, "policy.vision_heads=[16,16]"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == policy_for(ckpt, chunk_size=8).act(ObsBatch(
+        images=obs.images[:1], instructions=["x"], task_ids=["x"]), 0.0).sample["tokens"][0].tolist()
+
+
+def test_vocabulary_and_tower_mismatches_are_one_line(tmp_path, ckpt):
+    no_actions = tmp_path / "no_actions"
+    shutil.copytree(ckpt, no_actions)
+    _edit_config(no_actions, pad_to_multiple_of=32064 - 200)  # a base vocabulary of 200 < 256 bins
+    with pytest.raises(CheckpointError, match=r"no action-id range: 256 action bins .* base vocabulary of 200"):
+        policy_for(no_actions)
+    wrong_size = tmp_path / "wrong_size"
+    shutil.copytree(ckpt, wrong_size)
+    _edit_config(wrong_size, image_sizes=[56, 56])
+    with pytest.raises(CheckpointError, match=r"pos_embed has 4 positions, expected 16 patches"):
+        policy_for(wrong_size)
+    small_vocab = make_tiny_checkpoint(tmp_path / "small_vocab")
+    tensors = safetensors.torch.load_file(str(small_vocab / "model.safetensors"))
+    for key in ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight"):
+        tensors[key] = tensors[key][:20064].contiguous()
+    safetensors.torch.save_file(tensors, str(small_vocab / "model.safetensors"))
+    _edit_config(small_vocab, pad_to_multiple_of=64)
+    with pytest.raises(CheckpointError, match=r"appends token id 29871 .* only 20064 embedding rows"):
+        policy_for(small_vocab)
 
 
 # ------------------------------------------------------------------ the contract suite
