@@ -4,15 +4,22 @@
 ``Policy.save``) and ``trainer.pt`` (optimizer, RNG states, sampler position,
 step). It is written under a temporary name and renamed into place, so a kill
 at any moment leaves either the previous checkpoint or the new one — never a
-half-written one.
+half-written one. ``manifest.json``, written last, lists every file with its
+size and SHA-256: a checkpoint damaged later (a truncated copy, a bad disk) is
+recognised, and resuming falls back to the newest one that verifies and loads
+(:func:`resume_candidates`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,8 @@ from pushcut.contracts import Policy
 from pushcut.errors import CheckpointError
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+MANIFEST_FILE = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -55,6 +64,11 @@ def save_checkpoint(run_dir: Path, step: int, policy: Policy, state: dict[str, A
     tmp.mkdir()
     policy.save(tmp / "policy")
     torch.save({**state, "step": step, "rng": rng_state()}, tmp / "trainer.pt")
+    write_manifest(tmp)
+    if final.exists() and verify_checkpoint(final) is not None:  # a damaged one that resume skipped: keep it aside
+        kept = root / f"{final.name}.damaged-{int(time.time())}"
+        final.rename(kept)
+        log.warning("kept the damaged checkpoint %s as %s", final, kept)
     if final.exists():  # re-saving a step (after a resume): replace it
         old = root / f".old-step_{step:06d}-{os.getpid()}"
         final.rename(old)
@@ -100,3 +114,59 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     if not file.is_file():
         raise CheckpointError(f"{str(path)!r} is not a pushcut checkpoint: no trainer.pt inside")
     return torch.load(file, weights_only=False)
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> Path:
+    """``manifest.json``: every file under ``directory`` with its size and SHA-256 (written last)."""
+    directory = Path(directory)
+    files = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
+    target = directory / MANIFEST_FILE
+    target.write_text(json.dumps({"files": files}, indent=1) + "\n")
+    return target
+
+
+def verify_checkpoint(directory: Path) -> str | None:
+    """None when ``directory`` matches its manifest, else what is wrong (one line). A checkpoint
+    written before manifests existed has none and is taken as it is."""
+    directory = Path(directory)
+    manifest = directory / MANIFEST_FILE
+    if not manifest.is_file():
+        return None if (directory / "trainer.pt").is_file() else "no trainer.pt and no manifest.json"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unreadable {MANIFEST_FILE} ({exc})"
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {expected['size']}"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def resume_candidates(run_dir: Path):
+    """The run's checkpoints that verify, newest first. Each damaged one is skipped with one
+    warning naming it and the reason; nothing is deleted. The caller loads a candidate and, if
+    loading still fails, should warn and take the next one."""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        problem = verify_checkpoint(ckpt)
+        if problem is None:
+            yield ckpt
+        else:
+            log.warning("skipping damaged checkpoint %s: %s (left in place; resuming from an earlier one)",
+                        ckpt, problem)

@@ -8,7 +8,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pushcut.config import PLUGIN_SECTIONS, dump_config, field_docs, load_config
+from pushcut.config import (
+    PLUGIN_SECTIONS,
+    RUN_CONFIG_FILE,
+    dump_config,
+    field_docs,
+    load_config,
+    load_run_config,
+    read_yaml,
+)
 from pushcut.errors import ConfigError, PluginError
 from pushcut.pluginmanager import PluginManager
 
@@ -83,10 +91,9 @@ def _config_or_run_dir(target: str, overrides: Sequence[str]):
     """A YAML file, or a run directory (its saved config.yaml: resume / reproduce)."""
     path = Path(target)
     if path.is_dir():
-        saved = path / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"{target!r} is a directory without config.yaml: pass a config file or a run directory")
-        return load_config(saved, overrides)
+        return load_run_config(path, overrides)
+    if path.name == RUN_CONFIG_FILE and path.is_file() and (read_yaml(path) or {}).get("run_dir") == ".":
+        return load_run_config(path.parent, overrides)  # a run's own config.yaml: the run it belongs to
     return load_config(path, overrides)
 
 
@@ -116,9 +123,9 @@ def _eval_target(target: str) -> tuple[Path, Path | None]:
         raise ConfigError(f"{target!r} is not a directory: pass a run directory, a checkpoint directory "
                           "or a policy directory inside a run directory")
     if (path / "config.yaml").is_file():
-        from pushcut.checkpoint import latest_checkpoint
+        from pushcut.checkpoint import resume_candidates
 
-        ckpt = latest_checkpoint(path)
+        ckpt = next(resume_candidates(path), None)  # the newest that verifies
         return path, (ckpt / "policy" if ckpt is not None else None)
     run_dir = next((p for p in path.parents[:3] if (p / "config.yaml").is_file()), None)
     if run_dir is not None and (path / "trainer.pt").is_file():
@@ -142,7 +149,7 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
 
     _setup_logging()
     run_dir, weights = _eval_target(target)
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg = load_run_config(run_dir, overrides)
     if weights is None:
         from pushcut.errors import CheckpointError
 

@@ -13,6 +13,7 @@ same object, so a run can be reproduced from its directory alone.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -174,7 +175,7 @@ class TrainConfig:
     """Torch device of the learner and rollout policy."""
     torch_threads: int = 0
     """torch intra-op threads in the learner process (0 = torch's default; 1 when env workers share few cores)."""
-    init_from: str = ""
+    init_from: str = field(default="", metadata={"path": True})
     """Policy weights directory (e.g. an SFT run's policy/) to start RL from; empty = the policy's own init."""
     resume: bool = True
     """Continue from the newest checkpoint in run_dir when there is one."""
@@ -239,7 +240,7 @@ SFT_LR_SCHEDULES = ("cosine", "constant")
 class SFTConfig:
     """Cold-start behaviour cloning on demonstrations."""
 
-    demos: tuple[str, ...] = ()
+    demos: tuple[str, ...] = field(default=(), metadata={"path": True})
     """HDF5 demo files (robomimic/LIBERO layout)."""
     demos_per_task: int = 1
     """Scripted-expert demos per task that `pushcut quickstart` records."""
@@ -608,14 +609,84 @@ def config_changes(saved: RunConfig, new: RunConfig, allowed: Sequence[str] = RE
     return changes
 
 
+# --------------------------------------------------------------------------- paths in a run directory
+#
+# A run directory must survive `cp -r`, `mv` and a change of working directory. Its config.yaml
+# therefore records ``run_dir: .`` and every path field (a dataclass field with metadata
+# {"path": True}, in the core sections or a plugin's own config) relative to the run directory
+# when it points inside it, absolute otherwise. Loading a run directory resolves them against the
+# directory it was loaded from, whatever it was called when the run began.
+
+RUN_CONFIG_FILE = "config.yaml"
+
+
+def _path_fields(config: Any, prefix: str = ""):
+    """(object, field name, dotted key) of every path field in a resolved config, plugin options included."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("path"):
+            yield config, f.name, prefix + f.name
+        elif isinstance(value, PluginChoice) and dataclasses.is_dataclass(value.options):
+            yield from _path_fields(value.options, f"{prefix}{f.name}.")
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            yield from _path_fields(value, f"{prefix}{f.name}.")
+
+
+def _map_paths(config: RunConfig, fn, skip: Sequence[str] = ()) -> RunConfig:
+    """A copy of ``config`` with ``fn`` applied to every non-empty path (one string, or each of a
+    list), except the fields whose dotted keys are in ``skip``."""
+    config = copy.deepcopy(config)
+    for obj, name, key in _path_fields(config):
+        value = getattr(obj, name)
+        if key in skip:
+            continue
+        if isinstance(value, (list, tuple)):
+            setattr(obj, name, type(value)(fn(v) if v else v for v in value))
+        elif value:
+            setattr(obj, name, fn(value))
+    return config
+
+
+def _relative_to_run(path: str, run_dir: Path) -> str:
+    absolute = Path(path).expanduser().resolve()
+    try:
+        return str(absolute.relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(absolute)
+
+
+def load_run_config(run_dir: str | Path, overrides: Sequence[str] = (), manager: Any | None = None) -> RunConfig:
+    """The config of the run in ``run_dir`` (its config.yaml < overrides): ``run_dir`` is the
+    directory given, and relative paths recorded in the file resolve against it (a path given as
+    an override is relative to the working directory, as on any command line). An explicit
+    ``run_dir=`` naming another directory is refused: copy the run to fork it."""
+    run_dir = Path(run_dir)
+    saved = run_dir / RUN_CONFIG_FILE
+    if not saved.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is a directory without {RUN_CONFIG_FILE}: pass a config file or a run "
+                          "directory")
+    keys = {o.split("=", 1)[0].strip(): o.split("=", 1)[1] for o in overrides if "=" in o}
+    asked = keys.get("run_dir")
+    if asked is not None and Path(asked).expanduser().resolve() != run_dir.resolve():
+        raise ConfigError(
+            f"run_dir={asked} differs from the run directory given ({run_dir}): a run trains and evaluates in "
+            f"its own directory; to fork it, copy it first (cp -r {run_dir} {asked}) and pass the copy"
+        )
+    data = apply_overrides(read_yaml(saved), overrides)
+    data["run_dir"] = str(run_dir)
+    config = resolve(data, manager)
+    return _map_paths(config, lambda p: p if Path(p).is_absolute() else str(run_dir / p), skip=tuple(keys))
+
+
 def check_continues(config: RunConfig, run_dir: str | Path, allowed: Sequence[str] = RESUME_SAFE,
                     manager: Any | None = None, only: Sequence[str] | None = None) -> None:
     """Refuse to continue the run in ``run_dir`` with a config that would change what it learns
     (``only``: just these keys or sections, the ones the run's finished stages depend on)."""
-    saved = Path(run_dir) / "config.yaml"
+    saved = Path(run_dir) / RUN_CONFIG_FILE
     if not saved.is_file():
         return
-    changes = config_changes(load_config(saved, manager=manager), config, allowed, only)
+    changes = config_changes(_absolute_paths(load_run_config(run_dir, manager=manager)), _absolute_paths(config),
+                             allowed, only)
     if changes:
         listed = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in changes.items())
         raise ConfigError(
@@ -624,12 +695,23 @@ def check_continues(config: RunConfig, run_dir: str | Path, allowed: Sequence[st
         )
 
 
+def _absolute_paths(config: RunConfig) -> RunConfig:
+    """``config`` with every path absolute and ``run_dir`` absolute: two configs of one run compare equal
+    wherever they were loaded from."""
+    config = _map_paths(config, lambda p: str(Path(p).expanduser().resolve()))
+    config.run_dir = str(Path(config.run_dir).expanduser().resolve())
+    return config
+
+
 def save_config(config: RunConfig, run_dir: str | Path) -> Path:
-    """Write ``<run_dir>/config.yaml`` atomically."""
+    """Write ``<run_dir>/config.yaml`` atomically, with ``run_dir: .`` and paths relative to the run
+    directory where they point inside it, absolute elsewhere (see :func:`load_run_config`)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / "config.yaml"
+    portable = _map_paths(config, lambda p: _relative_to_run(p, run_dir))
+    portable.run_dir = "."
+    target = run_dir / RUN_CONFIG_FILE
     tmp = target.with_suffix(".yaml.tmp")
-    tmp.write_text(dump_config(config))
+    tmp.write_text(dump_config(portable))
     tmp.replace(target)
     return target

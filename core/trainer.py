@@ -33,6 +33,7 @@ from pushcut.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_trainer_state,
+    resume_candidates,
     save_checkpoint,
     set_rng_state,
 )
@@ -392,10 +393,8 @@ class Trainer:
         try:
             collector = build_collector(cfg, pool, policy)
             sampler = StartStateSampler(pool.tasks(), cfg.seed, t.start_sampling, cfg.algo.group_size)
-            ckpt = latest_checkpoint(self.run_dir) if t.resume else None
+            ckpt, state = self._resume_point(policy) if t.resume else (None, None)
             if ckpt is not None:
-                state = load_trainer_state(ckpt)
-                policy.load(ckpt / "policy")
                 try:
                     optimizer.load_state_dict(state["optimizer"])
                 except ValueError as exc:
@@ -444,6 +443,26 @@ class Trainer:
             pool.close()
             self.manager.run_end(self.run_dir, summary)
             self.manager.pm.unregister(self.tensorboard)
+
+    def _resume_point(self, policy: Policy) -> tuple[Path | None, dict[str, Any] | None]:
+        """The newest checkpoint that verifies and loads into ``policy``, with its trainer state;
+        damaged ones are skipped with a warning (and kept). (None, None) when there is none."""
+        checkpoints = list_checkpoints(self.run_dir)
+        for ckpt in resume_candidates(self.run_dir):
+            try:
+                state = load_trainer_state(ckpt)
+                policy.load(ckpt / "policy")
+            except Exception as exc:  # a damaged file the manifest did not cover, or an old unverified one
+                log.warning("skipping checkpoint %s: it does not load (%s: %s); resuming from an earlier one",
+                            ckpt, type(exc).__name__, exc)
+                continue
+            return ckpt, state
+        if checkpoints:
+            raise CheckpointError(
+                f"none of the {len(checkpoints)} checkpoint(s) in {self.run_dir / 'checkpoints'} verifies and loads "
+                "(see the warnings above); restore one, or start afresh with train.resume=false in a new run_dir"
+            )
+        return None, None
 
     def _iteration(self, step, collector, sampler, policy, optimizer, generator, reference, progress) -> dict[str, Any]:
         batch, metrics = collect_batch(collector, sampler, self.config, progress)

@@ -1,5 +1,7 @@
 from dataclasses import dataclass
 
+import dataclasses
+
 import pytest
 import yaml
 
@@ -14,6 +16,7 @@ from pushcut.config import (
     dump_config,
     field_docs,
     load_config,
+    load_run_config,
     save_config,
 )
 from pushcut.errors import ConfigError
@@ -167,10 +170,11 @@ def test_bad_override_syntax():
 def test_saved_config_reproduces_run(manager, tmp_path):
     cfg = load_config(None, [*TOY, "algo.group_size=4", "policy.hidden=7", "env.tasks=[x]", "algo.clip_ratio_c=3"], manager)
     save_config(cfg, tmp_path / "run")
-    again = load_config(tmp_path / "run" / "config.yaml", [], manager)
-    assert again == cfg
-    assert dump_config(again) == (tmp_path / "run" / "config.yaml").read_text()
+    again = load_run_config(tmp_path / "run", [], manager)
+    assert again.run_dir == str(tmp_path / "run")  # the directory it was loaded from, not a recorded name
+    assert dataclasses.replace(again, run_dir=cfg.run_dir) == cfg
     data = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert data["run_dir"] == "."
     assert data["policy"] == {"type": "toy", "hidden": 7, "dropout": 0.0, "name": "x"}
 
 
@@ -253,3 +257,30 @@ def test_check_continues_names_each_change_and_passes_a_fresh_directory(manager,
                                           r"Pick a fresh run_dir"):
         check_continues(load_config(None, [*TOY, "algo.group_size=4", "policy.dropout=0.5"], manager), tmp_path,
                         manager=manager)
+
+
+def test_run_paths_are_relative_inside_the_run_and_absolute_outside(manager, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outside").mkdir()
+    cfg = load_config(None, [*TOY, "run_dir=runs/a", "train.init_from=runs/a/sft/policy",
+                             "sft.demos=[runs/a/demos.hdf5,outside/more.hdf5]"], manager)
+    save_config(cfg, cfg.run_dir)
+    data = yaml.safe_load((tmp_path / "runs/a/config.yaml").read_text())
+    assert data["run_dir"] == "."
+    assert data["train"]["init_from"] == "sft/policy"
+    assert data["sft"]["demos"] == ["demos.hdf5", str(tmp_path / "outside/more.hdf5")]
+    # moved, and loaded from another working directory: inside paths follow the run, outside ones stay
+    (tmp_path / "runs/a").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "outside")
+    moved = load_run_config(tmp_path / "moved", [], manager)
+    assert moved.run_dir == str(tmp_path / "moved")
+    assert moved.train.init_from == str(tmp_path / "moved/sft/policy")
+    assert moved.sft.demos == (str(tmp_path / "moved/demos.hdf5"), str(tmp_path / "outside/more.hdf5"))
+    # a path given on the command line is relative to the working directory, as always
+    assert load_run_config(tmp_path / "moved", ["train.init_from=p"], manager).train.init_from == "p"
+    assert load_run_config(tmp_path / "moved", [f"run_dir={tmp_path / 'moved'}"], manager).run_dir == str(
+        tmp_path / "moved")
+    with pytest.raises(ConfigError, match=r"run_dir=elsewhere differs from the run directory given .*cp -r"):
+        load_run_config(tmp_path / "moved", ["run_dir=elsewhere"], manager)
+    with pytest.raises(ConfigError, match="without config.yaml"):
+        load_run_config(tmp_path / "outside", [], manager)

@@ -2,16 +2,21 @@
 the engine alone; an interrupted run resumes to the same result; bad cases are
 counted, never silently trained on."""
 
+import dataclasses
+import hashlib
 import json
+import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from pushcut import hookimpl
-from pushcut.checkpoint import latest_checkpoint, list_checkpoints
-from pushcut.config import TrainConfig, load_config
-from pushcut.errors import ConfigError
+from pushcut.checkpoint import latest_checkpoint, list_checkpoints, verify_checkpoint
+from pushcut.config import TrainConfig, load_config, load_run_config, save_config
+from pushcut.errors import CheckpointError, ConfigError
 from pushcut.testing import registered_plugin
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin
 from pushcut.rollout import Episode
@@ -61,8 +66,8 @@ def test_metrics_tensorboard_config_and_eval_files(manager, tmp_path):
     assert (run_dir / "config.yaml").is_file() and (run_dir / "evals" / "step_000002.json").is_file()
     assert (run_dir / "success.png").stat().st_size > 5000  # every finished run draws its curves
     assert not (run_dir / "stages.png").exists()  # the toy env names no stages
-    again = load_config(run_dir / "config.yaml", [], manager)
-    assert again == cfg
+    again = load_run_config(run_dir, [], manager)
+    assert again.run_dir == str(run_dir) and dataclasses.replace(again, run_dir=cfg.run_dir) == cfg
 
 
 class Interrupt:
@@ -358,3 +363,69 @@ def test_half_written_metrics_line_and_interrupted_resave_are_recovered(manager,
     assert latest_checkpoint(tmp_path / "torn").name == "step_000001"
     _, _, lines = run(manager, tmp_path, "torn", "train.iterations=2")
     assert [r["step"] for r in lines] == [1, 2]
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_copied_or_moved_run_resumes_in_place_from_anywhere(manager, tmp_path, monkeypatch, caplog):
+    from pushcut.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    common = ["train.iterations=2", "train.save_every=1", "train.eval_every=0", "eval.max_init_states=2"]
+    run(manager, tmp_path, "runs/original", *common)
+    (tmp_path / "runs/original/sft/policy").mkdir(parents=True)  # a path inside the run, as the quickstart records
+    cfg = load_run_config(tmp_path / "runs/original", [], manager)
+    cfg.train.init_from = "runs/original/checkpoints/step_000001/policy"  # relative to the cwd when given
+    save_config(cfg, tmp_path / "runs/original")
+    assert "init_from: checkpoints/step_000001/policy" in (tmp_path / "runs/original/config.yaml").read_text()
+    before = _digests(tmp_path / "runs/original")
+    shutil.copytree(tmp_path / "runs/original", tmp_path / "elsewhere/copy")
+    shutil.copytree(tmp_path / "runs/original", tmp_path / "to_move")
+    (tmp_path / "to_move").rename(tmp_path / "elsewhere/moved")
+    (tmp_path / "other_cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "other_cwd")
+    for name in ("copy", "moved"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="pushcut"):
+            assert main(["train", str(tmp_path / "elsewhere" / name), "train.iterations=3"]) == 0
+        resumed_from = tmp_path / "elsewhere" / name / "checkpoints" / "step_000002"
+        assert any(f"resuming from {resumed_from}" in r.getMessage() for r in caplog.records)
+        steps = [json.loads(x)["step"] for x in (tmp_path / "elsewhere" / name / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [0, 1, 2, 3]
+        assert latest_checkpoint(tmp_path / "elsewhere" / name).name == "step_000003"
+        assert main(["eval", str(tmp_path / "elsewhere" / name)]) == 0
+        assert (tmp_path / "elsewhere" / name / "eval.json").is_file()
+    assert _digests(tmp_path / "runs/original") == before  # the original is untouched
+    assert not (tmp_path / "other_cwd" / "runs").exists()  # and nothing was created relative to the cwd
+    # run_dir= naming another directory than the one given is refused, with how to fork
+    assert main(["train", str(tmp_path / "elsewhere/copy"), "run_dir=fork"]) == 2
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(manager, tmp_path, caplog):
+    common = ["train.iterations=3", "train.save_every=1", "train.keep_checkpoints=3", "train.eval_every=0"]
+    run(manager, tmp_path, "straight", *common)
+    run(manager, tmp_path, "damaged", *common[:1], "train.iterations=2", *common[1:])
+    newest = tmp_path / "damaged/checkpoints/step_000002"
+    weights = next(p for p in (newest / "policy").iterdir() if p.is_file())
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a truncated copy
+    damaged_size = weights.stat().st_size
+    with caplog.at_level(logging.WARNING, logger="pushcut.checkpoint"):
+        _, summary, lines = run(manager, tmp_path, "damaged", *common)
+    warnings = [r.getMessage() for r in caplog.records if "skipping damaged checkpoint" in r.getMessage()]
+    assert len(warnings) == 1 and "step_000002" in warnings[0] and weights.name in warnings[0]
+    straight = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    drop = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
+    assert [drop(r) for r in lines] == [drop(r) for r in straight]  # resumed from step 1: the same run
+    kept = list((tmp_path / "damaged/checkpoints").glob("step_000002.damaged-*"))  # set aside, never deleted
+    assert len(kept) == 1 and (kept[0] / "policy" / weights.name).stat().st_size == damaged_size
+    assert verify_checkpoint(tmp_path / "damaged/checkpoints/step_000002") is None  # rewritten whole
+
+
+def test_no_checkpoint_that_loads_is_one_clear_error(manager, tmp_path):
+    run(manager, tmp_path, "broken", "train.iterations=1", "train.eval_every=0")
+    (tmp_path / "broken/checkpoints/step_000001/trainer.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"none of the 1 checkpoint\(s\) .* verifies and loads"):
+        run(manager, tmp_path, "broken", "train.iterations=2", "train.eval_every=0")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 from pushcut.config import check_device
@@ -24,7 +24,7 @@ class OpenVLAConfig:
     discrete action tokens in one forward pass); ``mode: autoregressive`` is the original
     OpenVLA (action_dim tokens per step, one action per chunk)."""
 
-    checkpoint: str | None = None
+    checkpoint: str | None = field(default=None, metadata={"path": True})
     """Directory of the checkpoint (required): the original layout, or one written by this policy's save."""
     unnorm_key: str | None = None
     """Entry of the checkpoint's ``norm_stats`` that un-normalises actions (e.g. libero_10_no_noops).
