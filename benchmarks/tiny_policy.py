@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from pushcut.contracts import ObsBatch
-from pushcut.plugins.policies.tiny import TinyVLA, TinyVLAConfig
+from pushcut.plugins.policies.tiny import TinyTokenVLA, TinyTokenVLAConfig
 
 INSTRUCTIONS = ["push the red cube onto the green target", "lift the blue block", "slide the yellow cube left"]
 
 
-def make_obs(config: TinyVLAConfig, batch: int) -> ObsBatch:
+def make_obs(config: TinyTokenVLAConfig, batch: int) -> ObsBatch:
     rng = np.random.default_rng(0)
     shape = (batch, config.image_size, config.image_size, 3)
     return ObsBatch(
@@ -66,12 +66,12 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=1.6)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="TinyVLAConfig override")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="TinyTokenVLAConfig override")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    config = TinyVLAConfig(**parse_overrides(args.set))
-    policy = TinyVLA(config)
+    config = TinyTokenVLAConfig(**parse_overrides(args.set))
+    policy = TinyTokenVLA(config)
     params = sum(p.numel() for p in policy.parameters())
     print(f"tiny policy: {params:,} parameters, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"config: {config}")

@@ -184,6 +184,9 @@ class PolicyContract:
 
     temperature: float = 1.6
     atol: float = 1e-4
+    log_densities: bool = False
+    """True for a continuous head (Gaussian, diffusion, flow): its log-probs are log-densities and may
+    be positive. False keeps the check that a discrete head's log-probs are <= 0."""
 
     @pytest.fixture
     def policy(self) -> Policy:  # pragma: no cover - must be overridden
@@ -209,7 +212,12 @@ class PolicyContract:
         assert np.isfinite(sample.actions).all(), "actions contain NaN/inf"
         assert sample.mask.dtype == torch.bool, "mask must be a bool tensor"
         lp = sample.log_probs[sample.mask]
-        assert torch.isfinite(lp).all() and (lp <= 1e-6).all(), "sampled log-probs must be finite and <= 0"
+        assert torch.isfinite(lp).all(), "sampled log-probs must be finite"
+        if not self.log_densities:
+            assert (lp <= 1e-6).all(), (
+                "sampled log-probs of a discrete head must be <= 0 (a continuous head's log-densities may be "
+                "positive: set log_densities = True on the contract class)"
+            )
         assert not sample.log_probs.requires_grad, "act() must return detached log-probs"
         assert not any(v.requires_grad for v in sample.sample.values()), "act() must return detached samples"
 

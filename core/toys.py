@@ -10,6 +10,7 @@ plugin by default; tests register them in-process.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -218,8 +219,84 @@ class BinPolicy(Policy):
         self.load_state_dict(data["state"])
 
 
+@dataclass
+class GaussianPolicyConfig:
+    """Options of the toy Gaussian policy."""
+
+    state_dim: int = 2
+    """Proprio-state size the MLP reads."""
+    action_dim: int = 1
+    """Action dimensions."""
+    chunk_size: int = 1
+    """Actions per chunk."""
+    std: float = 0.05
+    """Standard deviation at temperature 1 (temperature scales it); small, so log-densities are positive."""
+    hidden: int = 32
+    """MLP width."""
+    seed: int = 0
+    """Weight-init seed."""
+
+
+class GaussianPolicy(Policy):
+    """MLP on ``ObsBatch.states`` → the mean of an independent Gaussian per action element, with
+    std ``config.std × temperature``: a continuous head whose (B, T) log-probs are log-*densities*
+    (positive when the std is small), the case a diffusion or flow head is in."""
+
+    def __init__(self, config: GaussianPolicyConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.chunk_size, self.action_dim = config.chunk_size, config.action_dim
+        self.T = config.chunk_size * config.action_dim
+        g = torch.Generator().manual_seed(config.seed)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(config.state_dim, config.hidden), torch.nn.Tanh(), torch.nn.Linear(config.hidden, self.T),
+        )
+        with torch.no_grad():
+            for p in self.net.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+    def _mean(self, obs: ObsBatch) -> torch.Tensor:
+        return torch.tanh(self.net(torch.as_tensor(obs.states, dtype=torch.float32)))
+
+    def _log_density(self, mean: torch.Tensor, actions: torch.Tensor, temperature: float) -> torch.Tensor:
+        std = self.config.std * temperature
+        return -0.5 * ((actions - mean) / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi)
+
+    def act(self, obs: ObsBatch, temperature: float) -> ActionSample:
+        b = len(obs)
+        mean = self._mean(obs)
+        if temperature == 0:
+            actions, lp = mean, torch.zeros(b, self.T)
+        else:
+            actions = mean + self.config.std * temperature * torch.randn(mean.shape)
+            lp = self._log_density(mean, actions, temperature)
+        chunk = actions.detach().view(b, self.chunk_size, self.action_dim).numpy().astype(np.float32)
+        return ActionSample(chunk, {"actions": actions.detach()}, lp.detach(), torch.ones(b, self.T, dtype=torch.bool))
+
+    def log_probs(self, obs: ObsBatch, sample: Mapping[str, torch.Tensor], temperature: float) -> Scores:
+        lp = self._log_density(self._mean(obs), sample["actions"], temperature)
+        entropy = torch.full_like(lp, 0.5 * math.log(2 * math.pi * math.e) + math.log(self.config.std * temperature))
+        return Scores(lp, entropy)
+
+    def sft_loss(self, obs: ObsBatch, expert_actions: np.ndarray) -> torch.Tensor:
+        target = torch.as_tensor(np.asarray(expert_actions), dtype=torch.float32).reshape(len(obs), self.T)
+        return torch.nn.functional.mse_loss(self._mean(obs), target)
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save({"type": "gaussian", "config": asdict(self.config), "state": self.state_dict()},
+                   directory / "gaussian_policy.pt")
+
+    def load(self, directory: Path) -> None:
+        path = Path(directory) / "gaussian_policy.pt"
+        if not path.is_file():
+            raise CheckpointError(f"no gaussian_policy.pt in {directory}: expected a GaussianPolicy checkpoint")
+        self.load_state_dict(torch.load(path, weights_only=True)["state"])
+
+
 class ToyPlugin:
-    """Registers ``reach`` (ReachEnv) and ``bins`` (BinPolicy), for in-process use:
+    """Registers ``reach`` (ReachEnv), ``bins`` (BinPolicy) and ``gaussian`` (GaussianPolicy), for in-process use:
     ``with pushcut.testing.registered_plugin(ToyPlugin(), "toys"): ...``."""
 
     @hookimpl
@@ -229,3 +306,4 @@ class ToyPlugin:
     @hookimpl
     def pushcut_register_policies(self, registry) -> None:
         registry.add("bins", BinPolicyConfig, BinPolicy)
+        registry.add("gaussian", GaussianPolicyConfig, GaussianPolicy)

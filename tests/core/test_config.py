@@ -198,11 +198,11 @@ def test_field_docs_are_whole_sentences():
     from pushcut import config as config_module
     from pushcut.plugins.envs.tabletop.config import TabletopConfig
     from pushcut.plugins.policies.openvla.config import OpenVLAConfig
-    from pushcut.plugins.policies.tiny.config import TinyVLAConfig
+    from pushcut.plugins.policies.tiny.config import TinyTokenVLAConfig
 
     cut = []
     for cls in (config_module.AlgoConfig, config_module.RolloutConfig, config_module.TrainConfig,
-                config_module.EvalConfig, config_module.SFTConfig, RunConfig, TabletopConfig, TinyVLAConfig, OpenVLAConfig):
+                config_module.EvalConfig, config_module.SFTConfig, RunConfig, TabletopConfig, TinyTokenVLAConfig, OpenVLAConfig):
         docs = field_docs(cls)
         cut += [f"{cls.__name__}.{f.name}: {docs[f.name]!r}" for f in dataclasses.fields(cls)
                 if f.name in docs and not docs[f.name].rstrip().endswith((".", ")"))]

@@ -7,7 +7,7 @@ import torch
 from pushcut.contracts import ObsBatch
 from pushcut.pluginmanager import get_plugin_manager
 from pushcut.testing import EnvContract, PolicyContract, SuccessDetectorContract
-from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv
+from pushcut.toys import BinPolicy, BinPolicyConfig, GaussianPolicy, GaussianPolicyConfig, ReachConfig, ReachEnv
 
 
 def _build(kind: str, name: str, **options):
@@ -85,6 +85,25 @@ class TestBinPolicy(PolicyContract):
     def obs_batch(self):
         return ObsBatch(np.zeros((4, 8, 8, 3), np.uint8), ["x"] * 4, ["t"] * 4,
                         states=np.random.default_rng(0).normal(size=(4, 2)).astype(np.float32))
+
+
+class TestGaussianPolicy(TestBinPolicy):
+    """A continuous head: its log-densities are positive (std 0.05), which the suite accepts only
+    with ``log_densities = True``."""
+
+    log_densities = True
+
+    @pytest.fixture
+    def make_policy(self):
+        return lambda: GaussianPolicy(GaussianPolicyConfig(chunk_size=2))
+
+    def test_log_densities_are_positive_here(self, policy, obs_batch):
+        with torch.no_grad():
+            sample = policy.act(obs_batch, 1.0)
+        assert (sample.log_probs > 0).any()
+        strict = type("StrictContract", (PolicyContract,), {})()
+        with pytest.raises(AssertionError, match="log_densities = True"):
+            strict.test_act_shapes(policy, obs_batch)
 
 
 class TestEnvSuccess(SuccessDetectorContract):

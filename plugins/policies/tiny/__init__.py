@@ -8,12 +8,12 @@ OpenVLA-OFT.
 from __future__ import annotations
 
 from pushcut import hookimpl
-from pushcut.plugins.policies.tiny.config import TinyVLAConfig
-from pushcut.plugins.policies.tiny.policy import TinyVLA
+from pushcut.plugins.policies.tiny.config import TinyTokenVLAConfig
+from pushcut.plugins.policies.tiny.policy import TinyTokenVLA
 
-__all__ = ["TinyVLA", "TinyVLAConfig"]
+__all__ = ["TinyTokenVLA", "TinyTokenVLAConfig"]
 
 
 @hookimpl
 def pushcut_register_policies(registry) -> None:
-    registry.add("tiny", TinyVLAConfig, TinyVLA)
+    registry.add("tiny", TinyTokenVLAConfig, TinyTokenVLA)

@@ -19,7 +19,7 @@ ARCHITECTURE_FIELDS = (
 
 
 @dataclass
-class TinyVLAConfig:
+class TinyTokenVLAConfig:
     """A small VLA built from transformers parts with random init: SigLIP-style
     vision encoder → MLP projector → Llama-style decoder, OpenVLA-OFT-style
     parallel action decoding over 256 bins per action element.
@@ -74,7 +74,7 @@ class TinyVLAConfig:
     action_high: tuple[float, ...] | None = None
     """Env-unit value that normalised action +1 maps to, per dim; None means all +1."""
     checkpoint: str | None = None
-    """Directory written by ``TinyVLA.save`` to load weights from at construction."""
+    """Directory written by ``TinyTokenVLA.save`` to load weights from at construction."""
     seed: int = 0
     """Seed of the random weight initialisation."""
     device: str = "cpu"

@@ -1,4 +1,4 @@
-"""TinyVLA: a small, randomly initialised VLA with OpenVLA-OFT-style parallel action decoding.
+"""TinyTokenVLA: a small, randomly initialised VLA with OpenVLA-OFT-style parallel action decoding.
 
 Sequence the decoder sees, per observation (left to right)::
 
@@ -48,7 +48,7 @@ from transformers import LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisi
 from pushcut.actions import ActionTokenizer, normalize_actions, unnormalize_actions
 from pushcut.contracts import NO_WRIST_IMAGE_FIX, ActionSample, ObsBatch, Policy, Scores
 from pushcut.errors import CheckpointError, ConfigError, short_list
-from pushcut.plugins.policies.tiny.config import TinyVLAConfig
+from pushcut.plugins.policies.tiny.config import TinyTokenVLAConfig
 from pushcut.plugins.policies.tiny.text import ByteTokenizer
 
 POLICY_TYPE = "tiny"
@@ -56,12 +56,12 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "pushcut_policy.json"
 
 
-class TinyVLA(Policy):
+class TinyTokenVLA(Policy):
     """The ``tiny`` policy. See the module docstring for the architecture."""
 
-    def __init__(self, config: TinyVLAConfig | None = None) -> None:
+    def __init__(self, config: TinyTokenVLAConfig | None = None) -> None:
         super().__init__()
-        config = config or TinyVLAConfig()
+        config = config or TinyTokenVLAConfig()
         self.config = config
         self.chunk_size = config.chunk_size
         self.action_dim = config.action_dim
@@ -80,7 +80,7 @@ class TinyVLA(Policy):
         if config.checkpoint is not None:
             self.load(Path(config.checkpoint))
 
-    def _build(self, c: TinyVLAConfig) -> None:
+    def _build(self, c: TinyTokenVLAConfig) -> None:
         vision_config = SiglipVisionConfig(
             hidden_size=c.vision_hidden_size,
             intermediate_size=c.vision_intermediate_size,
@@ -284,7 +284,7 @@ class TinyVLA(Policy):
                 f"log_probs needs temperature > 0 (got {temperature}): greedy actions have no sampling distribution"
             )
         if "bins" not in sample:
-            raise ValueError(f"sample must hold 'bins' as returned by TinyVLA.act, got keys {sorted(sample)}")
+            raise ValueError(f"sample must hold 'bins' as returned by TinyTokenVLA.act, got keys {sorted(sample)}")
         bins = sample["bins"].to(self.device).long()
         if tuple(bins.shape) != (len(obs), self.num_action_tokens):
             raise ValueError(
@@ -334,7 +334,7 @@ class TinyVLA(Policy):
         meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
         if not directory.is_dir():
             raise CheckpointError(
-                f"tiny policy checkpoint {directory} does not exist (expected a directory written by TinyVLA.save)"
+                f"tiny policy checkpoint {directory} does not exist (expected a directory written by TinyTokenVLA.save)"
             )
         for path in (meta_path, weights_path):
             if not path.is_file():

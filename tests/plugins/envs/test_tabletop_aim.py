@@ -82,9 +82,9 @@ def test_bad_requests_are_refused(env: TabletopEnv) -> None:
 
 def test_command_line_on_a_saved_policy(tmp_path, capsys) -> None:
     pytest.importorskip("torch", reason="the tiny policy needs torch")
-    from pushcut.plugins.policies.tiny import TinyVLA, TinyVLAConfig
+    from pushcut.plugins.policies.tiny import TinyTokenVLA, TinyTokenVLAConfig
 
-    TinyVLA(TinyVLAConfig(chunk_size=4, action_dim=4, state_dim=4)).save(tmp_path / "policy")
+    TinyTokenVLA(TinyTokenVLAConfig(chunk_size=4, action_dim=4, state_dim=4)).save(tmp_path / "policy")
     config = tmp_path / "config.yaml"
     config.write_text("env:\n  type: tabletop\n  jitter: 0.03\n  tasks: [press_button, open_drawer]\n"
                       "policy:\n  type: tiny\n  chunk_size: 4\n  action_dim: 4\n  state_dim: 4\n")

@@ -12,7 +12,7 @@ import torch
 
 from pushcut.contracts import ObsBatch
 from pushcut.errors import CheckpointError, ConfigError
-from pushcut.plugins.policies.tiny import TinyVLA, TinyVLAConfig, pushcut_register_policies
+from pushcut.plugins.policies.tiny import TinyTokenVLA, TinyTokenVLAConfig, pushcut_register_policies
 from pushcut.plugins.policies.tiny.policy import _sample_categorical
 from pushcut.plugins.policies.tiny.text import ByteTokenizer
 from pushcut.registry import Registry
@@ -20,7 +20,7 @@ from pushcut.registry import Registry
 INSTRUCTIONS = ["push the red cube", "lift the green block", "open", "push the red cube to the far blue target"]
 
 
-def small_config(**overrides) -> TinyVLAConfig:
+def small_config(**overrides) -> TinyTokenVLAConfig:
     base = dict(
         image_size=32, patch_size=16, vision_hidden_size=32, vision_layers=1, vision_heads=2,
         vision_intermediate_size=64, hidden_size=32, layers=2, heads=2, intermediate_size=64,
@@ -28,10 +28,10 @@ def small_config(**overrides) -> TinyVLAConfig:
         action_low=(-0.5, 0.0, -1.0), action_high=(0.5, 2.0, 1.0),
     )
     base.update(overrides)
-    return TinyVLAConfig(**base)
+    return TinyTokenVLAConfig(**base)
 
 
-def make_obs(config: TinyVLAConfig, b: int = 4, seed: int = 0) -> ObsBatch:
+def make_obs(config: TinyTokenVLAConfig, b: int = 4, seed: int = 0) -> ObsBatch:
     rng = np.random.default_rng(seed)
     shape = (b, config.image_size, config.image_size, 3)
     return ObsBatch(
@@ -54,13 +54,13 @@ def one_thread():
 
 
 @pytest.fixture
-def config() -> TinyVLAConfig:
+def config() -> TinyTokenVLAConfig:
     return small_config()
 
 
 @pytest.fixture
-def policy(config: TinyVLAConfig) -> TinyVLA:
-    return TinyVLA(config)
+def policy(config: TinyTokenVLAConfig) -> TinyTokenVLA:
+    return TinyTokenVLA(config)
 
 
 # ------------------------------------------------------------------ act / log_probs
@@ -71,7 +71,7 @@ def policy(config: TinyVLAConfig) -> TinyVLA:
 )
 def test_act_shapes_and_ranges(extra: dict) -> None:
     config = small_config(**extra)
-    policy = TinyVLA(config)
+    policy = TinyTokenVLA(config)
     obs = make_obs(config, b=5)
     out = policy.act(obs, temperature=1.0)
     t = config.chunk_size * config.action_dim
@@ -84,7 +84,7 @@ def test_act_shapes_and_ranges(extra: dict) -> None:
     assert (out.actions >= low).all() and (out.actions <= high).all()
 
 
-def test_sampled_log_probs_equal_recomputed(policy: TinyVLA, config: TinyVLAConfig) -> None:
+def test_sampled_log_probs_equal_recomputed(policy: TinyTokenVLA, config: TinyTokenVLAConfig) -> None:
     obs = make_obs(config, b=6)
     for temperature in (0.7, 1.6):
         out = policy.act(obs, temperature)
@@ -97,7 +97,7 @@ def test_sampled_log_probs_equal_recomputed(policy: TinyVLA, config: TinyVLAConf
         torch.testing.assert_close(sub.log_probs.detach(), out.log_probs[idx], atol=1e-5, rtol=0)
 
 
-def test_greedy_is_deterministic_argmax(policy: TinyVLA, config: TinyVLAConfig) -> None:
+def test_greedy_is_deterministic_argmax(policy: TinyTokenVLA, config: TinyTokenVLAConfig) -> None:
     obs = make_obs(config)
     a, b = policy.act(obs, 0.0), policy.act(obs, 0.0)
     np.testing.assert_array_equal(a.actions, b.actions)
@@ -112,7 +112,7 @@ def test_greedy_is_deterministic_argmax(policy: TinyVLA, config: TinyVLAConfig) 
                                atol=1e-6)
 
 
-def test_temperature_raises_entropy(policy: TinyVLA, config: TinyVLAConfig) -> None:
+def test_temperature_raises_entropy(policy: TinyTokenVLA, config: TinyTokenVLAConfig) -> None:
     obs = make_obs(config)
     bins = policy.act(obs, 1.0).sample
     cold = policy.log_probs(obs, bins, 0.3).entropy
@@ -122,7 +122,7 @@ def test_temperature_raises_entropy(policy: TinyVLA, config: TinyVLAConfig) -> N
     assert warm.max() <= np.log(config.n_bins) + 1e-4
 
 
-def test_bad_temperature_and_sample(policy: TinyVLA, config: TinyVLAConfig) -> None:
+def test_bad_temperature_and_sample(policy: TinyTokenVLA, config: TinyTokenVLAConfig) -> None:
     obs = make_obs(config)
     with pytest.raises(ValueError, match="temperature"):
         policy.act(obs, -1.0)
@@ -144,7 +144,7 @@ def test_sampler_frequencies() -> None:
 # ------------------------------------------------------------------ attention structure
 
 
-def test_action_block_is_bidirectional_and_prefix_ignores_it(policy: TinyVLA, config: TinyVLAConfig) -> None:
+def test_action_block_is_bidirectional_and_prefix_ignores_it(policy: TinyTokenVLA, config: TinyTokenVLAConfig) -> None:
     obs = make_obs(config)
     t = config.chunk_size * config.action_dim
     with torch.no_grad():
@@ -157,7 +157,7 @@ def test_action_block_is_bidirectional_and_prefix_ignores_it(policy: TinyVLA, co
     torch.testing.assert_close(hidden1[:, :-t], hidden0[:, :-t], atol=0, rtol=0)
 
 
-def test_prefix_is_causal(policy: TinyVLA, config: TinyVLAConfig) -> None:
+def test_prefix_is_causal(policy: TinyTokenVLA, config: TinyTokenVLAConfig) -> None:
     obs = make_obs(config, b=1)
     other = dataclasses.replace(obs, instructions=[obs.instructions[0][:-1] + "X"])  # same length, last byte differs
     with torch.no_grad():
@@ -170,7 +170,7 @@ def test_prefix_is_causal(policy: TinyVLA, config: TinyVLAConfig) -> None:
 
 def test_attention_mask_layout() -> None:
     valid = torch.tensor([[True, False, True]])
-    mask = TinyVLA.attention_mask(valid, num_action_tokens=2)[0, 0]
+    mask = TinyTokenVLA.attention_mask(valid, num_action_tokens=2)[0, 0]
     expected = torch.tensor([
         [1, 0, 0, 0, 0],
         [1, 0, 0, 0, 0],  # pad query: attends to valid earlier keys only
@@ -184,9 +184,9 @@ def test_attention_mask_layout() -> None:
 # ------------------------------------------------------------------ training
 
 
-def test_sft_overfits_a_handful_of_examples(config: TinyVLAConfig) -> None:
+def test_sft_overfits_a_handful_of_examples(config: TinyTokenVLAConfig) -> None:
     torch.manual_seed(0)
-    policy = TinyVLA(config)
+    policy = TinyTokenVLA(config)
     obs = make_obs(config, b=4)
     rng = np.random.default_rng(3)
     low, high = np.array(config.action_low), np.array(config.action_high)
@@ -208,7 +208,7 @@ def test_sft_overfits_a_handful_of_examples(config: TinyVLAConfig) -> None:
 
 def test_gradients_reach_every_part() -> None:
     config = small_config(use_state=True, state_dim=3, use_wrist_image=True)
-    policy = TinyVLA(config)
+    policy = TinyTokenVLA(config)
     obs = make_obs(config)
     out = policy.act(obs, 1.0)
     loss = -policy.log_probs(obs, out.sample, 1.0).log_probs.mean()
@@ -229,7 +229,7 @@ def test_bin_smoothing_lets_an_update_to_one_bin_lift_its_neighbours() -> None:
     changes = {}
     for blur in (0.0, 4.0):
         config = small_config(action_low=(-1.0,) * 3, action_high=(1.0,) * 3, bin_smoothing=blur)
-        policy = TinyVLA(config)
+        policy = TinyTokenVLA(config)
         expert[:] = policy.action_tokenizer.bin_centers[label]
         assert (policy.expert_bins(expert) == label).all()
         with torch.no_grad():
@@ -251,7 +251,7 @@ def test_bin_smoothing_lets_an_update_to_one_bin_lift_its_neighbours() -> None:
 
 def test_bin_smoothing_keeps_sampling_and_scoring_consistent() -> None:
     config = small_config(bin_smoothing=2.5)
-    policy = TinyVLA(config)
+    policy = TinyTokenVLA(config)
     obs = make_obs(config)
     out = policy.act(obs, 1.6)
     scores = policy.log_probs(obs, out.sample, 1.6)
@@ -259,11 +259,11 @@ def test_bin_smoothing_keeps_sampling_and_scoring_consistent() -> None:
     logits = policy(obs)[0]
     torch.testing.assert_close(policy.act(obs, 0.0).sample["bins"], logits.argmax(dim=-1))
     # Neighbouring logits differ by far less than under independent bins.
-    plain = TinyVLA(dataclasses.replace(config, bin_smoothing=0.0))(obs)[0]
+    plain = TinyTokenVLA(dataclasses.replace(config, bin_smoothing=0.0))(obs)[0]
     assert logits.diff(dim=-1).abs().mean() < 0.2 * plain.diff(dim=-1).abs().mean()
 
 
-def test_sft_loss_validates_shape(policy: TinyVLA, config: TinyVLAConfig) -> None:
+def test_sft_loss_validates_shape(policy: TinyTokenVLA, config: TinyTokenVLAConfig) -> None:
     with pytest.raises(ValueError, match="expert_actions"):
         policy.sft_loss(make_obs(config), np.zeros((4, config.chunk_size + 1, config.action_dim)))
 
@@ -271,18 +271,18 @@ def test_sft_loss_validates_shape(policy: TinyVLA, config: TinyVLAConfig) -> Non
 # ------------------------------------------------------------------ inputs and config
 
 
-def test_observation_mismatches_raise_config_error(config: TinyVLAConfig) -> None:
-    policy = TinyVLA(config)
+def test_observation_mismatches_raise_config_error(config: TinyTokenVLAConfig) -> None:
+    policy = TinyTokenVLA(config)
     bad = make_obs(small_config(image_size=48))
     with pytest.raises(ConfigError, match="image_size"):
         policy.act(bad, 1.0)
-    stateful = TinyVLA(small_config(use_state=True, state_dim=4))
+    stateful = TinyTokenVLA(small_config(use_state=True, state_dim=4))
     with pytest.raises(ConfigError, match="no state"):
         stateful.act(make_obs(config), 1.0)
     with pytest.raises(ConfigError, match="state_dim=3"):
         stateful.act(make_obs(small_config(use_state=True, state_dim=3)), 1.0)
     with pytest.raises(ConfigError, match="wrist"):
-        TinyVLA(small_config(use_wrist_image=True)).act(make_obs(config), 1.0)
+        TinyTokenVLA(small_config(use_wrist_image=True)).act(make_obs(config), 1.0)
 
 
 @pytest.mark.parametrize(
@@ -305,20 +305,20 @@ def test_config_validation(overrides: dict, match: str) -> None:
 
 
 def test_config_defaults_and_json_round_trip() -> None:
-    config = TinyVLAConfig()
+    config = TinyTokenVLAConfig()
     assert config.action_low == (-1.0,) * 4 and config.action_high == (1.0,) * 4
-    again = TinyVLAConfig(**json.loads(json.dumps(dataclasses.asdict(config))))
+    again = TinyTokenVLAConfig(**json.loads(json.dumps(dataclasses.asdict(config))))
     assert again == config
 
 
-def test_init_is_seeded_and_leaves_global_rng_alone(config: TinyVLAConfig) -> None:
+def test_init_is_seeded_and_leaves_global_rng_alone(config: TinyTokenVLAConfig) -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    a = TinyVLA(config)
+    a = TinyTokenVLA(config)
     assert torch.equal(torch.rand(3), expected)
-    b = TinyVLA(config)
-    c = TinyVLA(dataclasses.replace(config, seed=1))
+    b = TinyTokenVLA(config)
+    c = TinyTokenVLA(dataclasses.replace(config, seed=1))
     assert torch.equal(a.action_head.weight, b.action_head.weight)
     assert not torch.equal(a.action_head.weight, c.action_head.weight)
 
@@ -337,57 +337,57 @@ def test_registration() -> None:
     registry = Registry("policy")
     pushcut_register_policies(registry)
     entry = registry.get("tiny")
-    assert entry.config_class is TinyVLAConfig
-    assert isinstance(entry.build(small_config()), TinyVLA)
+    assert entry.config_class is TinyTokenVLAConfig
+    assert isinstance(entry.build(small_config()), TinyTokenVLA)
 
 
 # ------------------------------------------------------------------ checkpoints
 
 
-def test_save_load_round_trip(tmp_path: Path, config: TinyVLAConfig) -> None:
-    policy = TinyVLA(config)
+def test_save_load_round_trip(tmp_path: Path, config: TinyTokenVLAConfig) -> None:
+    policy = TinyTokenVLA(config)
     obs = make_obs(config)
     policy.save(tmp_path / "ckpt")
     meta = json.loads((tmp_path / "ckpt" / "pushcut_policy.json").read_text())
     assert meta["type"] == "tiny" and meta["config"]["hidden_size"] == config.hidden_size
 
-    other = TinyVLA(dataclasses.replace(config, seed=7))
+    other = TinyTokenVLA(dataclasses.replace(config, seed=7))
     with torch.no_grad():
         assert not torch.equal(other(obs)[0], policy(obs)[0])
         other.load(tmp_path / "ckpt")
         torch.testing.assert_close(other(obs)[0], policy(obs)[0], atol=0, rtol=0)
     np.testing.assert_array_equal(other.act(obs, 0.0).actions, policy.act(obs, 0.0).actions)
 
-    from_config = TinyVLA(dataclasses.replace(config, seed=9, checkpoint=str(tmp_path / "ckpt")))
+    from_config = TinyTokenVLA(dataclasses.replace(config, seed=9, checkpoint=str(tmp_path / "ckpt")))
     with torch.no_grad():
         torch.testing.assert_close(from_config(obs)[0], policy(obs)[0], atol=0, rtol=0)
 
 
-def test_load_into_other_config_names_the_mismatch(tmp_path: Path, config: TinyVLAConfig) -> None:
-    TinyVLA(config).save(tmp_path)
+def test_load_into_other_config_names_the_mismatch(tmp_path: Path, config: TinyTokenVLAConfig) -> None:
+    TinyTokenVLA(config).save(tmp_path)
     with pytest.raises(CheckpointError) as err:
-        TinyVLA(small_config(hidden_size=48, intermediate_size=96)).load(tmp_path)
+        TinyTokenVLA(small_config(hidden_size=48, intermediate_size=96)).load(tmp_path)
     message = str(err.value)
     assert "shape mismatches" in message and "action_head.weight: checkpoint (256, 32) vs policy (256, 48)" in message
     assert "hidden_size=32" in message
     with pytest.raises(CheckpointError, match="missing keys .*state_projector.weight"):
-        TinyVLA(small_config(use_state=True, state_dim=2)).load(tmp_path)
+        TinyTokenVLA(small_config(use_state=True, state_dim=2)).load(tmp_path)
     with pytest.raises(CheckpointError, match="unexpected keys .*decoder.layers.1"):
-        TinyVLA(small_config(layers=1)).load(tmp_path)
+        TinyTokenVLA(small_config(layers=1)).load(tmp_path)
 
 
-def test_load_refuses_another_bin_smoothing(tmp_path: Path, config: TinyVLAConfig) -> None:
+def test_load_refuses_another_bin_smoothing(tmp_path: Path, config: TinyTokenVLAConfig) -> None:
     blurred = dataclasses.replace(config, bin_smoothing=3.0)
-    TinyVLA(blurred).save(tmp_path)
+    TinyTokenVLA(blurred).save(tmp_path)
     with pytest.raises(CheckpointError, match=r"bin_smoothing=3.0, this policy has 0.0; set policy.bin_smoothing=3.0"):
-        TinyVLA(config).load(tmp_path)
+        TinyTokenVLA(config).load(tmp_path)
     obs = make_obs(config)
     with torch.no_grad():
-        torch.testing.assert_close(TinyVLA(dataclasses.replace(blurred, checkpoint=str(tmp_path)))(obs)[0],
-                                   TinyVLA(blurred)(obs)[0], atol=0, rtol=0)
+        torch.testing.assert_close(TinyTokenVLA(dataclasses.replace(blurred, checkpoint=str(tmp_path)))(obs)[0],
+                                   TinyTokenVLA(blurred)(obs)[0], atol=0, rtol=0)
 
 
-def test_load_rejects_other_checkpoints(tmp_path: Path, policy: TinyVLA) -> None:
+def test_load_rejects_other_checkpoints(tmp_path: Path, policy: TinyTokenVLA) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         policy.load(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="found an empty directory"):
