@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pushcut.config import RunConfig
 from pushcut.contracts import Policy, SuccessDetector
-from pushcut.envpool import EnvPool
+from pushcut.envpool import EnvPool, pool_from_config
 from pushcut.errors import CheckpointError
 from pushcut.rollout import RolloutCollector
 from pushcut.pluginmanager import get_plugin_manager
@@ -36,8 +36,5 @@ def build_collector(config: RunConfig, pool: EnvPool, policy: Policy) -> Rollout
 
 
 def build_pool(config: RunConfig) -> EnvPool:
-    """The env worker pool for the configured env (workers start here)."""
-    entry = get_plugin_manager().envs.get(config.env.type)
-    r = config.rollout
-    return EnvPool(entry.factory, config.env.options, num_workers=r.num_workers, envs_per_worker=r.envs_per_worker,
-                   timeout_s=r.step_timeout_s, transport=r.transport)
+    """The env worker pool for the configured env and transport (workers start or connect here)."""
+    return pool_from_config(config, get_plugin_manager())

@@ -78,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", default=None, help="proprio state as comma-separated numbers")
     p.add_argument("--policy", default="openvla", help="registered policy type (default openvla)")
     p.add_argument("overrides", nargs="*", help="policy.key=value overrides, e.g. policy.chunk_size=25")
+    p = sub.add_parser("env", help="serve an env to trainers elsewhere (its own venv, another machine)")
+    esub = p.add_subparsers(dest="env_command", metavar="SUBCOMMAND")
+    serve = esub.add_parser("serve", help="serve the env a config names over TCP (see docs/remote-envs.md)")
+    serve.add_argument("config", help="YAML file with an env: section (a run config works)")
+    serve.add_argument("overrides", nargs="*", help="env.key=value overrides")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; others need a token)")
+    serve.add_argument("--port", type=int, default=7171, help="TCP port (default 7171; 0 = any free port)")
+    serve.add_argument("--envs", type=int, default=4, help="env instances to hold (default 4)")
+    serve.add_argument("--token-file", default="", help="file holding the token (default: $PUSHCUT_ENV_TOKEN)")
+    serve.add_argument("--tls-cert", default="", help="PEM certificate: serve over TLS")
+    serve.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    serve.add_argument("--max-frame-mb", type=float, default=64.0, help="largest accepted message in MiB (default 64)")
+    serve.add_argument("--hello-timeout", type=float, default=10.0,
+                       help="seconds a connection may take to say hello (default 10)")
+    serve.add_argument("--plugin", action="append", default=[], metavar="MODULE[:ATTR]",
+                       help="load only this plugin (repeatable) instead of every installed one")
     p = sub.add_parser("quickstart", help="the whole idea on the embedded default: demos, SFT, RL, before/after table")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     return parser
@@ -130,6 +146,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "predict":
         return commands.predict(args.policy, args.checkpoint, args.image, args.instruction, args.unnorm_key,
                                 args.mode, args.wrist_image, args.state, args.overrides)
+    if args.command == "env":
+        if args.env_command != "serve":
+            parser.parse_args(["env", "--help"])
+        return commands.env_serve(args)
     if args.command == "quickstart":
         return commands.quickstart(args.overrides)
     parser.error(f"unknown command {args.command!r}")

@@ -294,3 +294,12 @@ def quickstart(overrides: Sequence[str]) -> int:
     _setup_logging()
     run_quickstart(list(overrides))
     return 0
+
+
+def env_serve(args) -> int:
+    """``pushcut env serve``: serve the env a config names until interrupted (see :mod:`pushcut.envserver`)."""
+    from pushcut.envserver import ServeOptions, serve
+
+    options = ServeOptions(host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                           max_frame_mb=args.max_frame_mb, hello_timeout_s=args.hello_timeout)
+    return serve(args.config, args.overrides, options, envs=args.envs, plugins=args.plugin, token_file=args.token_file)

@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -107,7 +108,26 @@ class RolloutConfig:
     pipeline: bool = False
     """Split the pool in two halves and step one while the policy serves the other."""
     transport: str = "process"
-    """How env workers run: process (multiprocessing) or inline (same process, for debugging)."""
+    """Where env workers run: process (spawned workers), inline (this process, debugging) or socket (env servers).
+
+    ``socket`` connects to running ``pushcut env serve`` processes, one worker per
+    address in ``rollout.addresses``; ``num_workers`` is then the number of addresses."""
+    addresses: tuple[str, ...] = ()
+    """host:port of each env server for transport=socket (see docs/remote-envs.md)."""
+    python: str = ""
+    """Interpreter of process workers, e.g. another venv's bin/python for a simulator with its own pins; empty = this one."""
+    startup_timeout_s: float = 300.0
+    """A process worker that has not built its envs within this many seconds is an error."""
+    connect_timeout_s: float = 30.0
+    """Seconds to connect to an env server and finish its hello (transport=socket)."""
+    connect_attempts: int = 3
+    """Connection attempts per env server, at start and after each failure, before it counts as down."""
+    token_file: str = ""
+    """File holding the env servers' token; empty = $PUSHCUT_ENV_TOKEN (needed for servers off loopback)."""
+    tls_ca: str = ""
+    """PEM certificate (or CA) to verify env servers over TLS; empty = plain TCP."""
+    max_frame_mb: float = 64.0
+    """Largest message accepted from an env server, in MiB (a bigger frame is refused)."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 0 or self.envs_per_worker < 1:
@@ -117,10 +137,33 @@ class RolloutConfig:
             )
         if self.step_timeout_s <= 0:
             raise ConfigError(f"rollout.step_timeout_s must be > 0, got {self.step_timeout_s}")
-        if self.transport not in ("process", "inline"):
-            raise ConfigError(f"rollout.transport must be 'process' or 'inline', got {self.transport!r}")
+        if self.transport not in TRANSPORTS:
+            raise ConfigError(f"rollout.transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
+        if self.transport == "socket":
+            if not self.addresses:
+                raise ConfigError("rollout.transport=socket needs rollout.addresses=[host:port, ...] "
+                                  "(the pushcut env serve processes to connect to)")
+            bad = [a for a in self.addresses if not _ADDRESS.fullmatch(a.strip())]
+            if bad:
+                raise ConfigError(f"rollout.addresses: {bad[0]!r} must look like host:port, e.g. 127.0.0.1:7171")
+            self.num_workers = len(self.addresses)
+        elif self.addresses:
+            raise ConfigError(f"rollout.addresses is only read with rollout.transport=socket (it is {self.transport!r})")
+        if self.python and self.transport != "process":
+            raise ConfigError(f"rollout.python is only read with rollout.transport=process (it is {self.transport!r})")
+        for name in ("startup_timeout_s", "connect_timeout_s", "max_frame_mb"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"rollout.{name} must be > 0, got {getattr(self, name)}")
+        if self.connect_attempts < 1:
+            raise ConfigError(f"rollout.connect_attempts must be >= 1, got {self.connect_attempts}")
         if self.pipeline and self.num_workers < 2:
             raise ConfigError(f"rollout.pipeline needs rollout.num_workers >= 2 (two lanes), got {self.num_workers}")
+
+
+TRANSPORTS = ("process", "inline", "socket")
+"""``rollout.transport`` choices (see :mod:`pushcut.envpool`)."""
+
+_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}")
 
 
 START_SAMPLING = ("uniform", "mixed")
@@ -578,7 +621,9 @@ def dump_config(config: RunConfig) -> str:
 RESUME_SAFE = (
     "run_dir", "train.iterations", "train.eval_every", "train.save_every", "train.keep_checkpoints", "train.device",
     "train.torch_threads", "train.resume", "train.init_from", "train.eval_at_start", "rollout.num_workers",
-    "rollout.envs_per_worker", "rollout.step_timeout_s", "rollout.pipeline", "rollout.transport", "eval", "sft",
+    "rollout.envs_per_worker", "rollout.step_timeout_s", "rollout.pipeline", "rollout.transport", "rollout.addresses",
+    "rollout.python", "rollout.startup_timeout_s", "rollout.connect_timeout_s", "rollout.connect_attempts",
+    "rollout.token_file", "rollout.tls_ca", "rollout.max_frame_mb", "eval", "sft",
 )
 """Keys (or whole sections) a run may change when it continues: how long it runs, how often it
 evaluates and saves, on what hardware, and how it is evaluated; never what it learns from or how."""

@@ -48,8 +48,10 @@ def pushcut_register_envs(registry: Registry[Env]) -> None:
     """Register envs: ``registry.add(name, ConfigClass, factory)``.
 
     ``factory(config)`` returns a :class:`pushcut.contracts.Env`. It is called
-    inside env-pool worker processes, once per env instance, so it must be a
-    picklable top-level callable (a class or module-level function).
+    inside env workers, once per env instance; a worker gets the env's registered
+    name and its config as plain data and looks the factory up in its own
+    registry, so nothing is pickled and the config must round-trip through
+    plain data.
     """
 
 

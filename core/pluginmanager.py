@@ -13,14 +13,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from pushcut import hookspecs
-from pushcut.contracts import Env, Policy, SuccessDetector
 from pushcut.errors import PluginError
 from pushcut.registry import Registry
+
+if TYPE_CHECKING:  # the contracts import torch; an env server's venv has none
+    from pushcut.contracts import Env, Policy, SuccessDetector
 
 DISABLE_AUTOLOAD_ENV = "PUSHCUT_DISABLE_PLUGIN_AUTOLOAD"
 ENTRY_POINT_GROUP = "pushcut"

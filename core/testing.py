@@ -161,12 +161,16 @@ class EnvContract:
             env.step(bad)
         assert re.search(rf"\b{dim}\b", str(info.value)), f"the error should name the expected action_dim {dim}"
 
-    def test_config_is_picklable(self, env: Env) -> None:
-        """Envs are built in worker processes from their config."""
+    def test_config_is_plain_data(self, env: Env) -> None:
+        """Envs are rebuilt in their workers from the config as plain data (never a pickle)."""
+        from pushcut.config import build_dataclass, to_dict
+
         config = getattr(env, "config", None)
         if config is None:
             pytest.skip("env has no `config` attribute")
-        assert pickle.loads(pickle.dumps(config)) == config
+        assert build_dataclass(type(config), to_dict(config), "env") == config, (
+            "the env config must round-trip through plain data (to_dict -> build_dataclass)"
+        )
 
     def test_render(self, env: Env) -> None:
         task = self._first_task(env)

@@ -10,10 +10,6 @@ from pushcut.errors import EnvError
 from pushcut.toys import ReachConfig, ReachEnv
 
 
-def _pid(env):
-    return os.getpid()
-
-
 @pytest.fixture(scope="module")
 def pool():
     p = EnvPool(ReachEnv, ReachConfig(crash_on_init_state=3), num_workers=2, envs_per_worker=3, timeout_s=20)
@@ -22,10 +18,10 @@ def pool():
 
 
 def test_workers_are_persistent(pool):
-    pids = {pool.call(s, _pid) for s in range(pool.num_slots)}
-    assert len(pids) == 2 and os.getpid() not in pids
+    pids = pool.worker_pids()
+    assert len(set(pids)) == 2 and os.getpid() not in pids
     pool.step({s: np.zeros((2, 1), np.float32) for s in range(pool.num_slots)})
-    assert {pool.call(s, _pid) for s in range(pool.num_slots)} == pids
+    assert pool.worker_pids() == pids
 
 
 def test_group_members_start_identically(pool):
@@ -89,3 +85,71 @@ def test_inline_transport_matches_process(pool):
         ra = inline.step({0: np.full((2, 1), -1.0, np.float32)})[0]
         rb = pool.step({0: np.full((2, 1), -1.0, np.float32)})[0]
         np.testing.assert_array_equal(ra.observation["state"], rb.observation["state"])
+
+
+# ----------------------------------------------------------------- transports and env specs
+
+
+def test_call_runs_a_function_on_the_inline_transport_only(pool):
+    with EnvPool(ReachEnv, ReachConfig(), num_workers=1, envs_per_worker=1, transport="inline") as inline:
+        inline.reset({0: ("reach_0", 3)})
+        assert inline.call(0, lambda env: env.init_state) == 3
+    with pytest.raises(EnvError, match="only the inline transport does .* transport='inline'"):
+        pool.call(0, os.getpid)
+
+
+def test_an_env_crosses_as_its_name_and_plain_options(tmp_path):
+    """A registered env (here registered in-process) reaches a process worker as name + options +
+    the import reference of the plugin that registered it: the worker's own registry builds it."""
+    from pushcut.config import load_config
+    from pushcut.envpool import EnvSpec, pool_from_config
+    from pushcut.testing import registered_plugin
+    from pushcut.toys import ToyPlugin
+
+    with registered_plugin(ToyPlugin(), "toys") as manager:
+        cfg = load_config(None, ["env.type=reach", "env.targets=[0.25]", "policy.type=bins", "rollout.num_workers=1",
+                                 "rollout.envs_per_worker=1"], manager)
+        spec = EnvSpec.from_registry("reach", cfg.env.options, manager)
+        assert spec.name == "reach" and spec.plugins == ("pushcut.toys:ToyPlugin",)
+        assert spec.to_wire()["options"]["targets"] == [0.25]
+        with pool_from_config(cfg, manager) as pool:
+            assert [t.instruction for t in pool.tasks()] == ["move the dot to +0.25"]
+
+
+def test_a_worker_that_cannot_resolve_the_env_says_why():
+    from pushcut.envpool import EnvSpec
+
+    with pytest.raises(EnvError, match="creating the env failed: PluginError: unknown env 'nope'"):
+        EnvPool(EnvSpec("nope", {}, plugins=("pushcut.toys:ToyPlugin",)), num_workers=1, envs_per_worker=1)
+
+
+def test_a_worker_killed_between_requests_is_restarted():
+    with EnvPool(ReachEnv, ReachConfig(), num_workers=1, envs_per_worker=2, timeout_s=20) as pool:
+        os.kill(pool.worker_pids()[0], 9)
+        out = pool.reset({0: ("reach_0", 1)})
+        assert isinstance(out[0], SlotFailure) and "restarted it" in out[0].reason and pool.restarts == 1
+        assert not isinstance(pool.reset({0: ("reach_0", 1)})[0], SlotFailure)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"transport": "socket"}, "rollout.transport=socket needs rollout.addresses"),
+    ({"transport": "socket", "addresses": ["localhost"]}, "'localhost' must look like host:port"),
+    ({"addresses": ["127.0.0.1:7171"]}, "only read with rollout.transport=socket"),
+    ({"transport": "inline", "python": "/usr/bin/python3"}, "only read with rollout.transport=process"),
+    ({"transport": "zmq"}, "must be one of process, inline, socket"),
+    ({"connect_attempts": 0}, "rollout.connect_attempts must be >= 1"),
+])
+def test_transport_config_errors_name_the_fix(fields, message):
+    from pushcut.config import RolloutConfig, build_dataclass
+    from pushcut.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        build_dataclass(RolloutConfig, fields, "rollout")
+
+
+def test_socket_transport_config_counts_one_worker_per_address():
+    from pushcut.config import RolloutConfig, build_dataclass
+
+    cfg = build_dataclass(RolloutConfig, {"transport": "socket", "addresses": ["10.0.0.5:7171", "[::1]:7172"],
+                                          "pipeline": True}, "rollout")
+    assert cfg.num_workers == 2 and cfg.addresses == ("10.0.0.5:7171", "[::1]:7172")

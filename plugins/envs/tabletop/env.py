@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pushcut.contracts import (
+from pushcut.envcontract import (
     check_action_chunk,
     INFO_STAGE,
     NO_STAGE,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pushcut.contracts import Observation
+from pushcut.envcontract import Observation
 from pushcut.errors import EnvError
 from pushcut.plugins.envs.tabletop.scene import (
     BUTTON_TOP,

@@ -1,0 +1,129 @@
+"""Env transport benchmark (issue 25, item 7): the same tabletop envs stepped through the
+``process`` transport, the ``socket`` transport (``pushcut env serve`` on loopback) and, with
+``--env-python``, ``process`` workers on another interpreter (a venv from
+scripts/make_env_venv.sh).
+
+Each run holds ``--workers`` workers (processes or servers) × ``--envs`` envs, resets every slot,
+then steps random chunks of ``--chunk`` actions until each episode has run ``--max-steps``
+steps; repeated ``--rounds`` times after one warm-up round. Reported: env steps/s, the latency
+of one chunk request over all slots (mean, p50, p95, ms), and socket / process throughput.
+
+    MUJOCO_GL=egl python benchmarks/transport.py [--workers 2 --envs 4 --chunk 8 --image-size 64]
+        [--env-python .venv-env/bin/python] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pushcut.config import to_dict
+from pushcut.envpool import EnvPool, EnvSpec, ProcessTransport, SocketTransport
+from pushcut.plugins.envs.tabletop import TabletopConfig
+
+PLUGIN = "pushcut.plugins.envs.tabletop"
+
+
+def measure(pool: EnvPool, chunk: int, max_steps: int, rounds: int, seed: int = 0) -> dict[str, float]:
+    """Steps/s and chunk-request latency of ``pool`` (one warm-up round first)."""
+    rng = np.random.default_rng(seed)
+    tasks = [t.task_id for t in pool.tasks()]
+    latencies: list[float] = []
+    steps, wall = 0, 0.0
+    for r in range(rounds + 1):
+        pool.reset({s: (tasks[s % len(tasks)], r * pool.num_slots + s) for s in range(pool.num_slots)})
+        done = dict.fromkeys(range(pool.num_slots), 0)
+        active = set(done)
+        t_round = time.perf_counter()
+        round_steps, round_lat = 0, []
+        while active:
+            actions = {s: rng.uniform(-1, 1, (min(chunk, max_steps - done[s]), 4)).astype(np.float32) for s in active}
+            t = time.perf_counter()
+            out = pool.step(actions)
+            round_lat.append(time.perf_counter() - t)
+            for s, res in out.items():
+                round_steps += res.steps
+                done[s] += res.steps
+                if res.done or done[s] >= max_steps:
+                    active.discard(s)
+        if r:  # round 0 warms up
+            steps += round_steps
+            wall += time.perf_counter() - t_round
+            latencies += round_lat
+    lat = np.array(latencies) * 1000
+    return {"steps_per_s": steps / wall, "chunk_ms_mean": float(lat.mean()), "chunk_ms_p50": float(np.median(lat)),
+            "chunk_ms_p95": float(np.percentile(lat, 95)), "env_steps": steps}
+
+
+def start_servers(n: int, envs: int, env_section: dict, python: str) -> tuple[list[subprocess.Popen], list[str]]:
+    cfg = Path(tempfile.mkdtemp()) / "env.yaml"
+    cfg.write_text(json.dumps({"env": env_section}))
+    procs, addresses = [], []
+    for _ in range(n):
+        proc = subprocess.Popen([python, "-m", "pushcut.cli", "env", "serve", str(cfg), "--port", "0", "--envs",
+                                 str(envs), "--plugin", PLUGIN], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        match = re.search(r"on (127\.0\.0\.1:\d+)", proc.stdout.readline() if ready else "")
+        if not match:
+            raise SystemExit("an env server did not start")
+        procs.append(proc)
+        addresses.append(match.group(1))
+    return procs, addresses
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=2, help="worker processes / env servers")
+    ap.add_argument("--envs", type=int, default=4, help="envs per worker / server")
+    ap.add_argument("--chunk", type=int, default=8)
+    ap.add_argument("--max-steps", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--env-python", default="", help="another venv's python for process workers (optional)")
+    ap.add_argument("--json", default="", help="also write the results here")
+    args = ap.parse_args()
+
+    options = {"image_size": args.image_size, "jitter": 0.03}
+    spec = EnvSpec("tabletop", to_dict(TabletopConfig(**options)), plugins=(PLUGIN,))
+    results: dict[str, dict[str, float]] = {}
+
+    def run(name: str, transport) -> None:
+        with EnvPool(spec, num_workers=args.workers, envs_per_worker=args.envs, transport=transport) as pool:
+            results[name] = measure(pool, args.chunk, args.max_steps, args.rounds)
+        r = results[name]
+        print(f"{name:<16} {r['steps_per_s']:8.0f} steps/s   chunk request {r['chunk_ms_mean']:6.1f} ms mean, "
+              f"{r['chunk_ms_p50']:6.1f} p50, {r['chunk_ms_p95']:6.1f} p95", flush=True)
+
+    run("process", ProcessTransport())
+    procs, addresses = start_servers(args.workers, args.envs, {"type": "tabletop", **options}, sys.executable)
+    try:
+        run("socket", SocketTransport(addresses))
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+    if args.env_python:
+        run("process-other-py", ProcessTransport(args.env_python))
+    ratio = results["socket"]["steps_per_s"] / results["process"]["steps_per_s"]
+    print(f"socket / process throughput: {ratio:.3f} ({args.workers} x {args.envs} envs, chunk {args.chunk}, "
+          f"{args.image_size} px)")
+    summary = {"config": vars(args), "results": results, "socket_over_process": ratio}
+    if "process-other-py" in results:
+        summary["other_python_over_process"] = results["process-other-py"]["steps_per_s"] / results["process"]["steps_per_s"]
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
