@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh Debian machine: set-up (apt + .venv), the
-# verl reference environment for the algorithm cross-checks, then pytest.
+# verl and timm reference environments for the cross-checks, then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,5 +8,11 @@ if [ -f tests/reference/make_verl_env.sh ]; then
     bash tests/reference/make_verl_env.sh .venv-verl
     export PUSHCUT_VERL_PYTHON="$PWD/.venv-verl/bin/python"
 fi
+# timm, the library OpenVLA builds its vision towers with, for the OpenVLA tower cross-check.
+bash tests/reference/make_timm_env.sh .venv-timm
+export PUSHCUT_TIMM_PYTHON="$PWD/.venv-timm/bin/python"
+# A torch-free venv that serves the tabletop env, for the env-transport tests (docs/remote-envs.md).
+bash scripts/make_env_venv.sh .venv-env
+export PUSHCUT_ENV_VENV_PYTHON="$PWD/.venv-env/bin/python"
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 exec .venv/bin/python -m pytest -q "$@"
