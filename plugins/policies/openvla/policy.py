@@ -393,11 +393,9 @@ class OpenVLAPolicy(Policy):
 
     def _logits(self, hidden: torch.Tensor, full_vocab: bool = False) -> torch.Tensor:
         """Float32 logits (…, K): over the n_action_bins action ids (restricted) or the whole vocabulary."""
-        weight = self.model.language_model.get_output_embeddings().weight
-        if not (full_vocab or not self.config.restrict_to_action_tokens):
-            first = self.action_tokenizer.first_token_id
-            weight = weight[first: first + self.action_tokenizer.n_bins]
-        return F.linear(hidden, weight).float()
+        if self.config.restrict_to_action_tokens and not full_vocab:
+            return self._action_id_logits(hidden)
+        return F.linear(hidden, self.model.language_model.get_output_embeddings().weight).float()
 
     def _index_to_token(self, index: torch.Tensor) -> torch.Tensor:
         return index + self.action_tokenizer.first_token_id if self.config.restrict_to_action_tokens else index
