@@ -65,7 +65,7 @@ def main() -> None:
         results["direct_steps_per_s"] = steps / secs
 
         zero = BinPolicy(BinPolicyConfig(chunk_size=args.chunk, zero_cost=True))
-        collector = RolloutCollector(pool, zero, EnvSuccess())
+        collector = RolloutCollector.for_policy(pool, zero, EnvSuccess())
         starts = [StartState("reach_0", i % 30) for i in range(n * args.rounds)]
         _, stats = collector.collect(starts, 1, 1.0)
         results["collector_steps_per_s"] = stats.env_steps / stats.wall_s
@@ -79,7 +79,7 @@ def main() -> None:
         starts = [StartState("reach_0", i % 30) for i in range(n * 2)]
         walls = {}
         for name, pipeline in (("sequential", False), ("pipelined", True)):
-            col = RolloutCollector(pool, slow, EnvSuccess(), pipeline=pipeline)
+            col = RolloutCollector.for_policy(pool, slow, EnvSuccess(), pipeline=pipeline)
             _, st = col.collect(starts, 1, 1.0)
             walls[name] = st.wall_s
             results[f"{name}_wall_s"] = st.wall_s

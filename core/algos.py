@@ -239,12 +239,6 @@ def group_keep_mask(
     return keep[stats.inverse]
 
 
-def mixed_group_chance(success: float, group_size: int) -> float:
-    """Chance that ``group_size`` independent episodes with success rate ``success``
-    are neither all failures nor all successes, i.e. that dynamic sampling keeps the group."""
-    return 1.0 - success**group_size - (1.0 - success) ** group_size
-
-
 def _float_dtype(t: Tensor) -> torch.dtype:
     return t.dtype if t.is_floating_point() else torch.get_default_dtype()
 

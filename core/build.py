@@ -32,7 +32,8 @@ def build_detector(config: RunConfig) -> SuccessDetector:
 
 def build_collector(config: RunConfig, pool: EnvPool, policy: Policy) -> RolloutCollector:
     """The rollout collector a run config describes, over ``pool`` with ``policy``."""
-    return RolloutCollector(pool, policy, build_detector(config), config.rollout.max_steps, config.rollout.pipeline)
+    return RolloutCollector.for_policy(pool, policy, build_detector(config), config.rollout.max_steps,
+                                       config.rollout.pipeline)
 
 
 def build_pool(config: RunConfig) -> EnvPool:

@@ -28,6 +28,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from pushcut.errors import ConfigError, PushcutError
+from pushcut.sampling import SAMPLERS
 
 # --------------------------------------------------------------------------- sections
 
@@ -166,8 +167,6 @@ TRANSPORTS = ("process", "inline", "socket")
 _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}")
 
 
-START_SAMPLING = ("uniform", "mixed")
-"""``train.start_sampling`` choices (see :class:`pushcut.trainer.StartStateSampler`)."""
 
 EVAL_SPLITS = ("eval", "train")
 """``eval.split`` choices: the held-out initial states, or the ones RL and demos draw from."""
@@ -232,8 +231,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.start_sampling not in START_SAMPLING:
-            raise ConfigError(f"train.start_sampling must be one of {', '.join(START_SAMPLING)}, "
+        if self.start_sampling not in SAMPLERS:
+            raise ConfigError(f"train.start_sampling must be one of {', '.join(SAMPLERS)}, "
                               f"got {self.start_sampling!r}")
         if self.lr_warmup_steps < 0:
             raise ConfigError(f"train.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")

@@ -259,3 +259,12 @@ class SuccessDetector(abc.ABC):
     @abc.abstractmethod
     def judge(self, episode: EpisodeOutcome) -> bool:
         """True if the episode succeeded."""
+
+    def judge_all(self, episodes: Sequence[EpisodeOutcome]) -> list[bool | None]:
+        """Verdicts for a round of finished episodes, in order. The collector calls this
+        once per round, after every episode of it has finished, so a slow judge (a
+        human operator, a remote model) never stalls the env lanes. ``None`` means
+        *unjudged* (e.g. the operator did not answer in time): that episode is dropped
+        and counted, never scored as a failure. The default calls :meth:`judge` on each;
+        override it to ask for all verdicts at once and wait for them together."""
+        return [bool(self.judge(e)) for e in episodes]

@@ -14,7 +14,8 @@ import torch
 
 from pushcut.config import EVAL_SPLITS
 from pushcut.contracts import INFO_STAGE, NO_STAGE
-from pushcut.rollout import Episode, RolloutCollector, StartState
+from pushcut.rollout import Episode, RolloutCollector
+from pushcut.sampling import StartState
 
 log = logging.getLogger("pushcut")
 
@@ -80,8 +81,9 @@ def evaluate(
     wanted = {k for ks in first_of_task.values() for k in ks} if video_dir is not None else set()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        episodes, stats = collector.collect(starts, group_size=samples_per_state, temperature=temperature,
-                                            record=lambda k: k in wanted, progress=progress)
+        batch, stats = collector.collect(starts, group_size=samples_per_state, temperature=temperature,
+                                         record=lambda k: k in wanted, progress=progress)
+    episodes = batch.episodes
     report = summarize(episodes, {t.task_id: t.stages for t in collector.tasks.values()})
     report["temperature"] = float(temperature)
     report["samples_per_state"] = int(samples_per_state)

@@ -1,12 +1,19 @@
 """Closed-loop rollout collection.
 
-Every policy step makes ONE batched ``policy.act`` call over all active
+Every policy step makes ONE batched ``act`` call over all active
 episodes (of a lane), sends each episode's chunk to its env slot, and keeps the
 sampling-time log-probs (no second forward pass to recompute them). Finished
 episodes are neither stepped nor sent to the policy again; their slot takes the
 next queued episode. With ``pipeline=True`` the slots are split into two lanes
 on disjoint workers, and the policy serves one lane while the other lane's envs
 step (RLinf-style overlap).
+
+The collector only needs an ``act`` callable (observations, temperature → an
+:class:`ActionSample`), so the policy may live elsewhere (another process, a
+rollout server); :meth:`RolloutCollector.for_policy` builds one around a local
+:class:`Policy`. Success is judged once per round, after every episode of it
+finished (:meth:`SuccessDetector.judge_all`), so a slow judge never stalls the
+lanes. A round comes back as an :class:`EpisodeBatch`.
 """
 
 from __future__ import annotations
@@ -20,17 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from pushcut.contracts import EpisodeOutcome, Observation, ObsBatch, Policy, StepResult, SuccessDetector, TaskSpec
+from pushcut.contracts import (
+    ActionSample, EpisodeOutcome, Observation, ObsBatch, Policy, StepResult, SuccessDetector, TaskSpec,
+)
 from pushcut.envpool import EnvPool, SlotFailure
 from pushcut.errors import EnvError
+from pushcut.sampling import StartState
 
-
-@dataclass(frozen=True)
-class StartState:
-    """Where an episode starts: a task and one of its stored initial states."""
-
-    task_id: str
-    init_state: int
+Act = Callable[[ObsBatch, float], ActionSample]
+"""What the collector calls once per policy step: observations and temperature → chunks + log-probs."""
 
 
 @dataclass
@@ -70,6 +75,12 @@ class Episode:
     def ok(self) -> bool:
         return self.failure is None
 
+    def add_step(self, observation: Observation, sample: dict[str, torch.Tensor], log_probs: torch.Tensor,
+                 mask: torch.Tensor) -> None:
+        """Record one policy step: what the policy saw and its (T,) sampled row."""
+        self.observations.append(observation)
+        self._rows.append((sample, log_probs, mask))
+
     def _finalize(self) -> None:
         if self._rows:
             keys = self._rows[0][0].keys()
@@ -77,6 +88,113 @@ class Episode:
             self.log_probs = torch.stack([r[1] for r in self._rows])
             self.mask = torch.stack([r[2] for r in self._rows])
         self._rows = []
+
+
+@dataclass
+class EpisodeBatch:
+    """Episodes in groups, as rollout returns them and the update consumes them.
+
+    Every group is the ``group_size`` episodes run from one start state; an episode
+    names its group (:attr:`Episode.group`), so groups are found by that, never by
+    position. The batch owns the tensors the update needs: (N,) rewards, (N,) group
+    index, (N,) advantages once computed, padded per-episode masks and the (episode,
+    chunk) rows a micro-batch gathers.
+    """
+
+    episodes: list[Episode]
+    group_size: int
+    advantages: torch.Tensor | None = None
+    """(N,) one per episode, set by :meth:`with_advantages`."""
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def __iter__(self):
+        return iter(self.episodes)
+
+    def __getitem__(self, k: int) -> Episode:
+        return self.episodes[k]
+
+    @staticmethod
+    def concat(batches: Sequence[EpisodeBatch], group_size: int) -> EpisodeBatch:
+        return EpisodeBatch([ep for b in batches for ep in b.episodes], group_size)
+
+    # ----------------------------------------------------------------- groups
+
+    def groups(self) -> list[list[Episode]]:
+        """Episodes by group, groups in the order they first appear."""
+        by_group: dict[int, list[Episode]] = {}
+        for ep in self.episodes:
+            by_group.setdefault(ep.group, []).append(ep)
+        return list(by_group.values())
+
+    @property
+    def num_groups(self) -> int:
+        return len({ep.group for ep in self.episodes})
+
+    def group_index(self) -> torch.Tensor:
+        """(N,) int64: each episode's group, numbered 0.. in order of appearance."""
+        ids: dict[int, int] = {}
+        return torch.tensor([ids.setdefault(ep.group, len(ids)) for ep in self.episodes], dtype=torch.int64)
+
+    def rewards(self) -> torch.Tensor:
+        """(N,) float32 outcome rewards."""
+        return torch.tensor([ep.reward for ep in self.episodes], dtype=torch.float32)
+
+    def usable(self) -> EpisodeBatch:
+        """Only the groups none of whose episodes failed (a group's advantages need all of it)."""
+        return EpisodeBatch([ep for g in self.groups() if all(ep.ok for ep in g) for ep in g], self.group_size)
+
+    def select(self, keep: torch.Tensor) -> EpisodeBatch:
+        """The episodes where the (N,) bool ``keep`` is true (a per-group mask keeps whole groups)."""
+        return EpisodeBatch([ep for ep, k in zip(self.episodes, keep.tolist()) if k], self.group_size)
+
+    def first_groups(self, n: int) -> EpisodeBatch:
+        """The first ``n`` groups."""
+        return EpisodeBatch([ep for g in self.groups()[:n] for ep in g], self.group_size)
+
+    def with_advantages(self, advantages: torch.Tensor) -> EpisodeBatch:
+        if advantages.shape != (len(self),):
+            raise ValueError(f"advantages of shape {tuple(advantages.shape)} for {len(self)} episodes")
+        return EpisodeBatch(self.episodes, self.group_size, advantages)
+
+    @property
+    def finished(self) -> list[Episode]:
+        """The episodes that ran to the end and were judged (not lost)."""
+        return [ep for ep in self.episodes if ep.ok]
+
+    # ----------------------------------------------------------------- rows for the update
+
+    @property
+    def token_len(self) -> int:
+        """T, the length of one chunk's log-prob row."""
+        return int(self.episodes[0].mask.shape[1])
+
+    def episode_mask(self, picks: Sequence[int]) -> torch.Tensor:
+        """(len(picks), max chunks · T) bool: each picked episode's mask, its chunks laid end
+        to end and padded; a "sequence" of the loss aggregation is one episode."""
+        t_len = self.token_len
+        max_chunks = max(self.episodes[e].num_chunks for e in picks)
+        out = torch.zeros(len(picks), max_chunks * t_len, dtype=torch.bool)
+        for i, e in enumerate(picks):
+            out[i, : self.episodes[e].num_chunks * t_len] = self.episodes[e].mask.reshape(-1)
+        return out
+
+    def rows(self, picks: Sequence[int]) -> list[tuple[int, int]]:
+        """Every (episode, chunk) row of the picked episodes, as (index into picks, chunk)."""
+        return [(i, r) for i, e in enumerate(picks) for r in range(self.episodes[e].num_chunks)]
+
+    def gather(self, rows: Sequence[tuple[int, int]]) -> tuple[ObsBatch, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(episode, chunk) rows as one policy batch: observations, sampled tensors,
+        (R, T) sampling-time log-probs and (R, T) masks."""
+        eps = self.episodes
+        obs = ObsBatch.from_observations([eps[e].observations[r] for e, r in rows],
+                                         [eps[e].instruction for e, _ in rows], [eps[e].task_id for e, _ in rows])
+        keys = eps[rows[0][0]].samples.keys()
+        sample = {k: torch.stack([eps[e].samples[k][r] for e, r in rows]) for k in keys}
+        old = torch.stack([eps[e].log_probs[r] for e, r in rows])
+        mask = torch.stack([eps[e].mask[r] for e, r in rows])
+        return obs, sample, old, mask
 
 
 @dataclass
@@ -94,28 +212,34 @@ class RolloutStats:
 
 
 class RolloutCollector:
-    """Runs episodes from given start states on an :class:`EnvPool` with a policy."""
+    """Runs episodes from given start states on an :class:`EnvPool` with an ``act`` callable."""
 
     def __init__(
         self,
         pool: EnvPool,
-        policy: Policy,
+        act: Act,
         detector: SuccessDetector,
         max_steps: int = 0,
         pipeline: bool = False,
     ) -> None:
         self.pool = pool
-        self.policy = policy
+        self.act = act
         self.detector = detector
         self.tasks: dict[str, TaskSpec] = {t.task_id: t for t in pool.tasks()}
         self.max_steps = max_steps
         self.pipeline = pipeline
+
+    @classmethod
+    def for_policy(cls, pool: EnvPool, policy: Policy, detector: SuccessDetector, max_steps: int = 0,
+                   pipeline: bool = False) -> RolloutCollector:
+        """A collector acting with a local policy, after checking that its actions fit the env."""
         env_dim = pool.action_spec.action_dim
         if getattr(policy, "action_dim", env_dim) != env_dim:
             raise EnvError(
                 f"the policy produces action_dim={policy.action_dim} but the env expects action_dim={env_dim}: "
                 f"set the policy's action_dim to {env_dim}"
             )
+        return cls(pool, policy.act, detector, max_steps, pipeline)
 
     def _lanes(self) -> list[list[int]]:
         slots = list(range(self.pool.num_slots))
@@ -135,7 +259,7 @@ class RolloutCollector:
         record: Callable[[int], bool] | None = None,
         progress: Callable[[int, int], None] | None = None,
         group_offset: int = 0,
-    ) -> tuple[list[Episode], RolloutStats]:
+    ) -> tuple[EpisodeBatch, RolloutStats]:
         """Run ``group_size`` episodes from each start state. Episode ``k`` belongs
         to group ``group_offset + k // group_size``. ``record(k)`` asks for frames."""
         t0 = time.perf_counter()
@@ -157,14 +281,6 @@ class RolloutCollector:
             nonlocal finished
             ep = episodes[k]
             ep._finalize()
-            if ep.ok:
-                outcome = EpisodeOutcome(ep.task_id, ep.instruction, ep.init_state, ep.env_success, ep.length,
-                                         ep.final_info, ep.frames)
-                ep.success = bool(self.detector.judge(outcome))
-                ep.reward = float(ep.success)
-            else:
-                stats.failed += 1
-                stats.failures.append(f"{ep.task_id}#{ep.init_state}: {ep.failure}")
             finished += 1
             if progress:
                 progress(finished, len(episodes))
@@ -180,8 +296,32 @@ class RolloutCollector:
                 self._refill(lane, queue, episodes, wants_frames, stats, finish)
                 if lane.active:
                     lane.ticket = self._act_and_submit(lane, episodes, temperature, wants_frames, stats, finish)
+        self._judge(episodes)
+        for ep in episodes:
+            if not ep.ok:
+                stats.failed += 1
+                stats.failures.append(f"{ep.task_id}#{ep.init_state}: {ep.failure}")
         stats.wall_s = time.perf_counter() - t0
-        return episodes, stats
+        return EpisodeBatch(episodes, group_size), stats
+
+    def _judge(self, episodes: list[Episode]) -> None:
+        """Reward = the detector's verdict, asked once for the whole round (see
+        :meth:`SuccessDetector.judge_all`); an unjudged episode is dropped."""
+        done = [ep for ep in episodes if ep.ok]
+        if not done:
+            return
+        outcomes = [EpisodeOutcome(ep.task_id, ep.instruction, ep.init_state, ep.env_success, ep.length,
+                                   ep.final_info, ep.frames) for ep in done]
+        verdicts = list(self.detector.judge_all(outcomes))
+        if len(verdicts) != len(done):
+            raise EnvError(f"{type(self.detector).__name__}.judge_all returned {len(verdicts)} verdicts "
+                           f"for {len(done)} episodes; it must return one per episode, in order")
+        for ep, verdict in zip(done, verdicts):
+            if verdict is None:
+                ep.failure = f"unjudged by the success detector ({type(self.detector).__name__})"
+            else:
+                ep.success = bool(verdict)
+                ep.reward = float(ep.success)
 
     # ----------------------------------------------------------------- steps of the loop
 
@@ -216,7 +356,7 @@ class RolloutCollector:
         )
         t = time.perf_counter()
         with torch.inference_mode():
-            sample = self.policy.act(batch, temperature)
+            sample = self.act(batch, temperature)
         stats.policy_s += time.perf_counter() - t
         stats.policy_calls += 1
         expected = (len(slots), self.pool.action_spec.action_dim)
@@ -238,8 +378,7 @@ class RolloutCollector:
                 what = "log-probs" if not finite_lp[i] else "actions"
                 self._fail(lane, slot, episodes, f"policy returned NaN/inf {what}", finish)
                 continue
-            ep.observations.append(lane.obs.pop(slot))
-            ep._rows.append(({key: v[i] for key, v in rows.items()}, lp[i], mask[i]))
+            ep.add_step(lane.obs.pop(slot), {key: v[i] for key, v in rows.items()}, lp[i], mask[i])
             remaining = self._limit(ep) - ep.length
             to_step[slot] = np.ascontiguousarray(sample.actions[i][:remaining], dtype=np.float32)
         if not to_step:

@@ -19,7 +19,6 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,247 +36,135 @@ from pushcut.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pushcut.config import START_SAMPLING, RunConfig, TrainConfig, check_continues, save_config, to_dict
-from pushcut.contracts import ObsBatch, Policy, TaskSpec
-from pushcut.errors import CheckpointError, ConfigError, EnvError
+from pushcut.config import RunConfig, TrainConfig, check_continues, save_config, to_dict
+from pushcut.contracts import Policy, TaskSpec
+from pushcut.errors import CheckpointError, ConfigError
 from pushcut.evaluate import eval_metrics, evaluate, stage_reach, write_report
 from pushcut.events import MetricsFile, Progress, TensorBoardLogger
 from pushcut.pluginmanager import PluginManager, get_plugin_manager
 from pushcut.plots import plot_run
-from pushcut.rollout import Episode, RolloutCollector, StartState
+from pushcut.rollout import EpisodeBatch, RolloutCollector
+from pushcut.sampling import StartStateSampler, make_sampler
 
 log = logging.getLogger("pushcut")
 
 
-class StartStateSampler:
-    """Draws (task, train initial state) pairs; resumable.
-
-    ``uniform`` (the recipe): cycles through all pairs in shuffled order.
-    ``mixed``: picks each task with probability proportional to
-    :func:`pushcut.algos.mixed_group_chance` of its running rollout success (an exponential
-    average over rounds, fed by :meth:`observe`), floored at ``floor`` so that no
-    task is starved; tasks not yet observed count as certain to mix. Within a
-    task it cycles through the task's states in shuffled order. Dynamic sampling
-    throws away groups that all fail or all succeed; this spends fewer rollouts on
-    them in the first place.
-    """
-
-    def __init__(self, tasks: list[TaskSpec], seed: int, mode: str = "uniform", group_size: int = 8,
-                 floor: float = 0.05, smoothing: float = 0.5) -> None:
-        if mode not in START_SAMPLING:
-            raise ConfigError(f"start sampling must be one of {', '.join(START_SAMPLING)}, got {mode!r}")
-        self.pairs = [StartState(t.task_id, s) for t in tasks for s in t.train_init_states]
-        if not self.pairs:
-            raise EnvError("the env's tasks have no train initial states to sample from")
-        self.mode, self.group_size, self.floor, self.smoothing = mode, group_size, floor, smoothing
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(self.pairs))
-        self.pos = 0
-        # ``mixed`` draws from its own stream, so ``uniform`` runs are the same as before it existed
-        self.task_rng = np.random.default_rng([seed, 1])
-        self.states_of = {t.task_id: [p for p in self.pairs if p.task_id == t.task_id]
-                          for t in tasks if t.train_init_states}
-        self.task_ids = list(self.states_of)
-        self.task_orders = {t: self.task_rng.permutation(len(s)).tolist() for t, s in self.states_of.items()}
-        self.task_pos = {t: 0 for t in self.task_ids}
-        self.success: dict[str, float] = {}
-        """Running rollout success per task (``mixed`` mode)."""
-
-    def task_weights(self) -> dict[str, float]:
-        """Probability of drawing each task next (``mixed``), or its share of the pairs (``uniform``)."""
-        if self.mode == "uniform":
-            return {t: len(s) / len(self.pairs) for t, s in self.states_of.items()}
-        raw = {t: max(self.floor, algos.mixed_group_chance(self.success[t], self.group_size)) if t in self.success else 1.0
-               for t in self.task_ids}
-        total = sum(raw.values())
-        return {t: w / total for t, w in raw.items()}
-
-    def draw(self, n: int) -> list[StartState]:
-        if self.mode == "mixed":
-            return [self._next_of(t) for t in self._draw_tasks(n)]
-        out = []
-        for _ in range(n):
-            if self.pos == len(self.order):
-                self.order, self.pos = self.rng.permutation(len(self.pairs)), 0
-            out.append(self.pairs[self.order[self.pos]])
-            self.pos += 1
-        return out
-
-    def _draw_tasks(self, n: int) -> list[str]:
-        weights = self.task_weights()
-        picks = self.task_rng.choice(len(self.task_ids), size=n, p=list(weights.values()))
-        return [self.task_ids[i] for i in picks]
-
-    def _next_of(self, task_id: str) -> StartState:
-        states, order = self.states_of[task_id], self.task_orders[task_id]
-        if self.task_pos[task_id] == len(order):
-            self.task_orders[task_id] = order = self.task_rng.permutation(len(states)).tolist()
-            self.task_pos[task_id] = 0
-        self.task_pos[task_id] += 1
-        return states[order[self.task_pos[task_id] - 1]]
-
-    def observe(self, episodes: list[Episode]) -> None:
-        """Fold one round's outcomes into each task's running success."""
-        for task in {ep.task_id for ep in episodes if ep.ok}:
-            rate = float(np.mean([ep.success for ep in episodes if ep.ok and ep.task_id == task]))
-            old = self.success.get(task)
-            self.success[task] = rate if old is None else self.smoothing * old + (1.0 - self.smoothing) * rate
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "order": self.order.tolist(), "pos": self.pos,
-                "task_rng": self.task_rng.bit_generator.state,
-                "task_orders": {t: list(o) for t, o in self.task_orders.items()},
-                "task_pos": dict(self.task_pos), "success": dict(self.success)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["rng"]
-        self.order = np.asarray(state["order"], dtype=np.int64)
-        self.pos = int(state["pos"])
-        if "task_rng" in state:  # checkpoints from before ``mixed`` sampling hold only the above
-            self.task_rng.bit_generator.state = state["task_rng"]
-            self.task_orders = {t: list(o) for t, o in state["task_orders"].items()}
-            self.task_pos = {t: int(p) for t, p in state["task_pos"].items()}
-            self.success = {t: float(v) for t, v in state["success"].items()}
-
-
-@dataclass
-class Batch:
-    """Episodes kept for one update, with their advantages."""
-
-    episodes: list[Episode]
-    advantages: torch.Tensor
-    """(N,) one per episode."""
-
-
 def collect_batch(
     collector: RolloutCollector, sampler: StartStateSampler, config: RunConfig, progress: Progress | None = None
-) -> tuple[Batch | None, dict[str, float]]:
-    """Steps 1–5: rollouts with dynamic sampling, then advantages. Returns the
-    batch (None when no group had mixed outcomes) and the rollout metrics."""
+) -> tuple[EpisodeBatch | None, dict[str, float]]:
+    """Steps 1–5: rollouts with dynamic sampling, then advantages. Returns the kept
+    groups with their advantages (None when no group had mixed outcomes) and the
+    rollout metrics."""
     algo, train = config.algo, config.train
     estimator = algos.get_advantage_estimator(algo.advantage)
-    kept: list[list[Episode]] = []
-    collected: list[Episode] = []
-    groups_total = groups_failed = rounds = env_steps = 0
+    kept: list[EpisodeBatch] = []
+    collected: list[EpisodeBatch] = []
+    groups_total = groups_failed = groups_kept = rounds = env_steps = 0
     policy_s = env_s = 0.0
     t0 = time.perf_counter()
-    while len(kept) < train.batch_size and rounds < train.max_sample_rounds:
-        starts = sampler.draw(train.batch_size - len(kept))
+    while groups_kept < train.batch_size and rounds < train.max_sample_rounds:
+        starts = sampler.draw(train.batch_size - groups_kept)
 
         def show(done: int, total: int) -> None:
             if progress is not None:
                 progress.status(f"rollout round {rounds + 1}: {done}/{total} episodes")
 
-        episodes, stats = collector.collect(starts, algo.group_size, algo.temperature, progress=show,
-                                            group_offset=groups_total)
-        collected.extend(episodes)
-        sampler.observe(episodes)
+        batch, stats = collector.collect(starts, algo.group_size, algo.temperature, progress=show,
+                                         group_offset=groups_total)
+        collected.append(batch)
+        sampler.observe(batch)
         env_steps += stats.env_steps
         policy_s += stats.policy_s
         env_s += stats.env_s
         for failure in stats.failures[:3]:
             log.warning("episode dropped: %s", failure)
-        groups = [episodes[i:i + algo.group_size] for i in range(0, len(episodes), algo.group_size)]
-        groups_total += len(groups)
-        usable = [g for g in groups if all(ep.ok for ep in g)]
-        groups_failed += len(groups) - len(usable)
-        if usable:
-            rewards = torch.tensor([ep.reward for g in usable for ep in g])
-            index = torch.arange(len(usable)).repeat_interleave(algo.group_size)
-            keep = algos.group_keep_mask(rewards, index, algo.accuracy_lower, algo.accuracy_upper)
-            keep_group = keep.view(len(usable), algo.group_size)[:, 0].tolist()
-            kept.extend(g for g, k in zip(usable, keep_group) if k)
+        groups_total += batch.num_groups
+        usable = batch.usable()
+        groups_failed += batch.num_groups - usable.num_groups
+        if len(usable):
+            keep = algos.group_keep_mask(usable.rewards(), usable.group_index(), algo.accuracy_lower,
+                                         algo.accuracy_upper)
+            kept.append(usable.select(keep))
+            groups_kept += kept[-1].num_groups
         rounds += 1
-    if len(kept) < train.batch_size:
+    if groups_kept < train.batch_size:
         log.warning(
             "dynamic sampling cap hit: %d of %d groups with mixed outcomes after %d rounds; training on what there is",
-            len(kept), train.batch_size, rounds,
+            groups_kept, train.batch_size, rounds,
         )
-    kept = kept[: train.batch_size]
-    ok = [ep for ep in collected if ep.ok]
-    metrics = {
-        "rollout/success_rate": float(np.mean([ep.success for ep in ok])) if ok else float("nan"),
+    everything = EpisodeBatch.concat(collected, algo.group_size)
+    batch = EpisodeBatch.concat(kept, algo.group_size).first_groups(train.batch_size)
+    metrics = rollout_metrics(everything, collector.tasks)
+    metrics.update({
         "rollout/groups_total": float(groups_total),
-        "rollout/groups_kept": float(len(kept)),
+        "rollout/groups_kept": float(batch.num_groups),
         "rollout/groups_failed": float(groups_failed),
         "rollout/sample_rounds": float(rounds),
-        "rollout/episodes": float(len(collected)),
-        "rollout/episodes_failed": float(len(collected) - len(ok)),
         "rollout/env_steps": float(env_steps),
-        "rollout/episode_length": float(np.mean([ep.length for ep in ok])) if ok else float("nan"),
         "time/rollout_s": time.perf_counter() - t0,
         "time/rollout_policy_s": policy_s,
         "time/rollout_env_s": env_s,
+    })
+    if sampler.adaptive:  # where the next iteration's rollouts will go
+        for task, weight in sampler.task_weights().items():
+            metrics[f"rollout/draw_weight/{task}"] = weight
+    if not len(batch):
+        return None, metrics
+    return batch.with_advantages(estimator(batch.rewards(), batch.group_index(), algo.eps)), metrics
+
+
+def rollout_metrics(batch: EpisodeBatch, tasks: dict[str, TaskSpec]) -> dict[str, float]:
+    """Success, length and stage reach of every collected episode (lost ones only counted)."""
+    ok = batch.finished
+    metrics = {
+        "rollout/success_rate": float(np.mean([ep.success for ep in ok])) if ok else float("nan"),
+        "rollout/episodes": float(len(batch)),
+        "rollout/episodes_failed": float(len(batch) - len(ok)),
+        "rollout/episode_length": float(np.mean([ep.length for ep in ok])) if ok else float("nan"),
     }
     for task in sorted({ep.task_id for ep in ok}):
         metrics[f"rollout/success/{task}"] = float(np.mean([ep.success for ep in ok if ep.task_id == task]))
-    for task, shares in stage_reach(ok, {t: spec.stages for t, spec in collector.tasks.items()}).items():
+    for task, shares in stage_reach(ok, {t: spec.stages for t, spec in tasks.items()}).items():
         for stage, share in shares.items():
             metrics[f"rollout/reached/{task}/{stage}"] = share
-    if sampler.mode == "mixed":  # where the next iteration's rollouts will go
-        for task, weight in sampler.task_weights().items():
-            metrics[f"rollout/draw_weight/{task}"] = weight
-    if not kept:
-        return None, metrics
-    episodes = [ep for g in kept for ep in g]
-    rewards = torch.tensor([ep.reward for ep in episodes], dtype=torch.float32)
-    index = torch.arange(len(kept)).repeat_interleave(algo.group_size)
-    return Batch(episodes, estimator(rewards, index, algo.eps)), metrics
-
-
-def _rows(episodes: list[Episode], rows: list[tuple[int, int]]) -> tuple[ObsBatch, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Gather (episode, chunk) rows into a policy batch."""
-    obs = ObsBatch.from_observations(
-        [episodes[e].observations[r] for e, r in rows],
-        [episodes[e].instruction for e, _ in rows],
-        [episodes[e].task_id for e, _ in rows],
-    )
-    keys = episodes[rows[0][0]].samples.keys()
-    sample = {k: torch.stack([episodes[e].samples[k][r] for e, r in rows]) for k in keys}
-    old = torch.stack([episodes[e].log_probs[r] for e, r in rows])
-    mask = torch.stack([episodes[e].mask[r] for e, r in rows])
-    return obs, sample, old, mask
+    return metrics
 
 
 def update_policy(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
-    batch: Batch,
+    batch: EpisodeBatch,
     config: RunConfig,
     generator: torch.Generator,
     reference: Policy | None = None,
 ) -> dict[str, float]:
-    """Steps 6–7 over one batch: ``ppo_epochs`` passes of shuffled minibatches of
-    episodes, each split into micro-batches of chunk rows whose gradients add up
-    exactly to the minibatch loss (aggregation weights computed over the minibatch)."""
+    """Steps 6–7 over one batch (with advantages): ``ppo_epochs`` passes of shuffled
+    minibatches of episodes, each split into micro-batches of chunk rows whose gradients
+    add up exactly to the minibatch loss (aggregation weights computed over the minibatch)."""
     algo, train = config.algo, config.train
     policy_loss = algos.get_policy_loss(algo.policy_loss)
     device = policy.device
-    episodes = batch.episodes
+    if batch.advantages is None:
+        raise ValueError("update_policy needs a batch with advantages (EpisodeBatch.with_advantages)")
     params = [p for p in policy.trainable_parameters()]
     sums: dict[str, float] = {"pg_loss": 0.0, "clipfrac": 0.0, "ppo_kl": 0.0, "entropy": 0.0, "kl": 0.0}
     grad_norms: list[float] = []
     tokens_seen = 0.0
     steps = skipped = 0
+    t_len = batch.token_len
     policy.train()
     for _ in range(train.ppo_epochs):
-        order = torch.randperm(len(episodes), generator=generator).tolist()
+        order = torch.randperm(len(batch), generator=generator).tolist()
         for start in range(0, len(order), train.minibatch_size):
             mb = order[start:start + train.minibatch_size]
-            # per-episode padded mask (episodes × chunks·T) → aggregation weights; a sequence is an episode
-            t_len = episodes[mb[0]].mask.shape[1]
-            max_chunks = max(episodes[e].num_chunks for e in mb)
-            ep_mask = torch.zeros(len(mb), max_chunks * t_len, dtype=torch.bool)
-            for i, e in enumerate(mb):
-                ep_mask[i, : episodes[e].num_chunks * t_len] = episodes[e].mask.reshape(-1)
-            ep_weights = algos.aggregation_weights(ep_mask, algo.loss_agg_mode)
-            rows = [(i, r) for i, e in enumerate(mb) for r in range(episodes[e].num_chunks)]
+            ep_weights = algos.aggregation_weights(batch.episode_mask(mb), algo.loss_agg_mode)
+            rows = batch.rows(mb)
             optimizer.zero_grad(set_to_none=True)
             mb_loss = 0.0
             finite = True
             for m0 in range(0, len(rows), train.micro_batch_size):
                 micro = rows[m0:m0 + train.micro_batch_size]
-                obs, sample, old, mask = _rows(episodes, [(mb[i], r) for i, r in micro])
+                obs, sample, old, mask = batch.gather([(mb[i], r) for i, r in micro])
                 weights = torch.stack([ep_weights[i, r * t_len:(r + 1) * t_len] for i, r in micro]).to(device)
                 adv = batch.advantages[[mb[i] for i, _ in micro]].to(device)[:, None].expand(-1, t_len)
                 sample = {k: v.to(device) for k, v in sample.items()}
@@ -392,7 +279,7 @@ class Trainer:
         self.manager.pm.register(self.tensorboard, name=f"tensorboard-{id(self)}")
         try:
             collector = build_collector(cfg, pool, policy)
-            sampler = StartStateSampler(pool.tasks(), cfg.seed, t.start_sampling, cfg.algo.group_size)
+            sampler = make_sampler(t.start_sampling, pool.tasks(), cfg.seed, cfg.algo.group_size)
             ckpt, state = self._resume_point(policy) if t.resume else (None, None)
             if ckpt is not None:
                 try:
@@ -473,7 +360,7 @@ class Trainer:
             log.warning("iteration %d: no group with mixed outcomes; no update", step)
             record["actor/skipped_updates"] = 1.0
         else:
-            progress.status(f"update on {len(batch.episodes)} episodes")
+            progress.status(f"update on {len(batch)} episodes")
             record.update(update_policy(policy, optimizer, batch, self.config, generator, reference))
         record["time/update_s"] = time.perf_counter() - t0
         return record

@@ -472,16 +472,3 @@ def test_check_finite():
     check_finite("advantages", bad, mask=torch.tensor([[1, 0, 1], [1, 1, 0]]))
     with pytest.raises(FloatingPointError, match="advantages contains NaN/inf"):
         check_finite("advantages", bad, mask=torch.ones(2, 3))
-
-
-def test_mixed_group_chance_is_the_probability_that_dynamic_sampling_keeps_a_group():
-    assert algos.mixed_group_chance(0.0, 8) == 0.0
-    assert algos.mixed_group_chance(1.0, 8) == 0.0
-    assert algos.mixed_group_chance(0.5, 8) > algos.mixed_group_chance(0.9, 8) > algos.mixed_group_chance(0.01, 8)
-    # against every outcome of a group of 4, weighted by its probability, through the filter itself
-    g, p = 4, 0.3
-    outcomes = torch.tensor([[(k >> i) & 1 for i in range(g)] for k in range(2**g)], dtype=torch.float32)
-    rewards = outcomes.flatten()
-    kept = algos.group_keep_mask(rewards, torch.arange(2**g).repeat_interleave(g)).view(2**g, g)[:, 0]
-    chance = sum(p ** int(o.sum()) * (1 - p) ** (g - int(o.sum())) for o, k in zip(outcomes, kept) if k)
-    assert algos.mixed_group_chance(p, g) == pytest.approx(chance)

@@ -19,8 +19,7 @@ from pushcut.config import TrainConfig, load_config, load_run_config, save_confi
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.testing import registered_plugin
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin
-from pushcut.rollout import Episode
-from pushcut.trainer import StartStateSampler, Trainer, warmup_lr
+from pushcut.trainer import Trainer, warmup_lr
 
 
 BASE = [
@@ -190,59 +189,6 @@ def test_nan_loss_skips_the_update_and_keeps_weights(manager, tmp_path, caplog):
     for k in fresh:
         torch.testing.assert_close(state[k], fresh[k])
     assert "non-finite" in caplog.text
-
-
-def test_sampler_uses_train_split_only_and_resumes():
-    env = ReachEnv(ReachConfig(num_init_states=10, num_eval=3))
-    sampler = StartStateSampler(env.tasks(), seed=1)
-    drawn = sampler.draw(30)
-    assert {s.init_state for s in drawn} <= set(range(7))
-    state = sampler.state_dict()
-    nxt = sampler.draw(5)
-    other = StartStateSampler(env.tasks(), seed=99)
-    other.load_state_dict(state)
-    assert other.draw(5) == nxt
-
-
-def outcomes(task_id: str, successes: list[bool]) -> list[Episode]:
-    return [Episode(task_id, "", 0, 0, success=s) for s in successes]
-
-
-def test_mixed_sampling_starves_hopeless_tasks_cycles_states_and_resumes():
-    env = ReachEnv(ReachConfig(targets=(-0.5, 0.0, 0.5), num_init_states=10, num_eval=3))
-    sampler = StartStateSampler(env.tasks(), seed=0, mode="mixed", group_size=8)
-    # before any outcome every task is as likely as any other
-    assert list(sampler.task_weights().values()) == pytest.approx([1 / 3] * 3)
-    sampler.observe([*outcomes("reach_0", [False] * 8), *outcomes("reach_1", [True, False] * 4),
-                     *outcomes("reach_2", [True] * 7 + [False])])
-    weights = sampler.task_weights()
-    assert weights["reach_1"] > weights["reach_2"] > weights["reach_0"] > 0  # floored, never dropped
-    drawn = sampler.draw(3000)
-    share = {t: sum(s.task_id == t for s in drawn) / len(drawn) for t in weights}
-    for task, weight in weights.items():
-        assert share[task] == pytest.approx(weight, abs=0.03), (share, weights)
-    # within a task, each train state comes once before any comes twice
-    first = [s.init_state for s in drawn if s.task_id == "reach_1"][:14]
-    assert sorted(first[:7]) == list(range(7)) and sorted(first[7:]) == list(range(7))
-    # a later round moves the running success halfway to the new rate
-    sampler.observe(outcomes("reach_0", [True] * 8))
-    assert sampler.success["reach_0"] == pytest.approx(0.5)
-    state = sampler.state_dict()
-    nxt = sampler.draw(20)
-    other = StartStateSampler(env.tasks(), seed=99, mode="mixed", group_size=8)
-    other.load_state_dict(state)
-    assert other.draw(20) == nxt
-
-
-def test_uniform_sampling_ignores_outcomes():
-    env = ReachEnv(ReachConfig(num_init_states=10, num_eval=3))
-    a, b = StartStateSampler(env.tasks(), seed=3), StartStateSampler(env.tasks(), seed=3)
-    a.observe(outcomes("reach_0", [False] * 8))
-    assert a.draw(40) == b.draw(40)
-    # the recipe's order: shuffled passes over all (task, state) pairs from one stream seeded by the run
-    rng, pairs = np.random.default_rng(3), b.pairs
-    expected = [pairs[i] for i in rng.permutation(len(pairs))] + [pairs[i] for i in rng.permutation(len(pairs))]
-    assert StartStateSampler(env.tasks(), seed=3).draw(2 * len(pairs)) == expected
 
 
 def test_cli_train_then_eval_writes_report_and_videos(manager, tmp_path, capsys):
