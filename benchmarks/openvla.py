@@ -109,11 +109,11 @@ def build_policy(args, directory: Path):
                         tensors=tensors, files={k: "model.safetensors" for k in tensors},
                         dtypes={k: v.dtype for k, v in tensors.items()})
     config = OpenVLAConfig(checkpoint=str(directory), unnorm_key="bench", chunk_size=args.chunk,
-                           action_dim=args.action_dim, mode=args.mode, device=args.device,
+                           action_dim=args.action_dim, mode=args.mode,
                            dtype="bfloat16" if args.size == "7b" else "float32",
                            gradient_checkpointing=args.train and args.size == "7b",
                            lora_rank=args.lora_rank, freeze_vision=args.freeze_vision)
-    return OpenVLAPolicy(config, raw=raw)
+    return OpenVLAPolicy(config, raw=raw).to(args.device)
 
 
 def observations(batch: int, image: int):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pushcut.config import RunConfig
+from pushcut.config import RunConfig, check_device
 from pushcut.contracts import Policy, SuccessDetector
 from pushcut.envpool import EnvPool, pool_from_config
 from pushcut.errors import CheckpointError
@@ -15,6 +15,7 @@ from pushcut.pluginmanager import get_plugin_manager
 def build_policy(config: RunConfig, weights: str | Path | None = None) -> Policy:
     """The configured policy on ``train.device``, with ``weights`` (a directory
     written by ``Policy.save``) loaded when given."""
+    check_device(config.train.device, "train.device")
     entry = get_plugin_manager().policies.get(config.policy.type)
     policy = entry.build(config.policy.options)
     if weights:

@@ -214,7 +214,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep."""
     device: str = "cpu"
-    """Torch device of the learner and rollout policy."""
+    """Torch device of the policy, for rollouts and learning alike (the one device setting)."""
     torch_threads: int = 0
     """torch intra-op threads in the learner process (0 = torch's default; 1 when env workers share few cores)."""
     init_from: str = field(default="", metadata={"path": True})
@@ -408,8 +408,15 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+MOVED_KEYS = {"policy.device": "train.device"}
+"""Keys that moved: old dotted name → where the setting lives now."""
+
+
 def _unknown_key(path: str, key: str, valid: Sequence[str]) -> ConfigError:
     where = f"{path}.{key}" if path else key
+    if where in MOVED_KEYS:
+        return ConfigError(f"config key {where!r} has moved: set {MOVED_KEYS[where]} (one device setting places "
+                           "the policy for rollouts and learning)")
     msg = f"unknown config key {where!r}; valid keys{' in ' + repr(path) if path else ''}: {', '.join(sorted(valid))}"
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     if close:

@@ -284,3 +284,8 @@ def test_run_paths_are_relative_inside_the_run_and_absolute_outside(manager, tmp
         load_run_config(tmp_path / "moved", ["run_dir=elsewhere"], manager)
     with pytest.raises(ConfigError, match="without config.yaml"):
         load_run_config(tmp_path / "outside", [], manager)
+
+
+def test_policy_device_has_moved_to_train_device(manager):
+    with pytest.raises(ConfigError, match=r"'policy.device' has moved: set train.device"):
+        load_config(None, ["policy.device=cpu"], manager)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-from pushcut.config import check_device
 from pushcut.errors import ConfigError
 
 MODES = ("parallel", "autoregressive")
@@ -84,8 +83,6 @@ class OpenVLAConfig:
     save_merged: bool = False
     """With LoRA: save() merges the adapters into the weights (a plain checkpoint the original code loads)
     instead of writing base weights plus a separate adapter file."""
-    device: str = "cpu"
-    """Torch device the policy lives on ("cpu", "cuda", "cuda:1", …)."""
 
     def __post_init__(self) -> None:
         # A missing checkpoint is reported when the policy is built (require_checkpoint), so configs
@@ -133,7 +130,6 @@ class OpenVLAConfig:
         self.lora_targets = tuple(self.lora_targets)
         if self.lora_rank and not self.lora_targets:
             raise ConfigError("policy.lora_targets is empty: name the linear layers that get adapters, e.g. q_proj")
-        check_device(self.device, "policy.device")
 
     def require_checkpoint(self) -> str:
         """The checkpoint directory, or a ConfigError saying how to give one."""

@@ -243,7 +243,7 @@ class OpenVLAPolicy(Policy):
         _load_strict(model, state, raw.directory, assign=True)
         _materialize_buffers(model)
         del self._split
-        return model.to(torch.device(self.config.device))
+        return model
 
     def _to_model_state(self, split) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         state: dict[str, torch.Tensor] = {}
@@ -271,8 +271,7 @@ class OpenVLAPolicy(Policy):
             ) from None
         for name, p in self.model.named_parameters():
             p.requires_grad_("lora_" in name)
-        # Adapters stay float32 (peft's default): small, and the optimiser wants full precision.
-        self.model.to(torch.device(c.device))
+        # Adapters stay float32 (peft's default; peft puts them on their base layer's device).
         self._lora = True
 
     # ------------------------------------------------------------------ inputs

@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass, fields
 
 
-from pushcut.config import check_device
 from pushcut.errors import ConfigError
 
 ARCHITECTURE_FIELDS = (
@@ -77,8 +76,6 @@ class TinyTokenVLAConfig:
     """Directory written by ``TinyTokenVLA.save`` to load weights from at construction."""
     seed: int = 0
     """Seed of the random weight initialisation."""
-    device: str = "cpu"
-    """Torch device the policy lives on ("cpu", "cuda", "cuda:1", …)."""
 
     def __post_init__(self) -> None:
         positive = ("image_size", "patch_size", "vision_hidden_size", "vision_layers", "vision_heads",
@@ -125,7 +122,6 @@ class TinyTokenVLAConfig:
         bad = [i for i, (lo, hi) in enumerate(zip(self.action_low, self.action_high)) if not lo < hi]
         if bad:
             raise ConfigError(f"policy.action_low must be < policy.action_high in every dim; not so in dims {bad}")
-        check_device(self.device, "policy.device")
         if self.checkpoint is not None:
             self.checkpoint = str(self.checkpoint)
 

@@ -76,7 +76,6 @@ class TinyTokenVLA(Policy):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self._build(config)
-        self.to(torch.device(config.device))
         if config.checkpoint is not None:
             self.load(Path(config.checkpoint))
 

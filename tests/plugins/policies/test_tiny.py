@@ -294,7 +294,6 @@ def test_observation_mismatches_raise_config_error(config: TinyTokenVLAConfig) -
         ({"action_low": (1.0, 0.0, -1.0)}, "dims \\[0\\]"),
         ({"use_state": True}, "state_dim"),
         ({"chunk_size": 0}, "chunk_size"),
-        ({"device": "nonsense"}, "device"),
         ({"bin_smoothing": -1.0}, "bin_smoothing must be 0"),
         ({"bin_smoothing": 100.0}, "up to n_bins/4=64"),
     ],
