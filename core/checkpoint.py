@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import time
 from pathlib import Path
@@ -28,14 +27,14 @@ import torch
 
 from pushcut.contracts import Policy
 from pushcut.errors import CheckpointError
+from pushcut.rundir import CHECKPOINT_MANIFEST, CHECKPOINT_POLICY, CHECKPOINT_STATE, STEP_DIR, RunDir, step_name
 
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = CHECKPOINT_MANIFEST
 log = logging.getLogger(__name__)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return RunDir(run_dir).checkpoints
 
 
 def rng_state() -> dict[str, Any]:
@@ -57,20 +56,20 @@ def save_checkpoint(run_dir: Path, step: int, policy: Policy, state: dict[str, A
     """Write checkpoint ``step`` atomically and prune all but the ``keep`` newest."""
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:06d}"
-    tmp = root / f".tmp-step_{step:06d}-{os.getpid()}"
+    final = RunDir(run_dir).checkpoint(step)
+    tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    policy.save(tmp / "policy")
-    torch.save({**state, "step": step, "rng": rng_state()}, tmp / "trainer.pt")
+    policy.save(tmp / CHECKPOINT_POLICY)
+    torch.save({**state, "step": step, "rng": rng_state()}, tmp / CHECKPOINT_STATE)
     write_manifest(tmp)
     if final.exists() and verify_checkpoint(final) is not None:  # a damaged one that resume skipped: keep it aside
         kept = root / f"{final.name}.damaged-{int(time.time())}"
         final.rename(kept)
         log.warning("kept the damaged checkpoint %s as %s", final, kept)
     if final.exists():  # re-saving a step (after a resume): replace it
-        old = root / f".old-step_{step:06d}-{os.getpid()}"
+        old = root / f".old-{step_name(step)}-{os.getpid()}"
         final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
@@ -86,7 +85,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 
@@ -110,7 +109,7 @@ def clean_partial(run_dir: Path) -> None:
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
-    file = Path(path) / "trainer.pt"
+    file = Path(path) / CHECKPOINT_STATE
     if not file.is_file():
         raise CheckpointError(f"{str(path)!r} is not a pushcut checkpoint: no trainer.pt inside")
     return torch.load(file, weights_only=False)
@@ -143,7 +142,7 @@ def verify_checkpoint(directory: Path) -> str | None:
     directory = Path(directory)
     manifest = directory / MANIFEST_FILE
     if not manifest.is_file():
-        return None if (directory / "trainer.pt").is_file() else "no trainer.pt and no manifest.json"
+        return None if (directory / CHECKPOINT_STATE).is_file() else "no trainer.pt and no manifest.json"
     try:
         files = json.loads(manifest.read_text())["files"]
     except (ValueError, KeyError, TypeError) as exc:

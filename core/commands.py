@@ -19,6 +19,7 @@ from pushcut.config import (
 )
 from pushcut.errors import ConfigError, PluginError
 from pushcut.pluginmanager import PluginManager
+from pushcut.rundir import CHECKPOINT_POLICY, CHECKPOINT_STATE, RunDir
 
 
 def plugins(as_json: bool = False) -> int:
@@ -122,14 +123,14 @@ def _eval_target(target: str) -> tuple[Path, Path | None]:
     if not path.is_dir():
         raise ConfigError(f"{target!r} is not a directory: pass a run directory, a checkpoint directory "
                           "or a policy directory inside a run directory")
-    if (path / "config.yaml").is_file():
+    if RunDir(path).config.is_file():
         from pushcut.checkpoint import resume_candidates
 
         ckpt = next(resume_candidates(path), None)  # the newest that verifies
-        return path, (ckpt / "policy" if ckpt is not None else None)
-    run_dir = next((p for p in path.parents[:3] if (p / "config.yaml").is_file()), None)
-    if run_dir is not None and (path / "trainer.pt").is_file():
-        return run_dir, path / "policy"
+        return path, (ckpt / CHECKPOINT_POLICY if ckpt is not None else None)
+    run_dir = next((p for p in path.parents[:3] if RunDir(p).config.is_file()), None)
+    if run_dir is not None and (path / CHECKPOINT_STATE).is_file():
+        return run_dir, path / CHECKPOINT_POLICY
     if run_dir is not None and any(path.iterdir()):
         return run_dir, path
     raise ConfigError(
@@ -149,12 +150,13 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
 
     _setup_logging()
     run_dir, weights = _eval_target(target)
+    paths = RunDir(run_dir)
     cfg = load_run_config(run_dir, overrides)
     if weights is None:
         from pushcut.errors import CheckpointError
 
-        hint = f"; evaluate its SFT policy with: pushcut eval {run_dir / 'sft' / 'policy'}" if (
-            run_dir / "sft" / "policy").is_dir() else ""
+        hint = f"; evaluate its SFT policy with: pushcut eval {paths.sft_policy}" if (
+            paths.sft_policy.is_dir()) else ""
         raise CheckpointError(f"run directory {str(run_dir)!r} has no checkpoint yet{hint}")
     policy = build_policy(cfg, weights).eval()
     pool = build_pool(cfg)
@@ -162,7 +164,7 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
         collector = build_collector(cfg, pool, policy)
         progress = Progress(1, "eval")
         report, videos = run_eval(collector, cfg.eval.max_init_states, cfg.eval.videos_per_task,
-                                  run_dir / "videos", "eval", cfg.eval.fps,
+                                  paths.videos, "eval", cfg.eval.fps,
                                   lambda done, total: progress.status(f"{done}/{total} episodes"),
                                   cfg.eval.temperature, cfg.eval.samples_per_state, cfg.seed, cfg.eval.split)
         progress.close()
@@ -170,9 +172,9 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
         pool.close()
     report["checkpoint"] = str(weights)
     report["videos"] = [str(v) for v in videos]
-    write_report(report, run_dir / "eval.json")
+    write_report(report, paths.eval_json)
     _print_eval(report)
-    print(f"wrote {run_dir / 'eval.json'} and {len(videos)} video(s) in {run_dir / 'videos'}")
+    print(f"wrote {paths.eval_json} and {len(videos)} video(s) in {paths.videos}")
     return 0
 
 
@@ -303,3 +305,12 @@ def env_serve(args) -> int:
     options = ServeOptions(host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
                            max_frame_mb=args.max_frame_mb, hello_timeout_s=args.hello_timeout)
     return serve(args.config, args.overrides, options, envs=args.envs, plugins=args.plugin, token_file=args.token_file)
+
+
+def robot_serve(args) -> int:
+    """``pushcut robot serve``: one robot behind its safety layer (see :mod:`pushcut.plugins.envs.real.server`)."""
+    from pushcut.envserver import ServeOptions
+    from pushcut.plugins.envs.real.server import serve
+
+    options = ServeOptions(host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    return serve(args.config, args.overrides, options, plugins=args.plugin, token_file=args.token_file)

@@ -28,6 +28,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from pushcut.errors import ConfigError, PushcutError
+from pushcut.rundir import CONFIG_FILE
 from pushcut.sampling import SAMPLERS
 
 # --------------------------------------------------------------------------- sections
@@ -668,7 +669,7 @@ def config_changes(saved: RunConfig, new: RunConfig, allowed: Sequence[str] = RE
 # when it points inside it, absolute otherwise. Loading a run directory resolves them against the
 # directory it was loaded from, whatever it was called when the run began.
 
-RUN_CONFIG_FILE = "config.yaml"
+RUN_CONFIG_FILE = CONFIG_FILE
 
 
 def _path_fields(config: Any, prefix: str = ""):

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from pushcut.hookspecs import hookimpl
+from pushcut.rundir import RunDir
 
 
 class MetricsFile:
     """Append-only ``metrics.jsonl``; on resume, lines past the checkpoint are dropped."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = RunDir(run_dir).metrics
 
     def truncate_after(self, step: int) -> None:
         """Keep records up to ``step`` (a line cut short by a kill is dropped)."""
@@ -53,7 +54,7 @@ class TensorBoardLogger:
         if run_dir not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writers[run_dir] = SummaryWriter(str(Path(run_dir) / "tb"))
+            self._writers[run_dir] = SummaryWriter(str(RunDir(run_dir).tensorboard))
         return self._writers[run_dir]
 
     def _write(self, run_dir: Path, step: int, metrics: dict[str, float]) -> None:

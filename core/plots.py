@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from pushcut.events import MetricsFile
+from pushcut.rundir import RunDir
 
 log = logging.getLogger("pushcut")
 
@@ -32,7 +33,7 @@ def plot_run(run_dir: Path, temperature: float) -> list[Path]:
 
 def eval_reports(run_dir: Path) -> list[dict[str, Any]]:
     """The run's evaluation reports (``evals/step_*.json``), in step order."""
-    return [json.loads(p.read_text()) for p in sorted((run_dir / "evals").glob("step_*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(RunDir(run_dir).evals.glob("step_*.json"))]
 
 
 def plot_curves(run_dir: Path, temperature: float = 1.6) -> Path:
@@ -57,7 +58,7 @@ def plot_curves(run_dir: Path, temperature: float = 1.6) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best", ncol=2)
     ax.set_title(f"{run_dir.name}: GRPO with binary rewards")
-    return _save(plt, fig, run_dir / "success.png")
+    return _save(plt, fig, RunDir(run_dir).success_plot)
 
 
 def plot_stages(run_dir: Path, temperature: float = 1.6) -> Path | None:
@@ -98,7 +99,7 @@ def plot_stages(run_dir: Path, temperature: float = 1.6) -> Path | None:
                loc="lower right", fontsize=7)
     fig.supxlabel("RL iteration", fontsize=9)
     fig.suptitle(f"share of RL rollouts that reached each stage (mean of the last {smooth} iterations)", fontsize=10)
-    return _save(plt, fig, run_dir / "stages.png")
+    return _save(plt, fig, RunDir(run_dir).stages_plot)
 
 
 def _pyplot():

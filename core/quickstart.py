@@ -23,6 +23,7 @@ from pushcut.checkpoint import list_checkpoints
 from pushcut.config import RunConfig, check_continues, load_config, save_config
 from pushcut.contracts import OBS_WRIST_IMAGE
 from pushcut.demos import record_demo_file
+from pushcut.rundir import RunDir
 from pushcut.errors import ConfigError
 from pushcut.evaluate import format_stages
 from pushcut.plots import eval_reports
@@ -43,8 +44,8 @@ def default_config_path() -> Path:
 def run_quickstart(overrides: list[str], config_path: str | Path | None = None) -> dict[str, Any]:
     cfg = load_config(config_path or default_config_path(), overrides)
     run_dir = Path(cfg.run_dir)
-    demo_path = run_dir / "demos.hdf5"
-    sft_dir = run_dir / "sft" / "policy"  # where run_sft saves
+    demo_path = RunDir(run_dir).demos
+    sft_dir = RunDir(run_dir).sft_policy  # where run_sft saves
     # A rerun continues the stages that have output; they must not change under it (RL's own
     # checkpoints are the Trainer's to check).
     finished = ("env", "policy", "sft", "seed") if sft_dir.exists() else ("env",) if demo_path.exists() else ()
@@ -128,7 +129,7 @@ def summarize(cfg: RunConfig, run_dir: Path, timings: dict[str, float]) -> dict[
         for task in rl["per_task"]
     }
     previous = {}
-    summary_path = run_dir / "summary.json"
+    summary_path = RunDir(run_dir).summary
     if summary_path.exists():
         previous = json.loads(summary_path.read_text()).get("timings", {})
     summary = {
@@ -143,7 +144,7 @@ def summarize(cfg: RunConfig, run_dir: Path, timings: dict[str, float]) -> dict[
         "rl_iterations": cfg.train.iterations,
         "eval_steps": [r["step"] for r in reports],
         "timings": {**previous, **{k: round(v, 1) for k, v in timings.items()}},
-        "videos": sorted(str(p) for p in (run_dir / "videos").glob("*.mp4")),
+        "videos": sorted(str(p) for p in RunDir(run_dir).videos.glob("*.mp4")),
     }
     tmp = summary_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2))

@@ -23,6 +23,7 @@ from pushcut.contracts import ObsBatch, Policy
 from pushcut.demos import Demo, DemoKeys, chunk_targets, read_demos
 from pushcut.errors import ConfigError, DataError
 from pushcut.events import Progress
+from pushcut.rundir import RunDir
 
 log = logging.getLogger("pushcut")
 
@@ -156,10 +157,10 @@ def run_sft(config: RunConfig) -> Path:
     progress = Progress(config.sft.steps, "sft")
     t0 = time.perf_counter()
     try:
-        losses = train_sft(policy, demos, config, run_dir / "sft_metrics.jsonl", progress)
+        losses = train_sft(policy, demos, config, RunDir(run_dir).sft_metrics, progress)
     finally:
         progress.close()
-    out = run_dir / "sft" / "policy"
+    out = RunDir(run_dir).sft_policy
     save_policy_atomically(policy, out)
     log.info("SFT done in %.1f s, final loss %.4f; policy saved to %s", time.perf_counter() - t0,
              float(np.mean(losses[-20:])) if losses else float("nan"), out)

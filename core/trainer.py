@@ -44,6 +44,7 @@ from pushcut.events import MetricsFile, Progress, TensorBoardLogger
 from pushcut.pluginmanager import PluginManager, get_plugin_manager
 from pushcut.plots import plot_run
 from pushcut.rollout import EpisodeBatch, RolloutCollector
+from pushcut.rundir import CHECKPOINT_POLICY, RunDir
 from pushcut.sampling import StartStateSampler, make_sampler
 
 log = logging.getLogger("pushcut")
@@ -237,7 +238,8 @@ class Trainer:
 
     def __init__(self, config: RunConfig, manager: PluginManager | None = None) -> None:
         self.config = config
-        self.run_dir = Path(config.run_dir)
+        self.paths = RunDir(config.run_dir)
+        self.run_dir = self.paths.root
         self.manager = manager or get_plugin_manager()
         self.metrics_file = MetricsFile(self.run_dir)
         self.tensorboard = TensorBoardLogger()
@@ -338,7 +340,7 @@ class Trainer:
         for ckpt in resume_candidates(self.run_dir):
             try:
                 state = load_trainer_state(ckpt)
-                policy.load(ckpt / "policy")
+                policy.load(ckpt / CHECKPOINT_POLICY)
             except Exception as exc:  # a damaged file the manifest did not cover, or an old unverified one
                 log.warning("skipping checkpoint %s: it does not load (%s: %s); resuming from an earlier one",
                             ckpt, type(exc).__name__, exc)
@@ -346,7 +348,7 @@ class Trainer:
             return ckpt, state
         if checkpoints:
             raise CheckpointError(
-                f"none of the {len(checkpoints)} checkpoint(s) in {self.run_dir / 'checkpoints'} verifies and loads "
+                f"none of the {len(checkpoints)} checkpoint(s) in {self.paths.checkpoints} verifies and loads "
                 "(see the warnings above); restore one, or start afresh with train.resume=false in a new run_dir"
             )
         return None, None
@@ -373,10 +375,10 @@ class Trainer:
 
         t0 = time.perf_counter()
         report, paths = evaluate(collector, e.max_init_states, e.videos_per_task if videos else 0,
-                                 self.run_dir / "videos" if videos else None, f"step{step:06d}", e.fps, show,
+                                 self.paths.videos if videos else None, f"step{step:06d}", e.fps, show,
                                  e.temperature, e.samples_per_state, self.config.seed)
         report["step"] = step
-        write_report(report, self.run_dir / "evals" / f"step_{step:06d}.json")
+        write_report(report, self.paths.eval_report(step))
         metrics = eval_metrics(report)
         metrics["time/eval_s"] = time.perf_counter() - t0
         if step == 0:

@@ -17,6 +17,7 @@ from pushcut import hookimpl
 from pushcut.checkpoint import latest_checkpoint, list_checkpoints, verify_checkpoint
 from pushcut.config import TrainConfig, load_config, load_run_config, save_config
 from pushcut.errors import CheckpointError, ConfigError
+from pushcut.rundir import RunDir
 from pushcut.testing import registered_plugin
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin
 from pushcut.trainer import Trainer, warmup_lr
@@ -67,6 +68,14 @@ def test_metrics_tensorboard_config_and_eval_files(manager, tmp_path):
     assert not (run_dir / "stages.png").exists()  # the toy env names no stages
     again = load_run_config(run_dir, [], manager)
     assert again.run_dir == str(run_dir) and dataclasses.replace(again, run_dir=cfg.run_dir) == cfg
+    # RunDir names exactly what the run wrote: nothing elsewhere, nothing it names missing
+    paths = RunDir(run_dir)
+    named = [paths.config, paths.metrics, paths.tensorboard, paths.checkpoint(2), paths.eval_report(0),
+             paths.eval_report(2), paths.success_plot, paths.videos]
+    assert all(p.exists() for p in named), [p for p in named if not p.exists()]
+    top = {p.relative_to(run_dir).parts[0] for p in named}
+    assert {p.name for p in run_dir.iterdir()} == top
+    assert {p.name for p in paths.checkpoint(2).iterdir()} == {"policy", "trainer.pt", "manifest.json"}
 
 
 class Interrupt:
