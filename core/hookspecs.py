@@ -52,6 +52,13 @@ def pushcut_register_envs(registry: Registry[Env]) -> None:
     name and its config as plain data and looks the factory up in its own
     registry, so nothing is pickled and the config must round-trip through
     plain data.
+
+    Unlike a policy plugin, an env plugin's entry-point module imports only its
+    config and imports the simulator inside ``factory``: the trainer registers and
+    validates every env, also those that run in another venv or on another
+    machine. Report a missing simulator without importing it (raise
+    ``ModuleNotFoundError`` when ``importlib.util.find_spec`` finds nothing), so the
+    plugin is listed as unavailable with its install command.
     """
 
 

@@ -31,6 +31,7 @@ Actions, 7 per step: OSC_POSE deltas (6, in [-1, 1]) and the gripper. With
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 from pushcut import hookimpl
 
@@ -42,11 +43,25 @@ for _module in ("libero", "robosuite", "bddl"):
         raise ModuleNotFoundError(f"No module named {_module!r}", name=_module)
 
 from pushcut.plugins.envs.libero.config import SUITE_MAX_STEPS, SUITES, LiberoConfig  # noqa: E402
-from pushcut.plugins.envs.libero.env import LiberoEnv  # noqa: E402
 
 __all__ = ["SUITES", "SUITE_MAX_STEPS", "LiberoConfig", "LiberoEnv"]
 
 
+def __getattr__(name: str) -> Any:
+    if name == "LiberoEnv":  # imported on use: registering the plugin imports only its config
+        from pushcut.plugins.envs.libero.env import LiberoEnv
+
+        return LiberoEnv
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def make_env(config: LiberoConfig):
+    """The registered factory: the simulator's modules are imported here, where the env is built."""
+    from pushcut.plugins.envs.libero.env import LiberoEnv
+
+    return LiberoEnv(config)
+
+
 @hookimpl
 def pushcut_register_envs(registry) -> None:
-    registry.add("libero", LiberoConfig, LiberoEnv)
+    registry.add("libero", LiberoConfig, make_env)

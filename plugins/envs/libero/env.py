@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pushcut.contracts import (
+from pushcut.envcontract import (
     check_action_chunk,
     OBS_IMAGE,
     OBS_STATE,

@@ -42,15 +42,36 @@ Rendering backend: ``gl_backend`` / ``$MUJOCO_GL`` (see :mod:`.render`).
 
 from __future__ import annotations
 
-from pushcut import hookimpl
-from pushcut.plugins.envs.tabletop.config import TabletopConfig
-from pushcut.plugins.envs.tabletop.env import TabletopEnv
-from pushcut.plugins.envs.tabletop.experts import ExpertDemo, make_expert, run_expert
-from pushcut.plugins.envs.tabletop.tasks import TASK_IDS, TASKS
+import importlib
+import importlib.util
+from typing import Any
 
+from pushcut import hookimpl
+from pushcut.plugins.envs.tabletop.config import TASK_IDS, TabletopConfig
+
+# Registering the env imports only its config: a trainer whose envs run elsewhere (another
+# venv, a server) need not import MuJoCo. Without MuJoCo the plugin is listed as unavailable.
+if importlib.util.find_spec("mujoco") is None:
+    raise ModuleNotFoundError("No module named 'mujoco'", name="mujoco")
+
+_LAZY = {"TabletopEnv": "env", "ExpertDemo": "experts", "make_expert": "experts", "run_expert": "experts",
+         "TASKS": "tasks"}
 __all__ = ["TASKS", "TASK_IDS", "ExpertDemo", "TabletopConfig", "TabletopEnv", "make_expert", "run_expert"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def make_env(config: TabletopConfig):
+    """The registered factory: MuJoCo is imported here, where the env is built."""
+    from pushcut.plugins.envs.tabletop.env import TabletopEnv
+
+    return TabletopEnv(config)
 
 
 @hookimpl
 def pushcut_register_envs(registry) -> None:
-    registry.add("tabletop", TabletopConfig, TabletopEnv)
+    registry.add("tabletop", TabletopConfig, make_env)

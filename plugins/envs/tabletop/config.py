@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 
 from pushcut.errors import ConfigError
 from pushcut.gl import GL_BACKENDS
-from pushcut.plugins.envs.tabletop.tasks import TASK_IDS
+
+TASK_IDS: tuple[str, ...] = ("press_button", "close_drawer", "lift_blue", "open_drawer", "push_red_to_target",
+                             "place_red_on_plate", "stack_green_on_red")
+"""The tasks, roughly from easiest to hardest (defined in :mod:`.tasks`; named here so that a
+config validates without importing MuJoCo)."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pushcut.plugins.envs.tabletop.config import TASK_IDS
 from pushcut.plugins.envs.tabletop.scene import (
     BUTTON_TRAVEL,
     CUBE_HALF,
@@ -371,4 +372,4 @@ TASKS: dict[str, Task] = {
 }
 """All tasks, roughly from easiest to hardest."""
 
-TASK_IDS: tuple[str, ...] = tuple(TASKS)
+assert tuple(TASKS) == TASK_IDS, "config.TASK_IDS must list the tasks in order"
