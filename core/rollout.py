@@ -18,6 +18,7 @@ lanes. A round comes back as an :class:`EpisodeBatch`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,6 +34,8 @@ from pushcut.contracts import (
 from pushcut.envpool import EnvPool, SlotFailure
 from pushcut.errors import EnvError
 from pushcut.sampling import StartState
+
+log = logging.getLogger("pushcut")
 
 Act = Callable[[ObsBatch, float], ActionSample]
 """What the collector calls once per policy step: observations and temperature → chunks + log-probs."""
@@ -228,6 +231,8 @@ class RolloutCollector:
         self.tasks: dict[str, TaskSpec] = {t.task_id: t for t in pool.tasks()}
         self.max_steps = max_steps
         self.pipeline = pipeline
+        self._retired: set[int] = set()
+        """Workers already reported down."""
 
     @classmethod
     def for_policy(cls, pool: EnvPool, policy: Policy, detector: SuccessDetector, max_steps: int = 0,
@@ -293,7 +298,7 @@ class RolloutCollector:
                     stats.env_s += time.perf_counter() - t
                     lane.ticket = None
                     self._absorb(lane, results, episodes, stats, finish)
-                self._refill(lane, queue, episodes, wants_frames, stats, finish)
+                self._refill(lane, lanes, queue, episodes, wants_frames, stats, finish)
                 if lane.active:
                     lane.ticket = self._act_and_submit(lane, episodes, temperature, wants_frames, stats, finish)
         self._judge(episodes)
@@ -328,10 +333,30 @@ class RolloutCollector:
     def _limit(self, ep: Episode) -> int:
         return self.max_steps or self.tasks[ep.task_id].max_steps
 
-    def _refill(self, lane: _Lane, queue: deque[int], episodes: list[Episode], wants_frames: list[bool],
-                stats: RolloutStats, finish: Callable[[int], None]) -> None:
+    def _retire_down_slots(self, lanes: list[_Lane]) -> None:
+        """Stop using the slots of workers that are down for good (their transport could not
+        bring them back): the round goes on, slower, on the others. When none is left, the
+        pool's next request fails with the down worker's fix."""
+        down = self.pool.down()
+        if not down:
+            return
+        up = [[s for s in lane.free if self.pool.worker_of(s) not in down] for lane in lanes]
+        if not any(free or lane.active for free, lane in zip(up, lanes)):
+            return
+        for free, lane in zip(up, lanes):
+            lane.free = free
+        for w in sorted(set(down) - self._retired):
+            self._retired.add(w)
+            log.warning("env worker %d is down (%s); continuing on the others (%d of %d down)", w, down[w],
+                        len(self._retired), self.pool.num_workers)
+
+    def _refill(self, lane: _Lane, lanes: list[_Lane], queue: deque[int], episodes: list[Episode],
+                wants_frames: list[bool], stats: RolloutStats, finish: Callable[[int], None]) -> None:
         """Reset free slots of the lane to queued episodes."""
         while lane.free and queue:
+            self._retire_down_slots(lanes)
+            if not lane.free:
+                break
             assignments = {}
             while lane.free and queue:
                 slot, k = lane.free.pop(), queue.popleft()

@@ -370,3 +370,22 @@ def test_training_whose_only_server_dies_stops_with_one_line_and_the_fix(serve, 
             Trainer(cfg, manager).run()
         assert time.monotonic() - t0 < 60 and one_line(str(info.value))
     assert (tmp_path / "run" / "checkpoints").is_dir()  # iteration 1 is saved: the run resumes from there
+
+
+def test_training_routes_around_a_dead_server_and_finishes_on_the_others(serve, tmp_path, caplog):
+    first, second = serve(None, "--envs", "4"), serve(None, "--envs", "4")
+    with registered_plugin(ToyPlugin(), "toys") as manager, registered_plugin(KillAfter(1, first), "kill", manager):
+        cfg = load_config(None, ["env.type=reach", "policy.type=bins", "algo.temperature=1.0", "train.batch_size=2",
+                                 "train.iterations=3", "train.eval_every=0", "train.eval_at_start=false",
+                                 "rollout.transport=socket", f"rollout.addresses=[{first.address},{second.address}]",
+                                 "rollout.envs_per_worker=4", "rollout.connect_attempts=1",
+                                 "rollout.connect_timeout_s=2", f"run_dir={tmp_path / 'run'}"], manager)
+        with caplog.at_level("WARNING", logger="pushcut"):
+            summary = Trainer(cfg, manager).run()
+    assert summary["status"] == "completed"
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3]
+    assert lines[1]["rollout/episodes_failed"] >= 1  # the episodes on the killed server, counted
+    assert lines[2]["rollout/episodes_failed"] == 0  # later rounds run on the live server only
+    assert sum("is down" in r.message and "continuing on the others (1 of 2 down)" in r.message
+               for r in caplog.records) == 1
