@@ -96,7 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="load only this plugin (repeatable) instead of every installed one")
     p = sub.add_parser("quickstart", help="the whole idea on the embedded default: demos, SFT, RL, before/after table")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands plugins add (``pushcut_register_commands``), e.g. ``pushcut robot serve``. A
+    plugin that fails to load costs only its commands here; ``pushcut plugins`` says why."""
+    from pushcut.errors import PluginError
+    from pushcut.pluginmanager import get_plugin_manager
+
+    try:
+        manager = get_plugin_manager()
+    except PluginError:
+        return  # the command that needs the plugins reports it (one line, exit 2)
+    try:
+        manager.register_commands(sub)
+    except PluginError as exc:
+        print(f"pushcut: warning: plugin commands are missing: {exc}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from pushcut import commands
 
+    if getattr(args, "run", None) is not None:  # a plugin's command
+        return int(args.run(args))
     if args.command == "plugins":
         return commands.plugins(as_json=args.json)
     if args.command == "config":

@@ -306,11 +306,3 @@ def env_serve(args) -> int:
                            max_frame_mb=args.max_frame_mb, hello_timeout_s=args.hello_timeout)
     return serve(args.config, args.overrides, options, envs=args.envs, plugins=args.plugin, token_file=args.token_file)
 
-
-def robot_serve(args) -> int:
-    """``pushcut robot serve``: one robot behind its safety layer (see :mod:`pushcut.plugins.envs.real.server`)."""
-    from pushcut.envserver import ServeOptions
-    from pushcut.plugins.envs.real.server import serve
-
-    options = ServeOptions(host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
-    return serve(args.config, args.overrides, options, plugins=args.plugin, token_file=args.token_file)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from pushcut.envcontract import (  # noqa: F401  (the torch-free half of the contracts)
+    INFO_COUNTERS,
     INFO_STAGE,
     NO_STAGE,
     OBS_IMAGE,

@@ -29,6 +29,11 @@ INFO_STAGE = "stage"
 has reached so far (:data:`NO_STAGE` before the first)."""
 NO_STAGE = "none"
 
+INFO_COUNTERS = "safety/"
+"""Prefix of ``StepResult.info`` keys holding an episode's running intervention counts (a robot's
+safety layer: ``safety/clipped_actions`` …); the trainer sums each over a round's episodes into
+``rollout/safety/<name>``."""
+
 
 # --------------------------------------------------------------------------- data
 

@@ -123,15 +123,30 @@ class EnvServer:
                 framed, peer, done = self._admitted.get(timeout=0.5)
             except queue.Empty:
                 continue
+            why = "it never started"
             try:
                 framed.send({"t": "welcome", "v": PROTOCOL_VERSION, **self.info,
                              "heartbeat_s": self.options.heartbeat_s})
                 self.log(f"session from {peer} started")
-                self.log(f"session from {peer} ended: {serve_session(framed, self.host, self.options.heartbeat_s)}")
+                self.session_started(peer)
+                why = serve_session(framed, self.host, self.options.heartbeat_s)
+                self.log(f"session from {peer} ended: {why}")
             except EnvError as exc:
+                why = str(exc)
                 self.log(f"session from {peer} ended: {exc}")
             finally:
-                done.set()
+                try:
+                    self.session_ended(peer, why)
+                finally:
+                    done.set()
+
+    def session_started(self, peer: str) -> None:
+        """Called on the serving thread once a session is admitted, before its first request.
+        Does nothing here; a robot server (``pushcut robot serve``) arms its safety layer."""
+
+    def session_ended(self, peer: str, why: str) -> None:
+        """Called on the serving thread after a session ended, however it ended (``why``).
+        Does nothing here; a robot server holds the robot and ends the episode."""
 
     def _accept(self) -> None:
         self.sock.settimeout(0.5)

@@ -15,6 +15,7 @@ are called by the engine while a run goes on. Event hooks receive plain data
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,34 @@ def pushcut_register_success_detectors(registry: Registry[SuccessDetector]) -> N
     ``factory(config)`` returns a :class:`pushcut.contracts.SuccessDetector`,
     which turns a finished episode into the binary reward. The default,
     ``env_success``, trusts the env's own success flag.
+    """
+
+
+@hookspec
+def pushcut_register_robot_drivers(registry: Registry[Any]) -> None:
+    """Register robot drivers: ``registry.add(name, ConfigClass, DriverClass)``.
+
+    ``DriverClass(config)`` returns a
+    :class:`pushcut.plugins.envs.real.driver.RobotDriver`: connect, observe
+    (camera frames + end-effector and joint state), predict where a command
+    leads, command one action, hold, stop, home. ``pushcut robot serve`` looks
+    the configured ``robot.driver`` up here and puts the robot-side safety layer
+    between the trainer and the driver. Built in: ``sim`` (any registered env
+    as a robot) and ``replay`` (records commands, canned frames).
+    """
+
+
+@hookspec
+def pushcut_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add subcommands to the ``pushcut`` command line.
+
+    ``subparsers`` is the top-level ``argparse`` subparsers object: add a parser
+    (``p = subparsers.add_parser("robot", help=...)``), its arguments, and
+    ``p.set_defaults(run=function)``; ``pushcut <name> ...`` then calls
+    ``function(args)`` and exits with the int it returns. A
+    :class:`pushcut.errors.PushcutError` it raises is printed as one line (exit 2).
+    Import heavy modules inside ``function``, not here: every ``pushcut``
+    invocation builds the parser. Built-in commands cannot be replaced.
     """
 
 

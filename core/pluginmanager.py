@@ -157,6 +157,15 @@ class PluginManager:
                 info.registered.setdefault(kind, []).extend(sorted(set(registry.names()) - before))
         self._registered_once.update(pending)
 
+    def register_commands(self, subparsers: Any) -> None:
+        """Let plugins add ``pushcut`` subcommands (:func:`pushcut.hookspecs.pushcut_register_commands`)."""
+        for impl in self.pm.hook.pushcut_register_commands.get_hookimpls():
+            try:
+                impl.function(subparsers=subparsers)
+            except Exception as exc:
+                raise PluginError(f"plugin {impl.plugin_name!r} raised in pushcut_register_commands: "
+                                  f"{type(exc).__name__}: {exc}") from None
+
     # ------------------------------------------------------------- events
 
     def run_start(self, run_dir: Path, config: dict[str, Any], command: str) -> None:

@@ -37,7 +37,7 @@ from pushcut.checkpoint import (
     set_rng_state,
 )
 from pushcut.config import RunConfig, TrainConfig, check_continues, save_config, to_dict
-from pushcut.contracts import Policy, TaskSpec
+from pushcut.contracts import INFO_COUNTERS, Policy, TaskSpec
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.evaluate import eval_metrics, evaluate, stage_reach, write_report
 from pushcut.events import MetricsFile, Progress, TensorBoardLogger
@@ -123,6 +123,12 @@ def rollout_metrics(batch: EpisodeBatch, tasks: dict[str, TaskSpec]) -> dict[str
         "rollout/episodes_failed": float(len(batch) - len(ok)),
         "rollout/episode_length": float(np.mean([ep.length for ep in ok])) if ok else float("nan"),
     }
+    counters: dict[str, float] = {}
+    for ep in batch:  # lost episodes too: a refused command counts wherever the episode ended
+        for key, value in ep.final_info.items():
+            if key.startswith(INFO_COUNTERS) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                counters[key] = counters.get(key, 0.0) + float(value)
+    metrics.update({f"rollout/{key}": value for key, value in sorted(counters.items())})
     for task in sorted({ep.task_id for ep in ok}):
         metrics[f"rollout/success/{task}"] = float(np.mean([ep.success for ep in ok if ep.task_id == task]))
     for task, shares in stage_reach(ok, {t: spec.stages for t, spec in tasks.items()}).items():

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in libegl1 libgl1 libosmesa6 ffmpeg; do
+# chromium: the headless browser the human-judge page is tested in (tests/plugins/rewards/).
+for pkg in libegl1 libgl1 libosmesa6 ffmpeg chromium; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -29,6 +30,8 @@ if python -m pip show mujoco-core >/dev/null 2>&1; then
 fi
 # [libero]: the LIBERO env plugin (libero 0.1.1, robosuite 1.4.0, bddl 1.0.1, mujoco 3.9.0).
 python -m pip install -q -c constraints.txt -e ".[test,libero]"
+# playwright drives Debian's chromium in the human-judge browser tests (its own browser download is not used).
+python -m pip install -q -c constraints.txt playwright
 # Remove the torchvision that libero's robomimic requirement drags in (a CUDA build that crashes
 # next to CPU torch; nothing pushcut runs imports it).
 if python -m pip show torchvision >/dev/null 2>&1; then python -m pip uninstall -y -q torchvision; fi

@@ -9,6 +9,7 @@ import pytest
 
 from pushcut import hookimpl
 from pushcut.cli import main
+from pushcut.errors import ConfigError
 from pushcut.testing import registered_plugin
 
 
@@ -121,3 +122,44 @@ def test_console_script_runs():
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "group_size" in proc.stderr
+
+
+class HelloCommand:
+    @hookimpl
+    def pushcut_register_commands(self, subparsers):
+        p = subparsers.add_parser("hello", help="say hello")
+        p.add_argument("--name", default="world")
+        p.set_defaults(run=self.run)
+
+    @staticmethod
+    def run(args):
+        if args.name == "nobody":
+            raise ConfigError("nobody to greet: pass --name NAME")
+        print(f"hello {args.name}")
+        return 0
+
+
+def test_a_plugin_adds_a_subcommand_and_its_errors_are_one_line(capsys):
+    with registered_plugin(HelloCommand(), "hello-cmd"):
+        assert main(["hello", "--name", "robot"]) == 0
+        assert capsys.readouterr().out.strip() == "hello robot"
+        assert main(["hello", "--name", "nobody"]) == 2
+        assert capsys.readouterr().err.strip() == "pushcut: error: nobody to greet: pass --name NAME"
+
+
+class ClashingCommand:
+    @hookimpl
+    def pushcut_register_commands(self, subparsers):
+        subparsers.add_parser("train")
+
+
+def test_a_plugin_command_cannot_replace_a_builtin_one(capsys):
+    with registered_plugin(ClashingCommand(), "clash"):
+        assert main(["plugins"]) == 0  # the CLI still works
+        assert "plugin 'clash' raised in pushcut_register_commands" in capsys.readouterr().err
+
+
+def test_the_robot_server_is_a_plugin_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["robot", "serve", "--help"])
+    assert "--token-file" in capsys.readouterr().out

@@ -22,12 +22,14 @@ def test_every_builtin_plugin_is_covered():
     # libero: EnvContract runs in tests/plugins/envs/test_libero.py (needs its extra and the assets);
     # openvla: PolicyContract runs in tests/plugins/policies/test_openvla.py (builds a tiny checkpoint).
     # A plugin whose extra is missing is "unavailable" in every registry (its kind is unknown then).
-    assert set(manager.envs.names()) <= {"tabletop", "libero"}
+    # real: EnvContract in tests/plugins/envs/real/test_robot_contract.py (sim driver);
+    # human: SuccessDetectorContract in tests/plugins/rewards/test_human_judge.py (answered over HTTP).
+    assert set(manager.envs.names()) <= {"tabletop", "libero", "real"}
     assert set(manager.policies.names()) <= {"tiny", "openvla"}
-    assert set(manager.success_detectors.names()) == {"env_success"}
+    assert set(manager.success_detectors.names()) == {"env_success", "human"}
     everything = set(manager.envs.unavailable) | {
         n for r in (manager.envs, manager.policies, manager.success_detectors) for n in r.names()}
-    assert everything == {"tabletop", "libero", "tiny", "openvla", "env_success"}
+    assert everything == {"tabletop", "libero", "tiny", "openvla", "env_success", "real", "human"}
 
 
 class TestTabletopEnv(EnvContract):

@@ -1,0 +1,254 @@
+"""``RobotEnv``: a robot driver behind the safety layer, as an :class:`~pushcut.envcontract.Env`.
+
+This is what ``pushcut robot serve`` serves. A chunk is executed one action per
+control period (``control_hz``); before each command the action goes through
+:class:`~pushcut.plugins.envs.real.safety.SafetyLayer`; a watchdog thread holds
+the robot when no command came for ``safety.watchdog_ms``; an e-stop latches
+until a person resets it. Every intervention is logged with the episode id and
+reported in the step's ``info`` as ``safety/<counter>`` (the episode's totals so far).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from pushcut.envcontract import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, ActionSpec, Env, Observation, StepResult, TaskSpec
+from pushcut.errors import EnvError
+from pushcut.plugins.envs.real.config import RealEnvConfig
+from pushcut.plugins.envs.real.driver import RobotDriver, RobotObservation, robot_driver_registry
+from pushcut.plugins.envs.real.safety import EStop, Intervention, InterventionLog, SafetyLayer
+
+ESTOP_FIX = ("a person must reset it at the robot: type r + Enter in the `pushcut robot serve` terminal, or press "
+             "Reset on its operator page")
+
+
+def build_driver(config: RealEnvConfig, manager=None) -> RobotDriver:
+    """The driver ``config.driver`` names, built from ``config.driver_options`` through the registry."""
+    from pushcut.config import build_dataclass
+
+    entry = robot_driver_registry(manager).get(config.driver)
+    return entry.factory(build_dataclass(entry.config_class, config.driver_options, "env.driver_options"))
+
+
+class RobotEnv(Env):
+    """One robot. ``driver`` defaults to the one ``config.driver`` names."""
+
+    def __init__(self, config: RealEnvConfig | None = None, driver: RobotDriver | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.config = config or RealEnvConfig()
+        self.driver = driver or build_driver(self.config)
+        self.spec = self.driver.connect()
+        self.safety = SafetyLayer(self.config.safety, self.spec, self.driver)
+        self.interventions = InterventionLog(self.config.intervention_log, log)
+        self.estop = EStop(self._stop_now)
+        self._tasks = {t.task_id: t for t in self.spec.tasks}
+        self._lock = threading.RLock()
+        """Serialises driver calls of the serving thread and the watchdog (``stop`` bypasses it)."""
+        self._obs: RobotObservation | None = None
+        self._active = False
+        """An episode is running: the watchdog watches, steps are accepted."""
+        self._previous: np.ndarray | None = None
+        self._steps = 0
+        self._cap = 0
+        self._last_command = time.monotonic()
+        self._held = True
+        self._confirm = threading.Event()
+        self._closed = threading.Event()
+        self.waiting_for_confirmation = False
+        self._watchdog = threading.Thread(target=self._watch, daemon=True, name="pushcut-robot-watchdog")
+        self._watchdog.start()
+
+    # ------------------------------------------------------------------ Env contract
+
+    def tasks(self) -> list[TaskSpec]:
+        return list(self.spec.tasks)
+
+    @property
+    def action_spec(self) -> ActionSpec:
+        return self.spec.action_spec
+
+    def reset(self, task_id: str, init_state: int) -> Observation:
+        self._refuse_if_stopped()
+        if task_id not in self._tasks:
+            raise EnvError(f"robot: unknown task {task_id!r}; this robot offers {', '.join(self._tasks)}")
+        task = self._tasks[task_id]
+        with self._lock:
+            self._end_episode()
+        if self.config.confirm_reset:
+            self._wait_for_operator(f"{task_id} #{init_state}")
+        self._refuse_if_stopped()
+        with self._lock:
+            self.interventions.new_episode(f"{task_id}#{init_state}")
+            self._obs = self.driver.home(task_id, int(init_state))
+            self._previous = None
+            self._steps = 0
+            cap = self.config.safety.max_episode_steps
+            self._cap = min(cap, task.max_steps) if cap else task.max_steps
+            self._active = True
+            self._held = True
+            self._last_command = time.monotonic()
+            return self._observation(self._obs)
+
+    def step(self, actions: np.ndarray, record: bool = False) -> StepResult:
+        self._refuse_if_stopped()
+        with self._lock:
+            if not self._active or self._obs is None:
+                raise EnvError("robot: step() without a running episode (call reset first; an episode ends at "
+                               "success, its step cap, an e-stop or a refused chunk)")
+            try:
+                chunk = self.safety.check_chunk(actions)
+            except ValueError as exc:
+                if "NaN" not in str(exc):
+                    raise EnvError(f"robot: {exc}") from None
+                self.interventions.record(Intervention("nonfinite_refused", f"chunk refused: {exc}"))
+                self.driver.hold()
+                self._end_episode()
+                raise EnvError(f"robot: refused the chunk ({exc}); the robot holds and the episode ends") from None
+            frames: list[np.ndarray] = []
+            executed = 0
+            period = 1.0 / self.config.control_hz if self.config.control_hz else 0.0
+            next_at = self._last_command + period
+            if period and time.monotonic() < next_at:
+                self.interventions.record(Intervention("rate_waits", f"chunk came {1e3 * (next_at - time.monotonic()):.0f}"
+                                                                     " ms before the control period allows; paced"))
+            for action in chunk:
+                if self.estop.engaged:
+                    self._end_episode()
+                    raise EnvError(f"robot: e-stop engaged during the chunk ({self.estop.reason}); {ESTOP_FIX}")
+                if self._steps >= self._cap:
+                    self.interventions.record(Intervention("step_cap", f"episode reached its cap of {self._cap} "
+                                                                       "commands; the rest of the chunk is refused"))
+                    break
+                if period:
+                    delay = next_at - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    next_at = max(next_at + period, time.monotonic())
+                self.interventions.step = self._steps
+                safe, events = self.safety.filter(action, self._obs.robot, self._previous)
+                for event in events:
+                    self.interventions.record(event)
+                try:
+                    if safe is None:
+                        self.driver.hold()
+                    else:
+                        self.driver.command(safe)
+                        self._previous = safe
+                except Exception as exc:
+                    self._end_episode()
+                    if self.estop.engaged:  # the e-stop won the race against this command
+                        raise EnvError(f"robot: e-stop engaged during the chunk ({self.estop.reason}); "
+                                       f"{ESTOP_FIX}") from None
+                    raise EnvError(f"robot: the driver failed ({type(exc).__name__}: {exc}); the episode "
+                                   "ends") from None
+                self._last_command = time.monotonic()
+                self._held = safe is None
+                self._steps += 1
+                executed += 1
+                self._obs = self.driver.observe()
+                if record:
+                    frames.append(self.driver.frame())
+                if self._obs.success:
+                    break
+            success = bool(self._obs.success)
+            truncated = not success and self._steps >= self._cap
+            info = {"success": success, "truncated": truncated, "episode_steps": self._steps,
+                    "episode_id": self.interventions.episode, **self.interventions.info()}
+            observation = self._observation(self._obs)
+            if success or truncated:
+                self.driver.hold()
+                self._end_episode()
+            return StepResult(observation, executed, success, success or truncated, info, frames)
+
+    def render(self) -> np.ndarray:
+        with self._lock:
+            return self.driver.frame()
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            try:
+                self.driver.hold()
+            finally:
+                self.driver.close()
+
+    # ------------------------------------------------------------------ operator, e-stop, watchdog
+
+    def confirm(self) -> bool:
+        """An operator confirmed that the next episode may start; True if a reset was waiting."""
+        waiting = self.waiting_for_confirmation
+        self._confirm.set()
+        return waiting
+
+    def trainer_gone(self, why: str) -> None:
+        """The trainer's session ended: hold the robot, end the episode (counted when mid-episode)."""
+        with self._lock:
+            if self._active:
+                self.interventions.record(Intervention("disconnects", f"trainer session ended mid-episode ({why}); "
+                                                                      "holding"))
+            self.driver.hold()
+            self._held = True
+            self._end_episode()
+
+    def status(self) -> dict:
+        """What the operator page shows."""
+        return {"estop": self.estop.engaged, "estop_reason": self.estop.reason, "episode": self.interventions.episode,
+                "episode_label": self.interventions.episode_label, "active": self._active, "steps": self._steps,
+                "waiting_for_confirmation": self.waiting_for_confirmation, "counts": dict(self.interventions.counts),
+                "totals": dict(self.interventions.totals)}
+
+    def _stop_now(self, reason: str) -> None:
+        self.driver.stop()  # first, without the lock: a chunk in progress must not delay it
+        self.interventions.record(Intervention("estops", f"e-stop: {reason}"))
+        self._active = False
+
+    def _refuse_if_stopped(self) -> None:
+        if self.estop.engaged:
+            raise EnvError(f"robot: e-stop engaged ({self.estop.reason}); {ESTOP_FIX}")
+
+    def _wait_for_operator(self, what: str) -> None:
+        self._confirm.clear()
+        self.waiting_for_confirmation = True
+        self.interventions.log(f"waiting for the operator to confirm the next episode ({what}): set the scene, "
+                               "then press Enter (or c + Enter) here or Confirm on the operator page")
+        try:
+            if not self._confirm.wait(self.config.confirm_timeout_s):
+                raise EnvError(f"robot: nobody confirmed the reset for {what} within {self.config.confirm_timeout_s:g} s "
+                               "(env.confirm_timeout_s); confirm at the robot or set env.confirm_reset=false")
+        finally:
+            self.waiting_for_confirmation = False
+
+    def _end_episode(self) -> None:
+        self._active = False
+
+    def _watch(self) -> None:
+        limit = self.config.safety.watchdog_ms / 1e3
+        if not limit:
+            return
+        tick = min(0.02, limit / 5)
+        while not self._closed.wait(tick):
+            if not self._active or self._held or time.monotonic() - self._last_command < limit:
+                continue
+            if not self._lock.acquire(timeout=tick):
+                continue  # a command is being executed: that is not silence
+            try:
+                if self._active and not self._held and time.monotonic() - self._last_command >= limit:
+                    silent = 1e3 * (time.monotonic() - self._last_command)
+                    self.driver.hold()
+                    self._held = True
+                    self.interventions.record(Intervention("watchdog_holds", f"no command for {silent:.0f} ms "
+                                                                             f"(watchdog {limit * 1e3:.0f} ms); holding"))
+            finally:
+                self._lock.release()
+
+    @staticmethod
+    def _observation(obs: RobotObservation) -> Observation:
+        out: Observation = {OBS_IMAGE: obs.cameras["image"]}
+        if OBS_WRIST_IMAGE in obs.cameras:
+            out[OBS_WRIST_IMAGE] = obs.cameras[OBS_WRIST_IMAGE]
+        out[OBS_STATE] = np.asarray(obs.state, dtype=np.float32)
+        return out

@@ -1,0 +1,240 @@
+"""``pushcut robot serve ROBOT_CONFIG``: one robot, behind its safety layer, on the env wire protocol.
+
+It is ``pushcut env serve`` (same wire format, hello, token, TLS, heartbeats)
+with a :class:`~pushcut.plugins.envs.real.env.RobotEnv` as its single env, plus
+what only a robot needs: a second trainer is refused at once instead of queued;
+when a trainer's session ends the robot holds; a local e-stop (``SIGUSR1``, or
+``e`` + Enter on the console) and an e-stop endpoint (``POST /estop`` on the
+operator page) latch until a person resets them (``r`` + Enter, or ``POST
+/reset`` from the operator page); ``Enter`` / ``c`` or ``POST /confirm``
+confirms the next episode when ``env.confirm_reset`` is on.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TextIO
+
+from pushcut.envpool.worker import EnvHost
+from pushcut.envserver import EnvServer, ServeOptions, is_loopback
+from pushcut.errors import ConfigError, EnvError
+from pushcut.plugins.envs.real.config import RealEnvConfig
+from pushcut.plugins.envs.real.env import RobotEnv
+
+ENV_NAME = "real"
+"""The env name a trainer's hello must carry (``env.type=real``)."""
+TOKEN_HEADER = "X-Pushcut-Token"
+
+
+def load_robot_config(config_path: str, overrides: list[str]) -> RealEnvConfig:
+    """The ``env:`` section (``type: real``) of ``config_path``, ``env.key=value`` overrides after it, validated."""
+    from pushcut.config import apply_overrides, build_dataclass, read_yaml
+
+    bad = [o for o in overrides if not o.startswith("env.")]
+    if bad:
+        raise ConfigError(f"`pushcut robot serve` takes env.key=value overrides only, got {bad}")
+    data = apply_overrides(read_yaml(config_path) or {}, overrides)
+    section = data.get("env")
+    if not isinstance(section, dict) or section.get("type") != ENV_NAME:
+        raise ConfigError(f"{config_path} needs an env: section with type: {ENV_NAME} (driver, driver_options, "
+                          "safety, ...); see configs/real_sim.yaml and docs/real-robot.md")
+    section = {k: v for k, v in section.items() if k != "type"}
+    return build_dataclass(RealEnvConfig, section, "env")
+
+
+class RobotServer(EnvServer):
+    """An :class:`EnvServer` holding one :class:`RobotEnv`, plus the operator's controls."""
+
+    def __init__(self, robot: RobotEnv, options: ServeOptions, log: Callable[[str], None] | None = None) -> None:
+        from pushcut.config import to_dict
+
+        options.busy_wait_s = 0.0  # a robot in use refuses a second trainer at once
+        log = log or (lambda line: print(f"pushcut robot serve: {line}", file=sys.stderr, flush=True))
+        super().__init__(EnvHost([robot], ENV_NAME, {"robot": to_dict(robot.config)}), options, log)
+        self.robot = robot
+        self.operator: ThreadingHTTPServer | None = None
+        self.operator_address: tuple[str, int] | None = None
+        cfg = robot.config
+        if cfg.operator_port >= 0:
+            if not is_loopback(cfg.operator_host) and not options.token:
+                raise EnvError(f"the operator page on {cfg.operator_host} (not loopback) needs a token: set "
+                               "PUSHCUT_ENV_TOKEN or --token-file")
+            try:
+                self.operator = ThreadingHTTPServer((cfg.operator_host, cfg.operator_port), _operator_handler(self))
+            except OSError as exc:
+                self.shutdown()
+                raise EnvError(f"cannot open the operator page on {cfg.operator_host}:{cfg.operator_port}: "
+                               f"{exc.strerror or exc}; pick another env.operator_port (0 = any free one)") from None
+            self.operator.daemon_threads = True
+            self.operator_address = self.operator.server_address[:2]
+            threading.Thread(target=self.operator.serve_forever, daemon=True, name="pushcut-operator").start()
+
+    def session_started(self, peer: str) -> None:
+        self.log(f"trainer {peer} holds the robot")
+
+    def session_ended(self, peer: str, why: str) -> None:
+        self.robot.trainer_gone(why)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        if self.operator is not None:
+            self.operator.shutdown()
+            self.operator.server_close()
+
+    # ------------------------------------------------------------------ the operator's controls
+
+    def estop(self, source: str) -> None:
+        self.robot.estop.trigger(f"e-stop from {source}")
+        self.log(f"E-STOP from {source}: robot stopped; commands refused until a person resets it")
+
+    def reset_estop(self, source: str) -> bool:
+        was = self.robot.estop.reset()
+        if was:
+            self.log(f"e-stop reset by {source}")
+        return was
+
+    def console(self, stream: TextIO) -> None:
+        """Read operator commands from ``stream`` (the terminal) until it closes."""
+        for line in stream:
+            word = line.strip().lower()
+            if word in ("e", "s", "stop", "estop"):
+                self.estop("the console")
+            elif word in ("r", "reset"):
+                if not self.reset_estop("the console"):
+                    self.log("no e-stop to reset")
+            elif word in ("", "c", "confirm"):
+                if self.robot.confirm():
+                    self.log("operator confirmed the next episode")
+            elif word in ("?", "h", "help"):
+                self.log("commands: e = e-stop, r = reset the e-stop, Enter/c = confirm the next episode")
+
+
+def _operator_handler(server: RobotServer) -> type[BaseHTTPRequestHandler]:
+    token = server.options.token
+    open_access = is_loopback(server.robot.config.operator_host)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, fmt: str, *args: Any) -> None:  # requests are not worth a line each
+            pass
+
+        def _send(self, code: int, body: bytes, kind: str = "application/json") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, code: int, data: dict) -> None:
+            self._send(code, json.dumps(data).encode())
+
+        def _person(self) -> bool:
+            """Reset and confirm come from a person at the robot: loopback page, or the token."""
+            if open_access:
+                return True
+            given = self.headers.get(TOKEN_HEADER, "")
+            return bool(token) and hmac.compare_digest(given.encode(), token.encode())
+
+        def do_GET(self) -> None:
+            if self.path == "/status":
+                self._json(200, server.robot.status())
+            elif self.path == "/":
+                self._send(200, OPERATOR_PAGE.encode(), "text/html; charset=utf-8")
+            else:
+                self._json(404, {"error": "unknown path"})
+
+        def do_POST(self) -> None:
+            peer = f"the operator page ({self.client_address[0]})"
+            if self.path == "/estop":  # anyone who can reach the page may stop the robot
+                server.estop(peer)
+                self._json(200, server.robot.status())
+            elif self.path in ("/reset", "/confirm"):
+                if not self._person():
+                    self._json(403, {"error": f"needs the token in the {TOKEN_HEADER} header"})
+                    return
+                if self.path == "/reset":
+                    server.reset_estop(peer)
+                else:
+                    server.robot.confirm()
+                self._json(200, server.robot.status())
+            else:
+                self._json(404, {"error": "unknown path"})
+
+    return Handler
+
+
+OPERATOR_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>pushcut robot</title>
+<style>body{font-family:sans-serif;margin:2em}button{font-size:1.4em;margin:.3em;padding:.4em 1em}
+#estop{background:#c00;color:#fff;font-size:2em}pre{background:#eee;padding:1em}</style></head>
+<body><h1>pushcut robot</h1>
+<button id="estop" onclick="post('/estop')">E-STOP (space)</button>
+<button id="reset" onclick="post('/reset')">Reset e-stop</button>
+<button id="confirm" onclick="post('/confirm')">Confirm next episode (Enter)</button>
+<pre id="status">...</pre>
+<script>
+async function post(p){await fetch(p,{method:'POST'});refresh();}
+async function refresh(){const r=await fetch('/status');document.getElementById('status').textContent=
+ JSON.stringify(await r.json(),null,1);}
+document.addEventListener('keydown',e=>{if(e.key===' '){e.preventDefault();post('/estop');}
+ else if(e.key==='Enter'){post('/confirm');}});
+setInterval(refresh,500);refresh();
+</script></body></html>
+"""
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(config_path: str, overrides: list[str], options: ServeOptions, plugins: list[str] | None = None,
+          token_file: str = "", console: bool = True) -> int:
+    """``pushcut robot serve``: connect the robot, listen, serve until interrupted; the robot holds
+    and the driver closes on the way out."""
+    from pushcut.wire import load_token
+
+    options.token = options.token or load_token(token_file)
+    options.check()
+    config = load_robot_config(config_path, list(overrides))
+    manager = None
+    if plugins:
+        from pushcut.envpool.spec import load_ref
+        from pushcut.pluginmanager import PluginManager
+
+        manager = PluginManager(autoload=False)
+        for ref in plugins:
+            try:
+                obj = load_ref(ref)
+            except (ImportError, AttributeError) as exc:
+                raise ConfigError(f"--plugin {ref!r} cannot be imported ({exc}); name a module or module:attr") from None
+            manager.register(obj() if isinstance(obj, type) else obj, name=ref)
+    from pushcut.plugins.envs.real.env import build_driver
+
+    robot = RobotEnv(config, build_driver(config, manager))
+    try:
+        server = RobotServer(robot, options)
+        host, port = server.address
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGUSR1, lambda *_: server.estop("SIGUSR1 (local e-stop)"))
+        page = f"; operator page http://{server.operator_address[0]}:{server.operator_address[1]}/" if (
+            server.operator_address) else ""
+        print(f"pushcut robot serve: serving robot (driver {config.driver}, {len(robot.tasks())} tasks) on "
+              f"{host}:{port}{' with TLS' if server.tls else ''}{page}", flush=True)
+        print("pushcut robot serve: e + Enter (or kill -USR1) = E-STOP, r + Enter = reset it, Enter = confirm the "
+              "next episode", flush=True)
+        if console:
+            threading.Thread(target=server.console, args=(sys.stdin,), daemon=True, name="pushcut-console").start()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        server.shutdown()
+    finally:
+        robot.close()
+    return 0
