@@ -130,6 +130,16 @@ class RolloutConfig:
     """PEM certificate (or CA) to verify env servers over TLS; empty = plain TCP."""
     max_frame_mb: float = 64.0
     """Largest message accepted from an env server, in MiB (a bigger frame is refused)."""
+    ray_num_cpus: float = 1.0
+    """CPUs each env actor reserves (rollout.transport=ray; see docs/scaling.md)."""
+    ray_num_gpus: float = 0.0
+    """GPUs each env actor reserves (a simulator that renders on a GPU; transport=ray)."""
+    ray_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each env actor needs, e.g. {sim_node: 1} to pin actors to some nodes (transport=ray)."""
+    ray_python: str = ""
+    """Interpreter of each env actor (Ray's runtime_env py_executable): another venv's bin/python; empty = the cluster's."""
+    ray_runtime_env: dict[str, Any] = field(default_factory=dict)
+    """Extra Ray runtime_env of each env actor (env_vars, working_dir, ...; transport=ray)."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 0 or self.envs_per_worker < 1:
@@ -153,6 +163,12 @@ class RolloutConfig:
             raise ConfigError(f"rollout.addresses is only read with rollout.transport=socket (it is {self.transport!r})")
         if self.python and self.transport != "process":
             raise ConfigError(f"rollout.python is only read with rollout.transport=process (it is {self.transport!r})")
+        if self.ray_python and self.transport != "ray":
+            raise ConfigError(f"rollout.ray_python is only read with rollout.transport=ray (it is {self.transport!r}); "
+                              "use rollout.python for process workers")
+        if self.ray_num_cpus < 0 or self.ray_num_gpus < 0:
+            raise ConfigError(f"rollout.ray_num_cpus and rollout.ray_num_gpus must be >= 0, got {self.ray_num_cpus} "
+                              f"and {self.ray_num_gpus}")
         for name in ("startup_timeout_s", "connect_timeout_s", "max_frame_mb"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"rollout.{name} must be > 0, got {getattr(self, name)}")
@@ -162,12 +178,15 @@ class RolloutConfig:
             raise ConfigError(f"rollout.pipeline needs rollout.num_workers >= 2 (two lanes), got {self.num_workers}")
 
 
-TRANSPORTS = ("process", "inline", "socket")
+TRANSPORTS = ("process", "inline", "socket", "ray")
 """``rollout.transport`` choices (see :mod:`pushcut.envpool`)."""
 
 _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}")
 
 
+
+BACKENDS = ("local", "ray")
+"""``train.backend`` choices (see :mod:`pushcut.distributed`)."""
 
 EVAL_SPLITS = ("eval", "train")
 """``eval.split`` choices: the held-out initial states, or the ones RL and demos draw from."""
@@ -224,6 +243,12 @@ class TrainConfig:
     """Continue from the newest checkpoint in run_dir when there is one."""
     eval_at_start: bool = True
     """Evaluate before the first update, so the curve starts at the SFT policy."""
+    backend: str = "local"
+    """Where the update runs: local (this process) or ray (train.learners ranks as Ray actors; docs/scaling.md)."""
+    learners: int = 1
+    """Learner ranks (torch.distributed, gloo on CPU / NCCL on CUDA); > 1 needs train.backend=ray."""
+    learner_num_cpus: float = 1.0
+    """CPUs each learner rank reserves (train.backend=ray)."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "max_sample_rounds", "ppo_epochs", "minibatch_size",
@@ -239,6 +264,13 @@ class TrainConfig:
             raise ConfigError(f"train.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
         if self.grad_clip <= 0:
             raise ConfigError(f"train.grad_clip must be > 0, got {self.grad_clip}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"train.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.learners < 1 or (self.learners > 1 and self.backend != "ray"):
+            raise ConfigError(f"train.learners={self.learners}: it must be >= 1, and more than 1 needs "
+                              "train.backend=ray")
+        if self.learner_num_cpus < 0:
+            raise ConfigError(f"train.learner_num_cpus must be >= 0, got {self.learner_num_cpus}")
 
 
 @dataclass
@@ -630,7 +662,9 @@ RESUME_SAFE = (
     "train.torch_threads", "train.resume", "train.init_from", "train.eval_at_start", "rollout.num_workers",
     "rollout.envs_per_worker", "rollout.step_timeout_s", "rollout.pipeline", "rollout.transport", "rollout.addresses",
     "rollout.python", "rollout.startup_timeout_s", "rollout.connect_timeout_s", "rollout.connect_attempts",
-    "rollout.token_file", "rollout.tls_ca", "rollout.max_frame_mb", "eval", "sft",
+    "rollout.token_file", "rollout.tls_ca", "rollout.max_frame_mb", "rollout.ray_num_cpus", "rollout.ray_num_gpus",
+    "rollout.ray_resources", "rollout.ray_python", "rollout.ray_runtime_env", "train.backend", "train.learners",
+    "train.learner_num_cpus", "eval", "sft",
 )
 """Keys (or whole sections) a run may change when it continues: how long it runs, how often it
 evaluates and saves, on what hardware, and how it is evaluated; never what it learns from or how."""

@@ -144,10 +144,15 @@ def update_policy(
     config: RunConfig,
     generator: torch.Generator,
     reference: Policy | None = None,
+    shards: Any = None,
 ) -> dict[str, float]:
     """Steps 6–7 over one batch (with advantages): ``ppo_epochs`` passes of shuffled
     minibatches of episodes, each split into micro-batches of chunk rows whose gradients
-    add up exactly to the minibatch loss (aggregation weights computed over the minibatch)."""
+    add up exactly to the minibatch loss (aggregation weights computed over the minibatch).
+
+    ``shards`` (a :class:`pushcut.distributed.Shards`, on a learner rank) takes this rank's
+    share of each minibatch's rows and sums gradients and statistics over the ranks before
+    each step, so every rank applies the single-process update."""
     algo, train = config.algo, config.train
     policy_loss = algos.get_policy_loss(algo.policy_loss)
     device = policy.device
@@ -166,6 +171,8 @@ def update_policy(
             mb = order[start:start + train.minibatch_size]
             ep_weights = algos.aggregation_weights(batch.episode_mask(mb), algo.loss_agg_mode)
             rows = batch.rows(mb)
+            if shards is not None:
+                rows = shards.take(rows)
             optimizer.zero_grad(set_to_none=True)
             mb_loss = 0.0
             finite = True
@@ -199,6 +206,8 @@ def update_policy(
                 if scores.entropy is not None:
                     sums["entropy"] += float(algos.masked_mean(scores.entropy.detach(), mask)) * n_tok
                 tokens_seen += n_tok
+            if shards is not None:
+                finite, mb_loss = shards.reduce_step(params, finite, mb_loss)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip) if finite else torch.tensor(float("nan"))
             if not finite or not torch.isfinite(grad_norm):
                 # never apply a NaN update: drop this minibatch, count it, keep the weights
@@ -211,6 +220,8 @@ def update_policy(
             steps += 1
             sums["pg_loss"] += mb_loss
             grad_norms.append(float(grad_norm))
+    if shards is not None:
+        tokens_seen = shards.reduce_sums(sums, tokens_seen)
     policy.eval()
     tok = max(tokens_seen, 1.0)
     metrics = {
@@ -260,6 +271,10 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train for ``train.iterations`` iterations (resuming if possible)."""
         cfg, t = self.config, self.config.train
+        if t.backend == "ray" and type(self) is Trainer:  # learner ranks on Ray, this process drives
+            from pushcut.distributed import RayTrainer
+
+            return RayTrainer(cfg, self.manager).run()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if list_checkpoints(self.run_dir):
             if not t.resume:

@@ -30,6 +30,8 @@ if python -m pip show mujoco-core >/dev/null 2>&1; then
 fi
 # [libero]: the LIBERO env plugin (libero 0.1.1, robosuite 1.4.0, bddl 1.0.1, mujoco 3.9.0).
 python -m pip install -q -c constraints.txt -e ".[test,libero]"
+# [ray]: the ray env transport and learner ranks (tests/core/test_distributed.py).
+python -m pip install -q -c constraints.txt -e ".[ray]"
 # playwright drives Debian's chromium in the human-judge browser tests (its own browser download is not used).
 python -m pip install -q -c constraints.txt playwright
 # Remove the torchvision that libero's robomimic requirement drags in (a CUDA build that crashes

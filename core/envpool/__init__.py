@@ -34,6 +34,10 @@ def transport_from_config(rollout: Any) -> Transport:
                                rollout.connect_timeout_s, rollout.connect_attempts, rollout.max_frame_mb)
     if rollout.transport == "process":
         return ProcessTransport(rollout.python, rollout.startup_timeout_s)
+    if rollout.transport == "ray":
+        from pushcut.envpool.ray import transport_from_rollout
+
+        return transport_from_rollout(rollout)
     return make_transport(rollout.transport)
 
 

@@ -57,7 +57,11 @@ def make_transport(name: str, startup_timeout_s: float = 300.0) -> Transport:
         return ProcessTransport(startup_timeout_s=startup_timeout_s)
     if name == "inline":
         return InlineTransport()
-    raise EnvError(f"unknown env-pool transport {name!r}; use 'process' or 'inline' (or pass a SocketTransport)")
+    if name == "ray":  # imported here: Ray is an optional extra
+        from pushcut.envpool.ray import RayTransport
+
+        return RayTransport(startup_timeout_s=startup_timeout_s)
+    raise EnvError(f"unknown env-pool transport {name!r}; use 'process', 'inline' or 'ray' (or pass a SocketTransport)")
 
 
 class EnvPool:

@@ -1,0 +1,274 @@
+"""Scale-out on Ray, on one local 2-CPU cluster: env workers as Ray actors behind the pool's
+transport contract, and the update on 2 gloo learner ranks equal to the single-process one.
+
+Tolerance: the ranks compute the same per-row losses as one process, but sum the gradient in
+another order (each rank's share, then across ranks), so gradients differ by float32 rounding
+(~1e-7 relative). AdamW divides by sqrt(v), which keeps relative errors relative, so after a few
+updates parameters agree to rtol=1e-5, atol=1e-6; rewards, advantages and every rollout count
+are compared exactly (rollouts sample from weights this close with the same random numbers).
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install "pushcut[ray]"')
+
+from pushcut import hookimpl  # noqa: E402
+from pushcut.config import load_config  # noqa: E402
+from pushcut.envpool import EnvPool, SlotFailure  # noqa: E402
+from pushcut.envpool.ray import RayTransport  # noqa: E402
+from pushcut.errors import ConfigError, EnvError  # noqa: E402
+from pushcut.testing import registered_plugin  # noqa: E402
+from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin  # noqa: E402
+from pushcut.trainer import Trainer, update_policy  # noqa: E402
+
+RTOL, ATOL = 1e-5, 1e-6
+
+BASE = [
+    "env.type=reach", "policy.type=bins", "algo.temperature=1.0", "train.lr=0.03", "train.batch_size=4",
+    "train.minibatch_size=12", "train.micro_batch_size=7", "rollout.num_workers=2", "rollout.envs_per_worker=8",
+    "train.eval_every=0", "eval.max_init_states=2", "train.save_every=1", "train.torch_threads=1",
+]
+RAY = ["rollout.transport=ray", "rollout.ray_num_cpus=0.5", "train.backend=ray", "train.learners=2",
+       "train.learner_num_cpus=0.5"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def manager():
+    with registered_plugin(ToyPlugin(), "toys") as m:
+        yield m
+
+
+def run(manager, run_dir, *overrides):
+    cfg = load_config(None, [*BASE, f"run_dir={run_dir}", *overrides], manager)
+    summary = Trainer(cfg, manager).run()
+    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return summary, lines
+
+
+def final_state(run_dir, step):
+    return torch.load(Path(run_dir) / f"checkpoints/step_{step:06d}/policy/bin_policy.pt", weights_only=True)["state"]
+
+
+EXACT = ("rollout/", "eval/", "actor/advantage_abs_mean", "actor/optimizer_steps", "actor/skipped_updates", "step")
+CLOSE = ("actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/entropy", "actor/grad_norm", "actor/lr")
+
+
+def assert_same_run(lines, reference):
+    assert len(lines) == len(reference)
+    for got, want in zip(lines, reference):
+        for key, value in want.items():
+            if key.startswith(EXACT):
+                assert got[key] == value or (value != value and got[key] != got[key]), (key, got[key], value)
+            elif key in CLOSE:
+                assert got[key] == pytest.approx(value, rel=RTOL, abs=ATOL), key
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """The single-process reference: 3 iterations on inline envs, one learner."""
+    run_dir = tmp_path_factory.mktemp("local") / "run"
+    with registered_plugin(ToyPlugin(), "toys") as m:
+        _, lines = run(m, run_dir, "train.iterations=3", "rollout.transport=inline")
+    return run_dir, lines
+
+
+# --------------------------------------------------------------------------- env actors
+
+
+def test_ray_env_actors_answer_like_inline_envs_and_a_killed_actor_is_replaced(cluster):
+    config = ReachConfig(step_delay_s=0.4)
+    with EnvPool(ReachEnv, config, num_workers=2, envs_per_worker=2, transport="inline") as inline, \
+            EnvPool(ReachEnv, config, num_workers=2, envs_per_worker=2, timeout_s=30,
+                    transport=RayTransport(num_cpus=0.5, startup_timeout_s=60)) as pool:
+        assert pool.tasks() == inline.tasks() and pool.action_spec == inline.action_spec
+        starts = {0: ("reach_0", 3), 1: ("reach_1", 4), 2: ("reach_0", 5), 3: ("reach_1", 6)}
+        for slot, obs in pool.reset(starts).items():
+            np.testing.assert_array_equal(obs["state"], inline.reset(starts)[slot]["state"])
+        actions = {s: np.full((1, 1), 0.5, dtype=np.float32) for s in range(4)}
+        want = inline.step(actions)
+        got = pool.step(actions)
+        for s in range(4):
+            assert (got[s].done, got[s].success, got[s].steps) == (want[s].done, want[s].success, want[s].steps)
+            np.testing.assert_array_equal(got[s].observation["state"], want[s].observation["state"])
+        pids = pool.worker_pids()
+        assert len(set(pids)) == 2 and os.getpid() not in pids
+        ticket = pool.submit_step(actions)
+        time.sleep(0.15)  # mid-step: the actor is inside env.step's delay
+        os.kill(pids[0], signal.SIGKILL)
+        t0 = time.monotonic()
+        out = pool.collect(ticket)
+        assert time.monotonic() - t0 < 20  # the death is seen, not waited out
+        assert isinstance(out[0], SlotFailure) and isinstance(out[1], SlotFailure)
+        assert "died" in out[0].reason and "new ray actor" in out[0].reason
+        assert not isinstance(out[2], SlotFailure) and not isinstance(out[3], SlotFailure)
+        assert pool.restarts == 1 and pool.pop_lost_slots() == {0, 1}
+        assert pool.worker_pids()[0] not in pids and pool.worker_pids()[1] == pids[1]
+        again = pool.reset(starts)  # the replacement serves the same envs
+        assert not any(isinstance(v, SlotFailure) for v in again.values())
+        np.testing.assert_array_equal(again[0]["state"], inline.reset(starts)[0]["state"])
+
+
+def test_an_env_actor_whose_runtime_env_cannot_start_is_one_line(cluster):
+    t0 = time.monotonic()
+    with pytest.raises(EnvError) as err:
+        EnvPool(ReachEnv, ReachConfig(), num_workers=1, envs_per_worker=1,
+                transport=RayTransport(num_cpus=0.5, python="/nonexistent/venv/bin/python", startup_timeout_s=8))
+    assert time.monotonic() - t0 < 60
+    msg = str(err.value)
+    assert "\n" not in msg and "ray env actor 0" in msg and "/nonexistent/venv/bin/python" in msg
+
+
+def test_env_actors_run_on_the_interpreter_the_config_names(cluster):
+    transport = RayTransport(num_cpus=0.5, python=sys.executable, runtime_env={"env_vars": {"PUSHCUT_X": "1"}})
+    assert transport.options["runtime_env"]["py_executable"] == sys.executable
+    with EnvPool(ReachEnv, ReachConfig(), num_workers=1, envs_per_worker=1, transport=transport) as pool:
+        assert pool.reset({0: ("reach_0", 0)})[0]["state"].shape == (2,)
+
+
+# --------------------------------------------------------------------------- learner ranks
+
+
+def test_update_on_two_gloo_ranks_equals_update_policy(cluster, manager, tmp_path):
+    from pushcut.distributed import LearnerGroup
+
+    cfg = load_config(None, [*BASE, "train.ppo_epochs=2", *RAY[2:], f"run_dir={tmp_path}"], manager)
+    with EnvPool(ReachEnv, ReachConfig(), num_workers=1, envs_per_worker=16, transport="inline") as pool:
+        from pushcut.build import build_collector
+        from pushcut.sampling import make_sampler
+        from pushcut.trainer import collect_batch
+
+        torch.manual_seed(0)
+        policy = BinPolicy(BinPolicyConfig())
+        batch, _ = collect_batch(build_collector(cfg, pool, policy), make_sampler("uniform", pool.tasks(), 0, 8),
+                                 cfg, None)
+    assert batch is not None and len(batch) >= 16
+    single = BinPolicy(BinPolicyConfig())
+    single.load_state_dict(policy.state_dict())
+    opt = torch.optim.AdamW(single.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    want = update_policy(single, opt, batch, cfg, torch.Generator().manual_seed(5))
+    group = LearnerGroup(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr), manager)
+    try:
+        got = group.update(batch, torch.Generator().manual_seed(5), None, 0)
+        assert len(group.ranks) == 2
+        state = group.state_dict()
+    finally:
+        group.shutdown()
+    assert want["actor/optimizer_steps"] >= 4  # several minibatches × 2 epochs, each split over micro-batches
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=RTOL, abs=ATOL), key
+    assert got["actor/weight_version"] == 1 and got["rollout/stale_versions"] == 0
+    moved = 0.0
+    for name, p in single.named_parameters():
+        torch.testing.assert_close(dict(policy.named_parameters())[name], p, rtol=RTOL, atol=ATOL)
+        moved = max(moved, float((p.detach() - BinPolicy(BinPolicyConfig()).state_dict()[name]).abs().max()))
+    assert moved > 1e-3  # the update did move the weights
+    ref = opt.state_dict()["state"]
+    for k, s in state["state"].items():  # rank 0's AdamW state is the single-process one
+        torch.testing.assert_close(s["exp_avg"], ref[k]["exp_avg"], rtol=RTOL, atol=ATOL)
+
+
+def test_ray_backend_run_equals_the_single_process_run(cluster, manager, local_run, tmp_path):
+    local_dir, reference = local_run
+    summary, lines = run(manager, tmp_path / "ray", "train.iterations=3", *RAY)
+    assert summary["status"] == "completed"
+    assert_same_run(lines, reference)
+    updates = [r for r in lines if r["step"] > 0]  # (step 0 is the evaluation before training)
+    assert [r["actor/weight_version"] for r in updates] == [1.0, 2.0, 3.0]
+    assert all(r["rollout/stale_versions"] == 0 for r in updates)
+    a, b = final_state(local_dir, 3), final_state(tmp_path / "ray", 3)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=RTOL, atol=ATOL)
+
+
+def test_resume_on_another_number_of_learners(cluster, manager, local_run, tmp_path):
+    local_dir, reference = local_run
+    run(manager, tmp_path / "run", "train.iterations=2", *RAY)
+    # continue the 2-rank run on one learner in this process: the checkpoint holds rank 0's state
+    _, lines = run(manager, tmp_path / "run", "train.iterations=3", "rollout.transport=inline")
+    assert_same_run(lines, reference)
+    a, b = final_state(local_dir, 3), final_state(tmp_path / "run", 3)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=RTOL, atol=ATOL)
+
+
+# --------------------------------------------------------------------------- faults and bad input
+
+
+@dataclasses.dataclass
+class DyingReachConfig(ReachConfig):
+    """ReachEnv whose process dies (once: a marker file) on stepping ``die_on_init_state``."""
+
+    die_on_init_state: int = -1
+    marker: str = ""
+
+
+class DyingReachEnv(ReachEnv):
+    def step(self, actions, record=False):
+        c = self.config
+        if self.init_state == c.die_on_init_state and c.marker and not os.path.exists(c.marker):
+            Path(c.marker).write_text(str(os.getpid()))
+            os._exit(1)  # the actor's process is gone mid-iteration, as on a lost node
+        return super().step(actions, record)
+
+
+class DyingPlugin:
+    @hookimpl
+    def pushcut_register_envs(self, registry):
+        registry.add("dying_reach", DyingReachConfig, DyingReachEnv)
+
+
+@pytest.mark.slow
+def test_a_dead_env_actor_mid_iteration_loses_its_episodes_and_training_continues(cluster, manager, tmp_path, caplog):
+    marker = tmp_path / "died"
+    with registered_plugin(DyingPlugin(), "dying", manager):
+        with caplog.at_level(logging.WARNING, logger="pushcut"):
+            summary, lines = run(manager, tmp_path / "run", "env.type=dying_reach", "train.iterations=3",
+                                 "env.die_on_init_state=0", f"env.marker={marker}", *RAY)
+    assert marker.is_file() and summary["status"] == "completed"
+    failed = [r["rollout/episodes_failed"] for r in lines if r["step"] > 0]
+    assert sum(failed) >= 1, failed
+    assert any("new ray actor" in r.getMessage() for r in caplog.records)
+    assert [r["actor/weight_version"] for r in lines if r["step"] > 0] == [1.0, 2.0, 3.0]
+
+
+def test_more_learner_ranks_than_the_cluster_holds_is_one_line(cluster, manager, tmp_path):
+    cfg = load_config(None, [*BASE, *RAY, "train.learners=3", "train.learner_num_cpus=1",
+                             f"run_dir={tmp_path}"], manager)
+    with pytest.raises(ConfigError, match=r"train.learners=3 .* need 3 CPUs, the Ray cluster has 2") as err:
+        Trainer(cfg, manager).run()
+    assert "\n" not in str(err.value)
+
+
+def test_learners_above_one_need_the_ray_backend(manager):
+    with pytest.raises(ConfigError, match="needs train.backend=ray"):
+        load_config(None, [*BASE, "train.learners=2"], manager)
+    with pytest.raises(ConfigError, match="rollout.ray_python is only read with rollout.transport=ray"):
+        load_config(None, [*BASE, "rollout.ray_python=/usr/bin/python3"], manager)
+
+
+def test_without_ray_installed_the_error_names_the_extra(manager, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets when Ray is not installed
+    with pytest.raises(ConfigError, match=r'rollout.transport=ray needs Ray.*pip install "pushcut\[ray\]"'):
+        RayTransport()
+    cfg = load_config(None, [*BASE, "train.backend=ray", f"run_dir={tmp_path}"], manager)
+    with pytest.raises(ConfigError, match=r'train.backend=ray needs Ray.*pip install "pushcut\[ray\]"') as err:
+        Trainer(cfg, manager).run()
+    assert "\n" not in str(err.value)
