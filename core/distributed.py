@@ -36,7 +36,7 @@ import torch
 
 from pushcut.config import AlgoConfig, RunConfig, TrainConfig, build_dataclass, to_dict
 from pushcut.contracts import Policy
-from pushcut.envpool.ray import connect, import_ray
+from pushcut.envpool.ray import check_free, connect, import_ray
 from pushcut.envpool.spec import import_ref, load_ref
 from pushcut.errors import ConfigError, PushcutError
 from pushcut.rollout import EpisodeBatch
@@ -215,20 +215,22 @@ def _to_cpu(obj: Any) -> Any:
 # --------------------------------------------------------------------------- the driver's side
 
 
-def check_capacity(ray: Any, train: TrainConfig) -> None:
-    """One ConfigError line when the cluster cannot hold ``train.learners`` ranks."""
+def check_capacity(ray: Any, config: RunConfig) -> None:
+    """One ConfigError line when the cluster cannot hold ``train.learners`` ranks (and, with
+    ``rollout.transport=ray``, the env actors besides), before anything is placed."""
+    train, rollout = config.train, config.rollout
     total = ray.cluster_resources()
     if train.device.startswith("cuda"):
         gpus = int(total.get("GPU", 0))
         if train.learners > gpus:
             raise ConfigError(f"train.learners={train.learners} learner ranks need one GPU each, the Ray cluster has "
                               f"{gpus}: set train.learners<={gpus} or add GPU nodes (ray start --address=...)")
-    cpus = float(total.get("CPU", 0))
-    need = train.learners * train.learner_num_cpus
-    if need > cpus:
-        raise ConfigError(f"train.learners={train.learners} learner ranks × train.learner_num_cpus="
-                          f"{train.learner_num_cpus} need {need:g} CPUs, the Ray cluster has {cpus:g}: use fewer "
-                          "ranks, a smaller train.learner_num_cpus, or a bigger cluster")
+    what = f"train.learners={train.learners} rank(s) × train.learner_num_cpus={train.learner_num_cpus:g}"
+    cpus = train.learners * train.learner_num_cpus
+    if rollout.transport == "ray":
+        what += f" and rollout.num_workers={rollout.num_workers} env actor(s) × rollout.ray_num_cpus={rollout.ray_num_cpus:g}"
+        cpus += rollout.num_workers * rollout.ray_num_cpus
+    check_free(ray, cpus, 0.0, what)
 
 
 class LearnerGroup:
@@ -240,9 +242,10 @@ class LearnerGroup:
         import os
         import sys
 
-        self.ray = ray = connect("train.backend=ray")
-        t = config.train
-        check_capacity(ray, t)
+        t, r = config.train, config.rollout
+        env_cpus = r.num_workers * r.ray_num_cpus if r.transport == "ray" else 0.0
+        self.ray = ray = connect("train.backend=ray", t.learners * t.learner_num_cpus + env_cpus)
+        check_capacity(ray, config)
         self.policy, self.local = policy, local_optimizer
         self.version = 0
         self._pushed = False

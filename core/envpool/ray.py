@@ -21,6 +21,7 @@ none, :func:`connect` joins ``$RAY_ADDRESS`` or starts a local one.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -45,13 +46,30 @@ def import_ray(what: str) -> Any:
     return ray
 
 
-def connect(what: str = "the ray backend") -> Any:
-    """``ray``, connected: the cluster this process already joined, ``$RAY_ADDRESS``'s, or a new local one."""
+def connect(what: str = "the ray backend", num_cpus: float = 0.0) -> Any:
+    """``ray``, connected: the cluster this process already joined, ``$RAY_ADDRESS``'s, or a new local one.
+
+    A local cluster started here offers ``max(cores, num_cpus)`` logical CPUs: on one machine the
+    actors share the cores as process workers do, so a run that reserves more CPUs than there are
+    cores still starts (Ray's CPUs are scheduling tokens, not pinned cores)."""
     ray = import_ray(what)
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        address = os.environ.get("RAY_ADDRESS") or None
+        local = {} if address else {"num_cpus": max(os.cpu_count() or 1, math.ceil(num_cpus))}
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
     return ray
+
+
+def check_free(ray: Any, cpus: float, gpus: float, what: str) -> None:
+    """One ConfigError line, before anything is placed, when the cluster has fewer free CPUs / GPUs
+    than ``what`` reserves (Ray would otherwise queue the actors and the run would wait for them)."""
+    free = ray.available_resources()
+    for kind, need in (("CPU", cpus), ("GPU", gpus)):
+        have = float(free.get(kind, 0.0))
+        if need > have + 1e-9:
+            raise ConfigError(f"{what} reserve {need:g} {kind}s, the Ray cluster has {have:g} free: reserve less "
+                              f"(rollout.ray_num_cpus / rollout.ray_num_gpus, train.learner_num_cpus), run fewer "
+                              "workers or ranks, or add nodes (ray start --address=...)")
 
 
 class EnvActorHost:
@@ -213,10 +231,15 @@ class RayTransport(Transport):
     def __init__(self, num_cpus: float = 1.0, num_gpus: float = 0.0, resources: dict[str, float] | None = None,
                  python: str = "", runtime_env: dict[str, Any] | None = None,
                  startup_timeout_s: float = 300.0) -> None:
-        self.ray = connect("rollout.transport=ray")
+        self.ray = import_ray("rollout.transport=ray")
         self.options = actor_options(num_cpus, num_gpus, resources, python, runtime_env)
         self.startup_timeout_s = startup_timeout_s
-        self.actor_class = self.ray.remote(EnvActorHost)
+        self.actor_class: Any = None
+
+    def _connect(self, num_workers: int) -> None:
+        if self.actor_class is None:
+            connect("rollout.transport=ray", num_workers * self.options["num_cpus"])
+            self.actor_class = self.ray.remote(EnvActorHost)
 
     def _launch(self, spec: EnvSpec, num_envs: int) -> tuple[Any, Any]:
         actor = self.actor_class.options(**self.options).remote()
@@ -258,6 +281,10 @@ class RayTransport(Transport):
 
     def start_all(self, spec: EnvSpec, num_workers: int, num_envs: int) -> list[Channel]:
         """Place every actor first, then wait for all of them: they build their envs in parallel."""
+        self._connect(num_workers)
+        check_free(self.ray, num_workers * self.options["num_cpus"], num_workers * self.options["num_gpus"],
+                   f"{num_workers} env actor(s) (rollout.num_workers) × num_cpus={self.options['num_cpus']:g}, "
+                   f"num_gpus={self.options['num_gpus']:g}")
         launched = [self._launch(spec, num_envs) for _ in range(num_workers)]
         channels: list[Channel] = []
         try:
@@ -272,6 +299,7 @@ class RayTransport(Transport):
         return channels
 
     def start(self, index: int, spec: EnvSpec, num_envs: int) -> Channel:
+        self._connect(1)
         actor, started = self._launch(spec, num_envs)
         return self._welcome(index, actor, started, spec, num_envs)
 
