@@ -21,10 +21,12 @@ none, :func:`connect` joins ``$RAY_ADDRESS`` or starts a local one.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
 import sys
+import time
 from collections import deque
 from typing import Any
 
@@ -33,6 +35,8 @@ from pushcut.envpool.transport import Channel, Reply, Transport, _decode_item, c
 from pushcut.envpool.worker import EnvHost, _reply
 from pushcut.errors import ConfigError, EnvError
 from pushcut.wire import PROTOCOL_VERSION, ChannelClosed, ChannelTimeout, ProtocolError, decode, encode
+
+log = logging.getLogger("pushcut")
 
 INSTALL_HINT = 'pip install "pushcut[ray]"'
 
@@ -60,16 +64,34 @@ def connect(what: str = "the ray backend", num_cpus: float = 0.0) -> Any:
     return ray
 
 
-def check_free(ray: Any, cpus: float, gpus: float, what: str) -> None:
-    """One ConfigError line, before anything is placed, when the cluster has fewer free CPUs / GPUs
-    than ``what`` reserves (Ray would otherwise queue the actors and the run would wait for them)."""
-    free = ray.available_resources()
-    for kind, need in (("CPU", cpus), ("GPU", gpus)):
-        have = float(free.get(kind, 0.0))
+def check_free(ray: Any, cpus: float, gpus: float, what: str, wait_s: float = 30.0) -> None:
+    """One ConfigError line, before anything is placed, when the whole cluster holds fewer CPUs /
+    GPUs than ``what`` reserves (Ray would otherwise queue the actors for ever).
+
+    When the cluster is big enough but busy (a run that just ended releases its actors
+    asynchronously; another job may hold them), wait up to ``wait_s`` for the room, then go on
+    with one warning: Ray places the actors once the resources are free."""
+    total = ray.cluster_resources()
+    needs = [(kind, need) for kind, need in (("CPU", cpus), ("GPU", gpus)) if need > 0]
+    for kind, need in needs:
+        have = float(total.get(kind, 0.0))
         if need > have + 1e-9:
-            raise ConfigError(f"{what} reserve {need:g} {kind}s, the Ray cluster has {have:g} free: reserve less "
+            raise ConfigError(f"{what} reserve {need:g} {kind}s, the Ray cluster has {have:g} in all: reserve less "
                               f"(rollout.ray_num_cpus / rollout.ray_num_gpus, train.learner_num_cpus), run fewer "
                               "workers or ranks, or add nodes (ray start --address=...)")
+    deadline = time.monotonic() + wait_s
+    while True:
+        free = ray.available_resources()
+        short = [(kind, need, float(free.get(kind, 0.0))) for kind, need in needs
+                 if need > float(free.get(kind, 0.0)) + 1e-9]
+        if not short:
+            return
+        if time.monotonic() >= deadline:
+            kind, need, have = short[0]
+            log.warning("%s reserve %g %ss, %g are free now: Ray places them as others release theirs "
+                        "(`ray status` shows who holds them)", what, need, kind, have)
+            return
+        time.sleep(0.5)
 
 
 class EnvActorHost:

@@ -252,7 +252,7 @@ def test_a_dead_env_actor_mid_iteration_loses_its_episodes_and_training_continue
 def test_more_learner_ranks_than_the_cluster_holds_is_one_line(cluster, manager, tmp_path):
     cfg = load_config(None, [*BASE, *RAY, "train.learners=3", "train.learner_num_cpus=1",
                              f"run_dir={tmp_path}"], manager)
-    with pytest.raises(ConfigError, match=r"train.learners=3 rank\(s\) .* reserve \d+ CPUs, the Ray cluster has 2 free") as err:
+    with pytest.raises(ConfigError, match=r"train.learners=3 rank\(s\) .* reserve \d+ CPUs, the Ray cluster has 2 in all") as err:
         Trainer(cfg, manager).run()
     assert "\n" not in str(err.value)
 
@@ -261,7 +261,7 @@ def test_more_env_actors_than_the_cluster_holds_is_one_line_at_once(cluster, man
     cfg = load_config(None, [*BASE, "rollout.transport=ray", "rollout.num_workers=3", "rollout.ray_num_cpus=1",
                              f"run_dir={tmp_path}"], manager)
     t0 = time.monotonic()
-    with pytest.raises(ConfigError, match=r"3 env actor\(s\) .* reserve 3 CPUs, the Ray cluster has 2 free") as err:
+    with pytest.raises(ConfigError, match=r"3 env actor\(s\) .* reserve 3 CPUs, the Ray cluster has 2 in all") as err:
         Trainer(cfg, manager).run()
     assert "\n" not in str(err.value) and time.monotonic() - t0 < 30  # refused up front, not after a wait
 
