@@ -14,5 +14,8 @@ export PUSHCUT_TIMM_PYTHON="$PWD/.venv-timm/bin/python"
 # A torch-free venv that serves the tabletop env, for the env-transport tests (docs/remote-envs.md).
 bash scripts/make_env_venv.sh .venv-env
 export PUSHCUT_ENV_VENV_PYTHON="$PWD/.venv-env/bin/python"
+# RoboTwin 2.0 in its own venv (+ Mesa's lavapipe Vulkan driver), for tests/plugins/envs/robotwin (docs/robotwin.md).
+bash scripts/setup-robotwin.sh .venv-robotwin
+export PUSHCUT_ROBOTWIN_PYTHON="$PWD/.venv-robotwin/bin/python"
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 exec .venv/bin/python -m pytest -q "$@"

@@ -46,7 +46,9 @@ class ProcessChannel(FramedChannel):
             child.close()
         super().__init__(FramedSocket(parent, peer=f"worker {index}"), f"worker {index}")
         self.spec, self.num_envs = spec, num_envs
-        same = Path(python).resolve() == Path(sys.executable).resolve()
+        # not .resolve(): every venv's bin/python links to the same base interpreter, and another venv's
+        # worker must not get this venv's import path (it would shadow that venv's own packages)
+        same = Path(python).absolute() == Path(sys.executable).absolute()
         # the same interpreter gets our import path (as multiprocessing's spawn does), so envs and
         # plugins registered from test or notebook modules resolve there too
         self._hello = {"spec": spec.to_wire(), "num_envs": num_envs,

@@ -24,13 +24,15 @@ def test_every_builtin_plugin_is_covered():
     # A plugin whose extra is missing is "unavailable" in every registry (its kind is unknown then).
     # real: EnvContract in tests/plugins/envs/real/test_robot_contract.py (sim driver);
     # human: SuccessDetectorContract in tests/plugins/rewards/test_human_judge.py (answered over HTTP).
-    assert set(manager.envs.names()) <= {"tabletop", "libero", "real"}
+    # robotwin: EnvContract in tests/plugins/envs/robotwin/test_robotwin_venv.py (the env runs in RoboTwin's venv).
+    assert set(manager.envs.names()) <= {"tabletop", "libero", "real", "robotwin"}
     # tinyvla: PolicyContract (log-densities, with and without adapters) in tests/plugins/policies/test_tinyvla.py.
     assert set(manager.policies.names()) <= {"tiny", "openvla", "tinyvla"}
     assert set(manager.success_detectors.names()) == {"env_success", "human"}
     everything = set(manager.envs.unavailable) | {
         n for r in (manager.envs, manager.policies, manager.success_detectors) for n in r.names()}
-    assert everything == {"tabletop", "libero", "tiny", "openvla", "env_success", "real", "human", "tinyvla"}
+    assert everything == {"tabletop", "libero", "tiny", "openvla", "env_success", "real", "human", "tinyvla",
+                          "robotwin"}
 
 
 class TestTabletopEnv(EnvContract):
