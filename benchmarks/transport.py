@@ -3,10 +3,14 @@
 ``--env-python``, ``process`` workers on another interpreter (a venv from
 scripts/make_env_venv.sh).
 
-Each run holds ``--workers`` workers (processes or servers) × ``--envs`` envs, resets every slot,
-then steps random chunks of ``--chunk`` actions until each episode has run ``--max-steps``
-steps; repeated ``--rounds`` times after one warm-up round. Reported: env steps/s, the latency
-of one chunk request over all slots (mean, p50, p95, ms), and socket / process throughput.
+Each transport holds ``--workers`` workers (processes or servers) × ``--envs`` envs. A round
+resets every slot, then steps random chunks of ``--chunk`` actions until each episode has run
+``--max-steps`` steps. All pools are open at once (an idle pool costs no CPU) and take their
+rounds in turn, one warm-up round each, then ``--rounds`` measured rounds interleaved
+(process, socket, other-py, process, ...), so a load change on a shared machine hits every
+transport alike. Reported: env steps/s, the latency of one chunk request over all slots
+(mean, p50, p95, ms), socket / process throughput over all rounds and the median of the
+per-round ratios.
 
     MUJOCO_GL=egl python benchmarks/transport.py [--workers 2 --envs 4 --chunk 8 --image-size 64]
         [--env-python .venv-env/bin/python] [--json out.json]
@@ -15,6 +19,7 @@ of one chunk request over all slots (mean, p50, p95, ms), and socket / process t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -34,35 +39,47 @@ from pushcut.plugins.envs.tabletop import TabletopConfig
 PLUGIN = "pushcut.plugins.envs.tabletop"
 
 
-def measure(pool: EnvPool, chunk: int, max_steps: int, rounds: int, seed: int = 0) -> dict[str, float]:
-    """Steps/s and chunk-request latency of ``pool`` (one warm-up round first)."""
-    rng = np.random.default_rng(seed)
-    tasks = [t.task_id for t in pool.tasks()]
-    latencies: list[float] = []
-    steps, wall = 0, 0.0
-    for r in range(rounds + 1):
-        pool.reset({s: (tasks[s % len(tasks)], r * pool.num_slots + s) for s in range(pool.num_slots)})
-        done = dict.fromkeys(range(pool.num_slots), 0)
+class Meter:
+    """Rounds of random chunks on one pool, and what they measured."""
+
+    def __init__(self, pool: EnvPool, chunk: int, max_steps: int, seed: int = 0) -> None:
+        self.pool, self.chunk, self.max_steps = pool, chunk, max_steps
+        self.rng = np.random.default_rng(seed)
+        self.tasks = [t.task_id for t in pool.tasks()]
+        self.rounds = 0
+        self.steps, self.wall, self.latencies = 0, 0.0, []
+        self.round_rates: list[float] = []
+
+    def round(self, keep: bool = True) -> None:
+        pool, slots = self.pool, range(self.pool.num_slots)
+        pool.reset({s: (self.tasks[s % len(self.tasks)], self.rounds * pool.num_slots + s) for s in slots})
+        self.rounds += 1
+        done = dict.fromkeys(slots, 0)
         active = set(done)
         t_round = time.perf_counter()
-        round_steps, round_lat = 0, []
+        steps, latencies = 0, []
         while active:
-            actions = {s: rng.uniform(-1, 1, (min(chunk, max_steps - done[s]), 4)).astype(np.float32) for s in active}
+            actions = {s: self.rng.uniform(-1, 1, (min(self.chunk, self.max_steps - done[s]), 4)).astype(np.float32)
+                       for s in active}
             t = time.perf_counter()
             out = pool.step(actions)
-            round_lat.append(time.perf_counter() - t)
+            latencies.append(time.perf_counter() - t)
             for s, res in out.items():
-                round_steps += res.steps
+                steps += res.steps
                 done[s] += res.steps
-                if res.done or done[s] >= max_steps:
+                if res.done or done[s] >= self.max_steps:
                     active.discard(s)
-        if r:  # round 0 warms up
-            steps += round_steps
-            wall += time.perf_counter() - t_round
-            latencies += round_lat
-    lat = np.array(latencies) * 1000
-    return {"steps_per_s": steps / wall, "chunk_ms_mean": float(lat.mean()), "chunk_ms_p50": float(np.median(lat)),
-            "chunk_ms_p95": float(np.percentile(lat, 95)), "env_steps": steps}
+        wall = time.perf_counter() - t_round
+        if keep:
+            self.steps, self.wall = self.steps + steps, self.wall + wall
+            self.latencies += latencies
+            self.round_rates.append(steps / wall)
+
+    def result(self) -> dict[str, float]:
+        lat = np.array(self.latencies) * 1000
+        return {"steps_per_s": self.steps / self.wall, "chunk_ms_mean": float(lat.mean()),
+                "chunk_ms_p50": float(np.median(lat)), "chunk_ms_p95": float(np.percentile(lat, 95)),
+                "env_steps": self.steps, "round_steps_per_s": self.round_rates}
 
 
 def start_servers(n: int, envs: int, env_section: dict, python: str) -> tuple[list[subprocess.Popen], list[str]]:
@@ -88,7 +105,7 @@ def main() -> None:
     ap.add_argument("--envs", type=int, default=4, help="envs per worker / server")
     ap.add_argument("--chunk", type=int, default=8)
     ap.add_argument("--max-steps", type=int, default=40)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--env-python", default="", help="another venv's python for process workers (optional)")
     ap.add_argument("--json", default="", help="also write the results here")
@@ -96,29 +113,37 @@ def main() -> None:
 
     options = {"image_size": args.image_size, "jitter": 0.03}
     spec = EnvSpec("tabletop", to_dict(TabletopConfig(**options)), plugins=(PLUGIN,))
-    results: dict[str, dict[str, float]] = {}
-
-    def run(name: str, transport) -> None:
-        with EnvPool(spec, num_workers=args.workers, envs_per_worker=args.envs, transport=transport) as pool:
-            results[name] = measure(pool, args.chunk, args.max_steps, args.rounds)
-        r = results[name]
-        print(f"{name:<16} {r['steps_per_s']:8.0f} steps/s   chunk request {r['chunk_ms_mean']:6.1f} ms mean, "
-              f"{r['chunk_ms_p50']:6.1f} p50, {r['chunk_ms_p95']:6.1f} p95", flush=True)
-
-    run("process", ProcessTransport())
+    transports = {"process": ProcessTransport()}
     procs, addresses = start_servers(args.workers, args.envs, {"type": "tabletop", **options}, sys.executable)
+    transports["socket"] = SocketTransport(addresses)
+    if args.env_python:
+        transports["process-other-py"] = ProcessTransport(args.env_python)
     try:
-        run("socket", SocketTransport(addresses))
+        with contextlib.ExitStack() as stack:
+            meters = {name: Meter(stack.enter_context(EnvPool(spec, num_workers=args.workers,
+                                                             envs_per_worker=args.envs, transport=t)),
+                                  args.chunk, args.max_steps)
+                      for name, t in transports.items()}
+            for m in meters.values():
+                m.round(keep=False)  # warm-up
+            for _ in range(args.rounds):
+                for m in meters.values():
+                    m.round()
+            results = {name: m.result() for name, m in meters.items()}
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(30)
-    if args.env_python:
-        run("process-other-py", ProcessTransport(args.env_python))
+    for name, r in results.items():
+        print(f"{name:<16} {r['steps_per_s']:8.0f} steps/s   chunk request {r['chunk_ms_mean']:6.1f} ms mean, "
+              f"{r['chunk_ms_p50']:6.1f} p50, {r['chunk_ms_p95']:6.1f} p95", flush=True)
     ratio = results["socket"]["steps_per_s"] / results["process"]["steps_per_s"]
-    print(f"socket / process throughput: {ratio:.3f} ({args.workers} x {args.envs} envs, chunk {args.chunk}, "
-          f"{args.image_size} px)")
-    summary = {"config": vars(args), "results": results, "socket_over_process": ratio}
+    per_round = float(np.median(np.array(results["socket"]["round_steps_per_s"])
+                                / np.array(results["process"]["round_steps_per_s"])))
+    print(f"socket / process throughput: {ratio:.3f} over all rounds, {per_round:.3f} median of {args.rounds} "
+          f"interleaved rounds ({args.workers} x {args.envs} envs, chunk {args.chunk}, {args.image_size} px)")
+    summary = {"config": vars(args), "results": results, "socket_over_process": ratio,
+               "socket_over_process_median_round": per_round}
     if "process-other-py" in results:
         summary["other_python_over_process"] = results["process-other-py"]["steps_per_s"] / results["process"]["steps_per_s"]
     if args.json:
