@@ -64,6 +64,16 @@ def wait_until(predicate, timeout_s=5.0):
     return False
 
 
+@pytest.fixture(autouse=True)
+def robot_released(request):
+    """After a test on the shared server, wait until the server has read the trainer's goodbye and
+    freed the robot (it does so asynchronously), so the next test's connection is not refused as busy."""
+    yield
+    if "server" in request.fixturenames:
+        server = request.getfixturevalue("server")
+        assert wait_until(lambda: not status(server)["active"]), "the robot was not freed after the trainer left"
+
+
 def test_wrong_token_is_refused(server):
     with pytest.raises(EnvError, match="wrong or missing token"):
         connect(server.address, token="not-the-token")
