@@ -54,6 +54,8 @@ class Episode:
     instruction: str
     init_state: int
     group: int
+    slot: int = -1
+    """The env slot that ran it (see :meth:`EnvPool.worker_of`); -1 before it started."""
     observations: list[Observation] = field(default_factory=list)
     samples: dict[str, torch.Tensor] = field(default_factory=dict)
     log_probs: torch.Tensor | None = None
@@ -352,15 +354,19 @@ class RolloutCollector:
 
     def _refill(self, lane: _Lane, lanes: list[_Lane], queue: deque[int], episodes: list[Episode],
                 wants_frames: list[bool], stats: RolloutStats, finish: Callable[[int], None]) -> None:
-        """Reset free slots of the lane to queued episodes."""
+        """Reset free slots of the lane to queued episodes, spread over the workers (see
+        :meth:`_pick_slots`)."""
         while lane.free and queue:
             self._retire_down_slots(lanes)
-            if not lane.free:
+            slots = self._pick_slots(lane, lanes, len(queue))
+            if not slots:
                 break
             assignments = {}
-            while lane.free and queue:
-                slot, k = lane.free.pop(), queue.popleft()
+            for slot in slots:
+                k = queue.popleft()
+                lane.free.remove(slot)
                 lane.active[slot] = k
+                episodes[k].slot = slot
                 assignments[slot] = (episodes[k].task_id, episodes[k].init_state)
             t = time.perf_counter()
             results = self.pool.reset(assignments)
@@ -371,6 +377,19 @@ class RolloutCollector:
                 else:
                     lane.obs[slot] = obs
             self._drop_lost(lane, episodes, finish)
+
+    def _pick_slots(self, lane: _Lane, lanes: list[_Lane], queued: int) -> list[int]:
+        """Free slots of ``lane`` for up to ``queued`` episodes: least-loaded worker first, and no
+        worker past its fair share of the round's remaining work (ceil((running + queued) / workers),
+        counted over every lane). So 8 episodes on 2 workers × 8 slots run 4 + 4 instead of 8 on
+        worker 0 while worker 1 idles, and in a pipeline the first lane to refill does not take the
+        other lane's share. A worker with nothing to do is always under its share, so a queued
+        episode never waits while a worker idles."""
+        running = sum(len(ln.active) for ln in lanes)
+        workers = {self.pool.worker_of(s) for ln in lanes for s in (*ln.free, *ln.active)}
+        share = -(-(running + queued) // max(1, len(workers)))
+        busy = [s for ln in lanes for s in ln.active]
+        return self.pool.spread(lane.free, busy, queued, per_worker=share)
 
     def _act_and_submit(self, lane: _Lane, episodes: list[Episode], temperature: float, wants_frames: list[bool],
                         stats: RolloutStats, finish: Callable[[int], None]):
@@ -453,7 +472,7 @@ class _Lane:
     """Slots served together: free slots, slot → episode index, pending observations."""
 
     def __init__(self, slots: list[int]) -> None:
-        self.free: list[int] = list(reversed(slots))
+        self.free: list[int] = list(slots)
         self.active: dict[int, int] = {}
         self.obs: dict[int, Observation] = {}
         self.ticket = None

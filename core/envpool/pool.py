@@ -2,8 +2,10 @@
 
 Envs are built once per worker and reused for the whole run (never a worker
 per chunk). The pool addresses env instances by *slot* (0 … num_slots-1; slot
-s lives on worker ``s // envs_per_worker``). Requests go to all involved
-workers at once and are answered in parallel; a worker that crashes, closes,
+s lives on worker ``s // envs_per_worker``); :meth:`EnvPool.spread` hands free
+slots out least-loaded worker first, so no worker idles while another has
+queued episodes. Requests go to all involved workers at once and are answered
+in parallel; a worker that crashes, closes,
 goes silent or does not answer within ``timeout_s`` is handed to its
 transport's recovery policy, and the slots it held are reported as
 :class:`SlotFailure` — the caller counts those episodes as lost, nothing hangs.
@@ -14,7 +16,8 @@ from __future__ import annotations
 import itertools
 import select
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,12 +84,15 @@ class EnvPool:
         timeout_s: float = 120.0,
         transport: str | Transport = "process",
         startup_timeout_s: float = 300.0,
+        silent_beats: int = SILENT_BEATS,
     ) -> None:
         self.spec = env if isinstance(env, EnvSpec) else EnvSpec.from_factory(env, config)
         self.transport = make_transport(transport, startup_timeout_s) if isinstance(transport, str) else transport
         self.num_workers = self.transport.num_workers(num_workers)
         self.envs_per_worker = envs_per_worker
         self.timeout_s = timeout_s
+        self.silent_beats = silent_beats
+        """A busy worker silent for this many of its heartbeat periods (+1 s) counts as frozen."""
         self.restarts = 0
         """Workers the transport restarted or reconnected."""
         self._lost: set[int] = set()
@@ -105,6 +111,28 @@ class EnvPool:
 
     def worker_of(self, slot: int) -> int:
         return slot // self.envs_per_worker
+
+    def spread(self, free: Iterable[int], busy: Iterable[int], n: int, per_worker: int | None = None) -> list[int]:
+        """Up to ``n`` of the ``free`` slots, each taken on the worker that then has the fewest busy
+        slots (``busy`` plus those already picked; ties: the lower worker, then the lower slot), and
+        never past ``per_worker`` busy slots on one worker.
+
+        Episodes handed out this way keep every worker (process, env server, Ray actor) working
+        while another has queued ones: 8 episodes on 2 workers × 8 slots run 4 + 4, not 8 + 0.
+        Deterministic, so the same seed gives the same episodes on the same slots."""
+        load = Counter(self.worker_of(s) for s in busy)
+        by_worker: dict[int, list[int]] = {}
+        for slot in sorted(set(free)):
+            by_worker.setdefault(self.worker_of(slot), []).append(slot)
+        picked: list[int] = []
+        while len(picked) < n:
+            options = [w for w, slots in by_worker.items() if slots and (per_worker is None or load[w] < per_worker)]
+            if not options:
+                break
+            w = min(options, key=lambda w: (load[w], w))
+            picked.append(by_worker[w].pop(0))
+            load[w] += 1
+        return picked
 
     def tasks(self) -> list[TaskSpec]:
         return list(self._tasks)
@@ -138,16 +166,22 @@ class EnvPool:
         return sent
 
     def _wait(self, pending: set[int], timeout: float) -> list[int]:
+        """The pending workers that sent something: those with a buffered frame, and those whose
+        descriptor is readable (waiting up to ``timeout`` only when none has a buffered frame).
+        Every worker is polled, so silence is never judged on a worker whose data sits unread."""
         ready = [w for w in pending if self._channels[w].ready()]
-        if ready:
+        by_fd = {self._channels[w].fileno(): w for w in pending if w not in ready}
+        by_fd.pop(-1, None)  # inline channels: answered at once, nothing to select on
+        if not by_fd:
+            if not ready:
+                time.sleep(max(0.0, min(timeout, 0.01)))
             return ready
-        by_fd = {self._channels[w].fileno(): w for w in pending}
-        readable, _, _ = select.select(list(by_fd), [], [], max(0.0, timeout))
-        return [by_fd[fd] for fd in readable]
+        readable, _, _ = select.select(list(by_fd), [], [], 0.0 if ready else max(0.0, timeout))
+        return ready + [by_fd[fd] for fd in readable]
 
     def _silence_limit(self, w: int) -> float | None:
         beat = self._channels[w].info.heartbeat_s
-        return SILENT_BEATS * beat + 1.0 if beat > 0 else None
+        return self.silent_beats * beat + 1.0 if beat > 0 else None
 
     def _gather(self, sent: Mapping[int, int | None]) -> dict[int, Any]:
         """Worker → reply items, or a SlotFailure for the whole worker."""
@@ -167,17 +201,12 @@ class EnvPool:
                 for w in sorted(pending):
                     replies[w] = self._fail(w, f"{self._channels[w].label} did not answer within {self.timeout_s:.0f} s")
                 break
-            for w in sorted(pending):
-                limit, ch = self._silence_limit(w), self._channels[w]
-                if limit is not None and isinstance(ch, FramedChannel) and now - ch.last_seen > limit:
-                    replies[w] = self._fail(w, f"{ch.label} stopped answering (no heartbeat for {limit:.0f} s)")
-                    pending.discard(w)
-            if not pending:
-                break
             wait = deadline - now
             if any(self._silence_limit(w) is not None for w in pending):
                 wait = min(wait, 0.5)
+            heard: set[int] = set()
             for w in self._wait(pending, wait):
+                heard.add(w)
                 ch = self._channels[w]
                 try:
                     reply = ch.receive(timeout=max(1.0, min(deadline - time.monotonic(), self._silence_limit(w) or 1e9)))
@@ -193,6 +222,17 @@ class EnvPool:
                         continue
                     replies[w] = reply.items
                 pending.discard(w)
+            # Silence is judged only now, after reading what each worker sent: while the caller was
+            # away (serving the other lane of a pipeline, running the policy), a healthy worker's
+            # reply and heartbeats wait in its socket, and the time since we last *read* it says
+            # nothing about whether it is alive. A worker that sent nothing during this wait and
+            # nothing since we last heard from it is the frozen one.
+            now = time.monotonic()
+            for w in sorted(pending - heard):
+                limit, ch = self._silence_limit(w), self._channels[w]
+                if limit is not None and isinstance(ch, FramedChannel) and now - ch.last_seen > limit:
+                    replies[w] = self._fail(w, f"{ch.label} stopped answering (no heartbeat for {limit:.0f} s)")
+                    pending.discard(w)
         return replies
 
     def _fail(self, w: int, reason: str) -> SlotFailure:

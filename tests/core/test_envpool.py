@@ -153,3 +153,63 @@ def test_socket_transport_config_counts_one_worker_per_address():
     cfg = build_dataclass(RolloutConfig, {"transport": "socket", "addresses": ["10.0.0.5:7171", "[::1]:7172"],
                                           "pipeline": True}, "rollout")
     assert cfg.num_workers == 2 and cfg.addresses == ("10.0.0.5:7171", "[::1]:7172")
+
+
+# ----------------------------------------------------------------- balanced slots and silence
+
+
+def test_spread_takes_free_slots_least_loaded_worker_first(pool):
+    """Slots 0-2 are worker 0's, 3-5 worker 1's: handed out alternately, never past the cap."""
+    assert pool.spread(range(6), [], 4) == [0, 3, 1, 4]
+    assert pool.spread([2, 3, 4, 5], busy=[0, 1], n=2) == [3, 4]  # worker 0 already runs two
+    assert pool.spread([2, 3, 4, 5], busy=[0, 1], n=5) == [3, 4, 2, 5]
+    assert pool.spread(range(6), [], 6, per_worker=2) == [0, 3, 1, 4]
+    assert pool.spread([5, 1], [], 1) == [1]  # a tie goes to the lower worker
+
+
+def test_a_reply_left_unread_while_the_caller_is_away_is_not_a_frozen_worker():
+    """The pipeline's case: the trainer submits to one worker, then spends longer than the
+    heartbeat window elsewhere (the other lane, the policy). The worker's reply and heartbeats
+    wait in its socket; reading them shows it alive. (Before the fix the silence check ran before
+    the socket was read, and this worker was killed and restarted as 'no heartbeat'.)"""
+    import time
+
+    with EnvPool(ReachEnv, ReachConfig(step_delay_s=0.4), num_workers=2, envs_per_worker=1, timeout_s=30,
+                 silent_beats=1) as pool:  # silence limit 1 beat (1 s) + 1 s
+        pool.reset({0: ("reach_0", 1), 1: ("reach_0", 2)})
+        quick = pool.submit_step({0: np.zeros((1, 1), np.float32)})
+        slow = pool.submit_step({1: np.zeros((6, 1), np.float32)})  # 2.4 s of stepping, beats meanwhile
+        time.sleep(3.0)  # past the 2 s window, reading neither
+        out = pool.collect(slow)
+        assert not isinstance(out[1], SlotFailure) and out[1].steps == 6
+        time.sleep(2.5)
+        out = pool.collect(quick)
+        assert not isinstance(out[0], SlotFailure) and out[0].steps == 1
+        assert pool.restarts == 0 and pool.pop_lost_slots() == set()
+
+
+def test_a_frozen_worker_is_still_found_after_the_caller_was_away():
+    """A worker stopped mid-request (SIGSTOP: no reply, no heartbeat) is declared frozen and
+    restarted, even when the caller comes back to it late; its healthy neighbour is not."""
+    import signal
+    import time
+
+    with EnvPool(ReachEnv, ReachConfig(step_delay_s=0.5), num_workers=2, envs_per_worker=1, timeout_s=60,
+                 silent_beats=1) as pool:
+        pool.reset({0: ("reach_0", 1), 1: ("reach_0", 2)})
+        frozen = pool.worker_pids()[1]
+        ticket = pool.submit_step({0: np.zeros((2, 1), np.float32), 1: np.zeros((6, 1), np.float32)})
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            time.sleep(2.5)
+            start = time.monotonic()
+            out = pool.collect(ticket)
+        finally:
+            try:
+                os.kill(frozen, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert not isinstance(out[0], SlotFailure) and out[0].steps == 2
+        assert isinstance(out[1], SlotFailure) and "no heartbeat for 2 s" in out[1].reason
+        assert time.monotonic() - start < 10 and pool.restarts == 1 and pool.pop_lost_slots() == {1}
+        assert pool.worker_pids()[1] != frozen

@@ -207,3 +207,47 @@ def test_an_episode_batch_finds_groups_by_their_id_not_their_position(pool):
     torch.testing.assert_close(sample["bins"][-1], shuffled[picks[i]].samples["bins"][r])
     with pytest.raises(ValueError, match="advantages of shape"):
         shuffled.with_advantages(torch.zeros(5))
+
+
+# ----------------------------------------------------------------- balanced slots
+
+
+def _hold(obs, temperature):
+    """A deterministic act that never moves the dot: every episode runs its full budget."""
+    n = len(obs)
+    return ActionSample(np.zeros((n, 2, 1), np.float32), {"x": torch.zeros(n, 1)}, torch.zeros(n, 1),
+                        torch.ones(n, 1, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_round_is_spread_over_the_workers(pipeline):
+    """8 episodes on 2 workers × 8 slots run 4 + 4 (not all 8 on worker 0 while worker 1 idles),
+    in the plain schedule and in the pipeline (where the first lane must not take them all)."""
+    with EnvPool(ReachEnv, ReachConfig(max_steps=4), num_workers=2, envs_per_worker=8, timeout_s=30) as pool:
+        batch, _ = RolloutCollector(pool, _hold, EnvSuccess(), pipeline=pipeline).collect(
+            [StartState("reach_0", 1), StartState("reach_1", 2)], 4, 1.0)
+        assert all(ep.ok for ep in batch)
+        workers = [pool.worker_of(ep.slot) for ep in batch]
+        assert sorted(workers) == [0] * 4 + [1] * 4
+        assert len({ep.slot for ep in batch}) == 8
+
+
+def test_refills_go_to_the_least_loaded_worker():
+    """6 equal episodes on 2 workers × 2 slots: 2 + 2 first, and when all four finish together
+    the two queued ones go one to each worker (not both to the worker whose slots freed last)."""
+    with EnvPool(ReachEnv, ReachConfig(max_steps=4), num_workers=2, envs_per_worker=2, timeout_s=30) as pool:
+        batch, _ = RolloutCollector(pool, _hold, EnvSuccess()).collect(
+            [StartState("reach_0", i) for i in range(6)], 1, 1.0)
+        assert all(ep.ok and ep.length == 4 for ep in batch)
+        workers = [pool.worker_of(ep.slot) for ep in batch]
+        assert sorted(workers[:4]) == [0, 0, 1, 1] and sorted(workers[4:]) == [0, 1]
+
+
+def test_a_refill_never_waits_while_a_worker_idles():
+    """5 episodes on 2 workers × 4 slots: 3 + 2 at once, none queued behind a busy worker."""
+    with EnvPool(ReachEnv, ReachConfig(max_steps=4), num_workers=2, envs_per_worker=4, timeout_s=30) as pool:
+        policy = CountingPolicy(BinPolicyConfig(chunk_size=4))
+        batch, _ = RolloutCollector.for_policy(pool, policy, EnvSuccess()).collect(
+            [StartState("reach_0", i) for i in range(5)], 1, 1.0)
+        assert policy.calls[0] == 5  # every episode in the first batched call
+        assert sorted(pool.worker_of(ep.slot) for ep in batch) == [0, 0, 0, 1, 1]
