@@ -17,17 +17,18 @@ executed. This module imports no torch: it runs in a simulator's own venv.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import queue
 import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pushcut.envpool.worker import HEARTBEAT_S, EnvHost, serve_session
 from pushcut.errors import EnvError
+from pushcut.webguard import is_loopback
 from pushcut.wire import (
     DEFAULT_MAX_FRAME_MB,
     PROTOCOL_VERSION,
@@ -39,16 +40,11 @@ from pushcut.wire import (
 )
 
 DEFAULT_PORT = 7171
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+HELLO_MAX_BYTES = 1 << 20
+"""Largest first frame a peer that has not said hello may send (checked at the header): a hello is
+a token, an env name and its options, a few KiB; the full frame limit is for observations."""
+MAX_PENDING_HELLOS = 16
+"""Connections that have not finished their hello, at most; one over is closed at once."""
 
 
 @dataclass
@@ -68,11 +64,17 @@ class ServeOptions:
     max_frame_mb: float = DEFAULT_MAX_FRAME_MB
     """Largest accepted message, MiB."""
     hello_timeout_s: float = 10.0
-    """A connection that has not said hello within this many seconds is closed."""
+    """A connection that has not sent its whole hello within this many seconds (one deadline for
+    the TLS handshake and the whole frame, however slowly it drips) is closed."""
     busy_wait_s: float = 10.0
     """How long a new session waits for the envs while an old session still holds them."""
     heartbeat_s: float = HEARTBEAT_S
     """Period of the ``beat`` messages sent while a request runs."""
+    idle_timeout_s: float = 0.0
+    """A session whose trainer sends nothing for this many seconds between requests ends, freeing
+    the envs for the next trainer; 0 = never (``pushcut robot serve`` sets its robot's)."""
+    max_pending_hellos: int = MAX_PENDING_HELLOS
+    """Connections that have not finished their hello, at most (each holds a thread)."""
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -80,6 +82,10 @@ class ServeOptions:
                            "--token-file FILE, and give the trainer the same token")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise EnvError("TLS needs both --tls-cert and --tls-key (PEM files)")
+        if not self.hello_timeout_s > 0 or self.idle_timeout_s < 0 or self.max_pending_hellos < 1:
+            raise EnvError("serve options: hello_timeout_s must be > 0, idle_timeout_s >= 0 (0 = none) and "
+                           f"max_pending_hellos >= 1, got {self.hello_timeout_s}, {self.idle_timeout_s}, "
+                           f"{self.max_pending_hellos}")
 
 
 class EnvServer:
@@ -113,10 +119,13 @@ class EnvServer:
         self._stop = threading.Event()
         self._admitted: queue.Queue = queue.Queue()
         """Connections that passed the hello, for the serving thread."""
+        self._pending = threading.BoundedSemaphore(options.max_pending_hellos)
+        """One per connection still in its hello."""
 
     def serve_forever(self) -> None:
         """Accept connections on a background thread; run admitted sessions on this one, so every env
-        call (and a simulator's thread-bound GL context) stays on the thread that built the envs."""
+        call (and a simulator's thread-bound GL context) stays on the thread that built the envs.
+        Whatever one session's peer sends, that session ends with one log line and the next is served."""
         threading.Thread(target=self._accept, daemon=True, name="pushcut-accept").start()
         while not self._stop.is_set():
             try:
@@ -129,14 +138,20 @@ class EnvServer:
                              "heartbeat_s": self.options.heartbeat_s})
                 self.log(f"session from {peer} started")
                 self.session_started(peer)
-                why = serve_session(framed, self.host, self.options.heartbeat_s)
+                why = serve_session(framed, self.host, self.options.heartbeat_s, self.options.idle_timeout_s)
                 self.log(f"session from {peer} ended: {why}")
             except EnvError as exc:
                 why = str(exc)
                 self.log(f"session from {peer} ended: {exc}")
+            except Exception as exc:  # whatever a peer's message did, this session ends and the server serves on
+                why = f"internal error ({type(exc).__name__}: {exc})"
+                self.log(f"session from {peer} ended: {why}")
+                framed.close()
             finally:
                 try:
                     self.session_ended(peer, why)
+                except Exception as exc:
+                    self.log(f"after the session from {peer}: {type(exc).__name__}: {exc}")
                 finally:
                     done.set()
 
@@ -157,7 +172,13 @@ class EnvServer:
                 continue
             except OSError:
                 break
-            threading.Thread(target=self._connection, args=(conn, f"{peer[0]}:{peer[1]}"), daemon=True,
+            label = f"{peer[0]}:{peer[1]}"
+            if not self._pending.acquire(blocking=False):
+                self.log(f"closed {label}: {self.options.max_pending_hellos} connections are already waiting to say "
+                         "hello")
+                conn.close()
+                continue
+            threading.Thread(target=self._connection, args=(conn, label), daemon=True,
                              name=f"pushcut-hello-{peer[1]}").start()
 
     def shutdown(self) -> None:
@@ -170,21 +191,36 @@ class EnvServer:
     # ----------------------------------------------------------------- one connection
 
     def _connection(self, conn: socket.socket, peer: str) -> None:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if self.tls is not None:
-            conn.settimeout(self.options.hello_timeout_s)
-            try:
-                conn = self.tls.wrap_socket(conn, server_side=True)
-            except (ssl.SSLError, OSError) as exc:
-                self.log(f"closed {peer}: TLS handshake failed ({getattr(exc, 'reason', None) or exc})")
-                conn.close()
-                return
-        framed = FramedSocket(conn, self.options.max_frame_mb, peer=f"client {peer}")
+        """One connection's thread: the hello (under one deadline, holding a pending slot), then
+        waiting while the serving thread runs its session. Nothing a peer sends escapes as a traceback."""
+        pending = True
+        deadline = time.monotonic() + self.options.hello_timeout_s
+        framed: FramedSocket | None = None
         try:
-            self._session(framed, peer)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if self.tls is not None:
+                conn.settimeout(self.options.hello_timeout_s)
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError) as exc:
+                    self.log(f"closed {peer}: TLS handshake failed ({getattr(exc, 'reason', None) or exc})")
+                    return
+            framed = FramedSocket(conn, self.options.max_frame_mb, peer=f"client {peer}")
+            hello = self._hello(framed, peer, deadline)
+            self._pending.release()
+            pending = False
+            if hello is not None:
+                self._session(framed, peer, hello)
+        except Exception as exc:
+            self.log(f"closed {peer}: internal error ({type(exc).__name__}: {exc})")
         finally:
-            framed.close()
+            if pending:
+                self._pending.release()
+            if framed is not None:
+                framed.close()
+            else:
+                conn.close()
 
     def _refuse(self, framed: FramedSocket, peer: str, reason: str) -> None:
         self.log(f"refused {peer}: {reason}")
@@ -193,20 +229,26 @@ class EnvServer:
         except EnvError:
             pass
 
-    def _session(self, framed: FramedSocket, peer: str) -> None:
+    def _hello(self, framed: FramedSocket, peer: str, deadline: float) -> dict | None:
+        """The peer's hello, read under one deadline with the small pre-hello frame limit; None
+        (after one log line) when it is late, too big, malformed or not a hello."""
         try:
-            hello = framed.recv(self.options.hello_timeout_s)
+            hello = framed.recv(self.options.hello_timeout_s, deadline=deadline, max_bytes=HELLO_MAX_BYTES)
         except ChannelTimeout:
-            self.log(f"closed {peer}: it sent no hello within {self.options.hello_timeout_s:.0f} s")
-            return
+            self.log(f"closed {peer}: it sent no hello within {self.options.hello_timeout_s:g} s (the whole hello must "
+                     "arrive by then)")
+            return None
         except ChannelClosed:
-            return
+            return None
         except ProtocolError as exc:
             self._refuse(framed, peer, f"bad first message ({exc})")
-            return
+            return None
         if hello["t"] != "hello":
             self._refuse(framed, peer, f"the first message must be a hello, got {hello['t']!r}")
-            return
+            return None
+        return hello
+
+    def _session(self, framed: FramedSocket, peer: str, hello: dict) -> None:
         if self.options.token:
             given = hello.get("token")
             given_bytes = given.encode() if isinstance(given, str) else b""

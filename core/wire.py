@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -140,9 +141,13 @@ def decode(payload: bytes) -> dict[str, Any]:
         raise
     except Exception as exc:
         raise ProtocolError(f"undecodable frame ({type(exc).__name__}: {exc})") from None
-    if not isinstance(message, dict) or message.get("t") not in MESSAGE_TYPES:
-        what = message.get("t") if isinstance(message, dict) else type(message).__name__
-        raise ProtocolError(f"unknown message type {what!r}")
+    if not isinstance(message, dict):
+        raise ProtocolError(f"unknown message type (a message is a map with a type \"t\", got a "
+                            f"{type(message).__name__})")
+    kind = message.get("t")
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:  # str first: an unhashable "t" is no TypeError
+        shown = repr(kind) if isinstance(kind, (str, int, float, bool, type(None))) else f"a {type(kind).__name__}"
+        raise ProtocolError(f"unknown message type {shown[:80]}")
     return message
 
 
@@ -183,21 +188,34 @@ class FramedSocket:
             self.closed = True
             raise ChannelClosed(f"connection to {self.peer} lost while sending ({exc})") from None
 
-    def recv(self, timeout: float | None) -> dict[str, Any]:
+    def recv(self, timeout: float | None, *, deadline: float | None = None,
+             max_bytes: int | None = None) -> dict[str, Any]:
         """The next message; :class:`ChannelTimeout`, :class:`ChannelClosed` or
-        :class:`ProtocolError` otherwise."""
-        header = self._read_exact(HEADER.size, timeout)
-        (size,) = HEADER.unpack(header)
-        if size > self.max_frame_bytes:
-            raise ProtocolError(f"{self.peer} sent a frame of {size} bytes, over the limit of "
-                                f"{self.max_frame_bytes} bytes (raise the max frame size if that is intended)")
-        return decode(self._read_exact(size, timeout))
+        :class:`ProtocolError` otherwise.
 
-    def _read_exact(self, n: int, timeout: float | None) -> bytes:
+        ``timeout`` bounds each wait for more bytes (a slow peer sending a large frame is
+        fine); ``deadline`` (a ``time.monotonic()`` instant) bounds the whole frame, so a peer
+        dripping one byte at a time cannot hold the connection. ``max_bytes`` lowers the
+        frame limit for this one message (a peer that has not said hello gets a small one),
+        checked at the header, before the body is read."""
+        limit = self.max_frame_bytes if max_bytes is None else min(max_bytes, self.max_frame_bytes)
+        header = self._read_exact(HEADER.size, timeout, deadline)
+        (size,) = HEADER.unpack(header)
+        if size > limit:
+            raise ProtocolError(f"{self.peer} sent a frame of {size} bytes, over the limit of "
+                                f"{limit} bytes (raise the max frame size if that is intended)")
+        return decode(self._read_exact(size, timeout, deadline))
+
+    def _read_exact(self, n: int, timeout: float | None, deadline: float | None = None) -> bytes:
         chunks, got = [], 0
         try:
             self.sock.settimeout(timeout)
             while got < n:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise socket.timeout
+                    self.sock.settimeout(left if timeout is None else min(left, timeout))
                 chunk = self.sock.recv(min(n - got, 1 << 20))
                 if not chunk:
                     self.closed = True
@@ -210,6 +228,9 @@ class FramedSocket:
             what = "a whole frame" if got else "a frame"
             if got or n != HEADER.size:  # the stream is out of step: this connection is done
                 self.closed = True
+            if deadline is not None and (timeout is None or time.monotonic() >= deadline - 1e-3):
+                self.closed = True
+                raise ChannelTimeout(f"{self.peer} did not send {what} before its deadline") from None
             raise ChannelTimeout(f"{self.peer} did not send {what} within {timeout:.0f} s") from None
         except ssl.SSLError as exc:
             self.closed = True

@@ -23,6 +23,7 @@ from pushcut.errors import EnvError
 from pushcut.wire import (
     PROTOCOL_VERSION,
     ChannelClosed,
+    ChannelTimeout,
     FramedSocket,
     ProtocolError,
     action_spec_to_wire,
@@ -59,12 +60,28 @@ class EnvHost:
                 "action_spec": action_spec_to_wire(env.action_spec), "pid": os.getpid(),
                 "heartbeat_s": HEARTBEAT_S, "options": self.options}
 
+    def check_items(self, cmd: str, items: Any) -> None:
+        """A :class:`ProtocolError` unless ``items`` is a list of ``[env index, ...]`` lists naming
+        each env at most once: a request can never make the server do more than one call per env."""
+        if not isinstance(items, list) or not all(isinstance(i, list) and i for i in items):
+            raise ProtocolError(f"malformed {cmd} request: items must be a list of [env index, ...] lists")
+        if len(items) > len(self.envs):
+            raise ProtocolError(f"{cmd} request names {len(items)} envs, this worker holds {len(self.envs)}")
+        seen: set[int] = set()
+        for local, *_ in items:
+            if not (isinstance(local, int) and not isinstance(local, bool) and 0 <= local < len(self.envs)):
+                shown = repr(local) if isinstance(local, (int, float, str)) else f"a {type(local).__name__}"
+                raise ProtocolError(f"env index {shown[:40]} outside 0..{len(self.envs) - 1}")
+            if local in seen:
+                raise ProtocolError(f"{cmd} request names env {local} twice")
+            seen.add(local)
+
     def run(self, cmd: str, items: Sequence[Sequence[Any]]) -> list[tuple[int, Any]]:
-        """``[(local, result or Failure)]`` for ``cmd`` over ``items`` (each ``[local, *args]``)."""
+        """``[(local, result or Failure)]`` for ``cmd`` over ``items`` (each ``[local, *args]``);
+        a :class:`ProtocolError` for items :meth:`check_items` refuses."""
+        self.check_items(cmd, items)
         out: list[tuple[int, Any]] = []
         for local, *args in items:
-            if not (isinstance(local, int) and 0 <= local < len(self.envs)):
-                raise ProtocolError(f"env index {local!r} outside 0..{len(self.envs) - 1}")
             env = self.envs[local]
             try:
                 if cmd == "step":
@@ -131,17 +148,21 @@ class _Beat:
                         return
 
 
-def serve_session(framed: FramedSocket, host: EnvHost, heartbeat_s: float = HEARTBEAT_S) -> str:
+def serve_session(framed: FramedSocket, host: EnvHost, heartbeat_s: float = HEARTBEAT_S,
+                  idle_timeout_s: float = 0.0) -> str:
     """Answer requests on ``framed`` until the peer closes or says ``close``; returns why it ended.
-    A malformed message ends the session (the peer is told, when it can still be told)."""
+    A malformed message ends the session (the peer is told, when it can still be told), and so
+    does a peer silent for ``idle_timeout_s`` seconds between requests (0 = wait forever)."""
     send_lock = threading.Lock()
     beat = _Beat(framed, send_lock, heartbeat_s)
     try:
         while True:
             try:
-                msg = framed.recv(None)
+                msg = framed.recv(idle_timeout_s or None)
             except ChannelClosed:
                 return "peer closed the connection"
+            except ChannelTimeout:
+                return f"the trainer sent nothing for {idle_timeout_s:g} s (idle session timeout)"
             t, req_id = msg["t"], msg.get("id", 0)
             if t == "close":
                 return "peer said close"
@@ -152,8 +173,6 @@ def serve_session(framed: FramedSocket, host: EnvHost, heartbeat_s: float = HEAR
             if t not in REQUESTS:
                 raise ProtocolError(f"unexpected message type {t!r} after the handshake")
             items = msg.get("items")
-            if not isinstance(items, list) or not all(isinstance(i, list) and i for i in items):
-                raise ProtocolError(f"malformed {t} request: items must be a list of [env index, ...] lists")
             beat.req_id = req_id
             beat.busy.set()
             try:

@@ -98,6 +98,9 @@ class RealEnvConfig:
     """Port of the operator page; 0 = any free port, -1 = no page (console and signals only)."""
     intervention_log: str = ""
     """JSON-lines file every safety intervention is appended to (also logged to stderr); empty = stderr only."""
+    session_idle_timeout_s: float = 600.0
+    """A trainer that sends nothing for this many seconds loses its session: the robot holds and the next
+    trainer may connect (the silent one reconnects on its next request); 0 = never."""
 
     def __post_init__(self) -> None:
         if not self.driver:
@@ -106,6 +109,9 @@ class RealEnvConfig:
             raise ConfigError(f"env.control_hz must be 0 (unpaced) .. 1000, got {self.control_hz}")
         if not self.confirm_timeout_s > 0:
             raise ConfigError(f"env.confirm_timeout_s must be > 0, got {self.confirm_timeout_s}")
+        if not (math.isfinite(self.session_idle_timeout_s) and self.session_idle_timeout_s >= 0):
+            raise ConfigError(f"env.session_idle_timeout_s must be >= 0 seconds (0 = never), got "
+                              f"{self.session_idle_timeout_s}")
         if not -1 <= self.operator_port < 65536:
             raise ConfigError(f"env.operator_port must be -1 (off), 0 (any free port) or a TCP port, got "
                               f"{self.operator_port}")

@@ -64,7 +64,13 @@ class RobotSpec:
 class RobotDriver(abc.ABC):
     """One robot. Every method but :meth:`stop` is called from one thread at a time;
     :meth:`stop` may be called from any thread at any moment (an e-stop) and must
-    stop the robot as fast as the hardware allows."""
+    stop the robot as fast as the hardware allows.
+
+    The e-stop rule every driver keeps (``pushcut.testing.RobotDriverContract`` checks it):
+    after :meth:`stop`, :meth:`command` moves nothing until the next :meth:`home` — it is
+    ignored (or raises). :class:`~pushcut.plugins.envs.real.env.RobotEnv` already refuses every
+    motion after an e-stop under the same gate as the stop; the driver's own latch is the
+    second line, for the command that was already on its way."""
 
     @abc.abstractmethod
     def connect(self) -> RobotSpec:
@@ -88,7 +94,8 @@ class RobotDriver(abc.ABC):
     @abc.abstractmethod
     def command(self, action: np.ndarray) -> None:
         """Send one action (action_dim,) that the safety layer already checked; return once
-        it is sent (the caller paces commands at the control rate)."""
+        it is sent (the caller paces commands at the control rate). After :meth:`stop` and
+        until the next :meth:`home`, ignore it (or raise): the robot must not move."""
 
     @abc.abstractmethod
     def hold(self) -> None:
@@ -96,12 +103,14 @@ class RobotDriver(abc.ABC):
 
     @abc.abstractmethod
     def stop(self) -> None:
-        """Emergency stop. Thread-safe; must not wait for a command in progress."""
+        """Emergency stop. Thread-safe; must not wait for a command in progress; latches the
+        driver so that :meth:`command` moves nothing until the next :meth:`home`."""
 
     @abc.abstractmethod
     def home(self, task_id: str, init_state: int) -> RobotObservation:
         """Move to the start pose of ``task_id`` (an operator may set the scene up meanwhile)
-        and return the first observation of the episode."""
+        and return the first observation of the episode. Releases the latch :meth:`stop` set
+        (it is only called once a person has reset the e-stop)."""
 
     def frame(self) -> np.ndarray:
         """A frame for videos and the human judge; default: the main camera."""

@@ -35,7 +35,7 @@ class CommandRecord:
     """One entry of a driver's log: what it was told, when, and the state it was in."""
 
     kind: str
-    """``command``, ``hold``, ``stop`` or ``home``."""
+    """``command``, ``hold``, ``stop``, ``home`` or ``ignored`` (a command after ``stop``, before ``home``)."""
     action: np.ndarray | None
     ee_before: np.ndarray
     time: float
@@ -164,8 +164,10 @@ class SimDriver(_DeltaKinematics, RobotDriver):
 
     def command(self, action: np.ndarray) -> None:
         with self._lock:
-            if self.stopped:
-                raise EnvError("sim robot: command after stop (home it first)")
+            if self.stopped:  # latched by stop until home: the robot does not move
+                self.commands.append(CommandRecord("ignored", np.array(action, dtype=np.float64),
+                                                   self.observe().robot.ee.copy(), time.monotonic()))
+                return
             state = self.observe().robot
             record = CommandRecord("command", np.array(action, dtype=np.float64), state.ee.copy(), time.monotonic(),
                                    target=self.predict(state, action).ee)
@@ -249,6 +251,7 @@ class ReplayDriver(_DeltaKinematics, RobotDriver):
         self._ee = np.array(self.config.start_ee, dtype=np.float64)
         self._tick = 0
         self._lock = threading.Lock()
+        self.stopped = False
 
     def connect(self) -> RobotSpec:
         if self.config.frames_dir:
@@ -291,6 +294,9 @@ class ReplayDriver(_DeltaKinematics, RobotDriver):
     def command(self, action: np.ndarray) -> None:
         with self._lock:
             a = np.array(action, dtype=np.float64)
+            if self.stopped:  # latched by stop until home: nothing moves
+                self._log("ignored", a)
+                return
             self._log("command", a)
             self._ee = self._ee + self.ee_step_m * a[:3]
             self._tick += 1
@@ -300,11 +306,13 @@ class ReplayDriver(_DeltaKinematics, RobotDriver):
             self._log("hold", None)
 
     def stop(self) -> None:
+        self.stopped = True  # before the lock: a command waiting for it is ignored
         with self._lock:
             self._log("stop", None)
 
     def home(self, task_id: str, init_state: int) -> RobotObservation:
         with self._lock:
+            self.stopped = False
             self._ee = np.array(self.config.start_ee, dtype=np.float64)
             self._tick = 0
             self._log("home", None)

@@ -20,7 +20,7 @@ from pushcut.envcontract import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, ActionSpe
 from pushcut.errors import EnvError
 from pushcut.plugins.envs.real.config import RealEnvConfig
 from pushcut.plugins.envs.real.driver import RobotDriver, RobotObservation, robot_driver_registry
-from pushcut.plugins.envs.real.safety import EStop, Intervention, InterventionLog, SafetyLayer
+from pushcut.plugins.envs.real.safety import EStop, EStopEngaged, Intervention, InterventionLog, SafetyLayer
 
 ESTOP_FIX = ("a person must reset it at the robot: type r + Enter in the `pushcut robot serve` terminal, or press "
              "Reset on its operator page")
@@ -80,16 +80,25 @@ class RobotEnv(Env):
             self._end_episode()
         if self.config.confirm_reset:
             self._wait_for_operator(f"{task_id} #{init_state}")
-        self._refuse_if_stopped()
         with self._lock:
             self.interventions.new_episode(f"{task_id}#{init_state}")
-            self._obs = self.driver.home(task_id, int(init_state))
             self._previous = None
             self._steps = 0
             cap = self.config.safety.max_episode_steps
             self._cap = min(cap, task.max_steps) if cap else task.max_steps
-            self._active = True
             self._held = True
+            self._active = True  # before homing: an e-stop from here on clears it, and the episode never starts
+            try:  # homing moves the arm: through the e-stop's gate like every command
+                self._obs = self.estop.guarded(lambda: self.driver.home(task_id, int(init_state)))
+            except EStopEngaged:
+                self._end_episode()
+                raise EnvError(f"robot: e-stop engaged ({self.estop.reason}); {ESTOP_FIX}") from None
+            except Exception:
+                self._end_episode()
+                raise
+            if self.estop.engaged or not self._active:  # stopped while homing
+                self._end_episode()
+                raise EnvError(f"robot: e-stop engaged while homing ({self.estop.reason}); {ESTOP_FIX}")
             self._last_command = time.monotonic()
             return self._observation(self._obs)
 
@@ -111,41 +120,40 @@ class RobotEnv(Env):
             frames: list[np.ndarray] = []
             executed = 0
             period = 1.0 / self.config.control_hz if self.config.control_hz else 0.0
-            next_at = self._last_command + period
-            if period and time.monotonic() < next_at:
-                self.interventions.record(Intervention("rate_waits", f"chunk came {1e3 * (next_at - time.monotonic()):.0f}"
-                                                                     " ms before the control period allows; paced"))
+            if period and time.monotonic() < self._last_command + period:
+                early = 1e3 * (self._last_command + period - time.monotonic())
+                self.interventions.record(Intervention("rate_waits", f"chunk came {early:.0f} ms before the "
+                                                                     "control period allows; paced"))
             for action in chunk:
                 if self.estop.engaged:
-                    self._end_episode()
-                    raise EnvError(f"robot: e-stop engaged during the chunk ({self.estop.reason}); {ESTOP_FIX}")
+                    raise self._stopped_mid_chunk()
                 if self._steps >= self._cap:
                     self.interventions.record(Intervention("step_cap", f"episode reached its cap of {self._cap} "
                                                                        "commands; the rest of the chunk is refused"))
                     break
-                if period:
-                    delay = next_at - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                    next_at = max(next_at + period, time.monotonic())
+                # Each command one period after the previous one was sent (not after when it was due:
+                # a chunk arriving late must not send two back to back); an e-stop ends the wait.
+                if period and self.estop.wait(self._last_command + period - time.monotonic()):
+                    raise self._stopped_mid_chunk()
                 self.interventions.step = self._steps
                 safe, events = self.safety.filter(action, self._obs.robot, self._previous)
                 for event in events:
                     self.interventions.record(event)
                 try:
                     if safe is None:
+                        self._last_command = time.monotonic()
                         self.driver.hold()
                     else:
-                        self.driver.command(safe)
+                        self.estop.guarded(lambda: self._send(safe))
                         self._previous = safe
+                except EStopEngaged:
+                    raise self._stopped_mid_chunk() from None
                 except Exception as exc:
+                    if self.estop.engaged:  # a driver that raises on a command racing its own stop
+                        raise self._stopped_mid_chunk() from None
                     self._end_episode()
-                    if self.estop.engaged:  # the e-stop won the race against this command
-                        raise EnvError(f"robot: e-stop engaged during the chunk ({self.estop.reason}); "
-                                       f"{ESTOP_FIX}") from None
                     raise EnvError(f"robot: the driver failed ({type(exc).__name__}: {exc}); the episode "
                                    "ends") from None
-                self._last_command = time.monotonic()
                 self._held = safe is None
                 self._steps += 1
                 executed += 1
@@ -201,10 +209,19 @@ class RobotEnv(Env):
                 "waiting_for_confirmation": self.waiting_for_confirmation, "counts": dict(self.interventions.counts),
                 "totals": dict(self.interventions.totals)}
 
+    def _send(self, action: np.ndarray) -> None:
+        """One command to the driver; called only through the e-stop's gate."""
+        self._last_command = time.monotonic()
+        self.driver.command(action)
+
     def _stop_now(self, reason: str) -> None:
-        self.driver.stop()  # first, without the lock: a chunk in progress must not delay it
+        self.driver.stop()  # under the e-stop's gate, never the env's lock: a chunk in progress must not delay it
         self.interventions.record(Intervention("estops", f"e-stop: {reason}"))
         self._active = False
+
+    def _stopped_mid_chunk(self) -> EnvError:
+        self._end_episode()
+        return EnvError(f"robot: e-stop engaged during the chunk ({self.estop.reason}); {ESTOP_FIX}")
 
     def _refuse_if_stopped(self) -> None:
         if self.estop.engaged:

@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from pushcut.envcontract import INFO_COUNTERS
-from pushcut.errors import ConfigError
+from pushcut.errors import ConfigError, EnvError
 from pushcut.plugins.envs.real.config import SafetyConfig
 from pushcut.plugins.envs.real.driver import RobotDriver, RobotSpec, RobotState
 
@@ -39,6 +40,7 @@ COUNTERS = (
 """Names of the intervention counters; each appears in ``StepResult.info`` as ``safety/<name>``."""
 
 _EPS = 1e-12
+T = TypeVar("T")
 
 
 @dataclass
@@ -142,14 +144,32 @@ class SafetyLayer:
         return safe, events
 
 
-class EStop:
-    """A latch: :meth:`trigger` stops the robot at once and refuses everything until a person
-    calls :meth:`reset` (console or the operator page on the robot PC; never the trainer)."""
+STOP_WAIT_S = 0.02
+"""How long an e-stop waits for a motion call already past the gate before it calls ``driver.stop()``
+anyway: a command returns once sent (microseconds to milliseconds), so the stop normally follows it;
+a call that hangs (a homing motion, a stuck link) does not hold the stop back longer than this."""
 
-    def __init__(self, on_trigger: Callable[[str], None]) -> None:
+
+class EStopEngaged(EnvError):
+    """A motion was refused because the e-stop is engaged."""
+
+
+class EStop:
+    """A latch: :meth:`trigger` stops the robot at once and refuses every motion until a person
+    calls :meth:`reset` (console or the operator page on the robot PC; never the trainer).
+
+    It is also the gate every motion goes through (:meth:`guarded`): the latch is read under the
+    gate immediately before the driver call, and :meth:`trigger` sets the latch *before* it takes
+    the gate to call ``stop``. So a motion either passed the gate before the e-stop (and ``stop``
+    follows it), or it sees the latch and never reaches the driver — nothing reaches a driver
+    between its ``stop`` and the next reset, even a driver that does not latch on its own."""
+
+    def __init__(self, on_trigger: Callable[[str], None], stop_wait_s: float = STOP_WAIT_S) -> None:
         self._engaged = threading.Event()
         self._lock = threading.Lock()
+        self._gate = threading.Lock()
         self.reason = ""
+        self.stop_wait_s = stop_wait_s
         self._on_trigger = on_trigger
 
     @property
@@ -159,10 +179,27 @@ class EStop:
     def trigger(self, reason: str) -> None:
         with self._lock:
             first = not self._engaged.is_set()
-            self._engaged.set()
+            self._engaged.set()  # first: from here on no motion passes the gate
             if first:
                 self.reason = reason
-        self._on_trigger(reason)  # every trigger stops again: a second press must never be ignored
+        passed = self._gate.acquire(timeout=self.stop_wait_s)  # let a motion already past the gate finish
+        try:
+            self._on_trigger(reason)  # every trigger stops again: a second press must never be ignored
+        finally:
+            if passed:
+                self._gate.release()
+
+    def guarded(self, motion: Callable[[], T]) -> T:
+        """``motion()`` (a driver call that moves the robot) if and only if the latch is released,
+        decided under the gate; :class:`EStopEngaged` otherwise."""
+        with self._gate:
+            if self._engaged.is_set():
+                raise EStopEngaged(self.reason or "e-stop engaged")
+            return motion()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking the moment the e-stop engages; True if it is engaged."""
+        return self._engaged.wait(seconds) if seconds > 0 else self._engaged.is_set()
 
     def reset(self) -> bool:
         """Release the latch; True if it was engaged."""

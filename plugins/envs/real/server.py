@@ -13,12 +13,12 @@ confirms the next episode when ``env.confirm_reset`` is on.
 from __future__ import annotations
 
 import hmac
-import json
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, TextIO
 
 from pushcut.envpool.worker import EnvHost
@@ -26,6 +26,7 @@ from pushcut.envserver import EnvServer, ServeOptions, is_loopback
 from pushcut.errors import ConfigError, EnvError
 from pushcut.plugins.envs.real.config import RealEnvConfig
 from pushcut.plugins.envs.real.env import RobotEnv
+from pushcut.webguard import GuardedHandler, open_page, page_url
 
 ENV_NAME = "real"
 """The env name a trainer's hello must carry (``env.type=real``)."""
@@ -55,25 +56,26 @@ class RobotServer(EnvServer):
         from pushcut.config import to_dict
 
         options.busy_wait_s = 0.0  # a robot in use refuses a second trainer at once
+        options.idle_timeout_s = robot.config.session_idle_timeout_s
         log = log or (lambda line: print(f"pushcut robot serve: {line}", file=sys.stderr, flush=True))
         super().__init__(EnvHost([robot], ENV_NAME, {"robot": to_dict(robot.config)}), options, log)
         self.robot = robot
         self.operator: ThreadingHTTPServer | None = None
-        self.operator_address: tuple[str, int] | None = None
+        self.operator_url = ""
+        """``http://host:port/`` of the operator page; empty when it is off."""
         cfg = robot.config
         if cfg.operator_port >= 0:
             if not is_loopback(cfg.operator_host) and not options.token:
                 raise EnvError(f"the operator page on {cfg.operator_host} (not loopback) needs a token: set "
                                "PUSHCUT_ENV_TOKEN or --token-file")
             try:
-                self.operator = ThreadingHTTPServer((cfg.operator_host, cfg.operator_port), _operator_handler(self))
+                self.operator, _ = open_page(cfg.operator_host, cfg.operator_port, _operator_handler(self),
+                                             "pushcut-operator")
             except OSError as exc:
                 self.shutdown()
                 raise EnvError(f"cannot open the operator page on {cfg.operator_host}:{cfg.operator_port}: "
                                f"{exc.strerror or exc}; pick another env.operator_port (0 = any free one)") from None
-            self.operator.daemon_threads = True
-            self.operator_address = self.operator.server_address[:2]
-            threading.Thread(target=self.operator.serve_forever, daemon=True, name="pushcut-operator").start()
+            self.operator_url = page_url(self.operator)
 
     def session_started(self, peer: str) -> None:
         self.log(f"trainer {peer} holds the robot")
@@ -115,62 +117,51 @@ class RobotServer(EnvServer):
                 self.log("commands: e = e-stop, r = reset the e-stop, Enter/c = confirm the next episode")
 
 
-def _operator_handler(server: RobotServer) -> type[BaseHTTPRequestHandler]:
+def _operator_handler(server: RobotServer) -> type[GuardedHandler]:
     token = server.options.token
     open_access = is_loopback(server.robot.config.operator_host)
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, fmt: str, *args: Any) -> None:  # requests are not worth a line each
-            pass
-
-        def _send(self, code: int, body: bytes, kind: str = "application/json") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, code: int, data: dict) -> None:
-            self._send(code, json.dumps(data).encode())
+    class Handler(GuardedHandler):
+        protected_posts = frozenset({"/reset", "/confirm"})
+        open_posts = frozenset({"/estop"})
 
         def _person(self) -> bool:
-            """Reset and confirm come from a person at the robot: loopback page, or the token."""
+            """Off loopback, reset and confirm also need the server's token (the page's secret is
+            checked first, by the guard, on every host)."""
             if open_access:
                 return True
             given = self.headers.get(TOKEN_HEADER, "")
             return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
-        def do_GET(self) -> None:
+        def get(self) -> None:
             if self.path == "/status":
-                self._json(200, server.robot.status())
+                self.send_json(200, server.robot.status())
             elif self.path == "/":
-                self._send(200, OPERATOR_PAGE.encode(), "text/html; charset=utf-8")
+                self.send_body(200, self.guard.embed(OPERATOR_PAGE).encode(), "text/html; charset=utf-8")
             else:
-                self._json(404, {"error": "unknown path"})
+                self.send_json(404, {"error": "unknown path"})
 
-        def do_POST(self) -> None:
+        def post(self, data: Any) -> None:
             peer = f"the operator page ({self.client_address[0]})"
-            if self.path == "/estop":  # anyone who can reach the page may stop the robot
+            if self.path == "/estop":  # anyone who can reach the page under its own name may stop the robot
                 server.estop(peer)
-                self._json(200, server.robot.status())
-            elif self.path in ("/reset", "/confirm"):
-                if not self._person():
-                    self._json(403, {"error": f"needs the token in the {TOKEN_HEADER} header"})
-                    return
-                if self.path == "/reset":
-                    server.reset_estop(peer)
-                else:
-                    server.robot.confirm()
-                self._json(200, server.robot.status())
+                self.send_json(200, server.robot.status())
+                return
+            if not self._person():
+                self.send_json(403, {"error": f"needs the token in the {TOKEN_HEADER} header"})
+                return
+            if self.path == "/reset":
+                server.reset_estop(peer)
             else:
-                self._json(404, {"error": "unknown path"})
+                server.robot.confirm()
+            self.send_json(200, server.robot.status())
 
     return Handler
 
 
 OPERATOR_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>pushcut robot</title>
+<meta name="pushcut-page" content="__PUSHCUT_PAGE_SECRET__">
 <style>body{font-family:sans-serif;margin:2em}button{font-size:1.4em;margin:.3em;padding:.4em 1em}
 #estop{background:#c00;color:#fff;font-size:2em}pre{background:#eee;padding:1em}</style></head>
 <body><h1>pushcut robot</h1>
@@ -179,7 +170,9 @@ OPERATOR_PAGE = """<!doctype html>
 <button id="confirm" onclick="post('/confirm')">Confirm next episode (Enter)</button>
 <pre id="status">...</pre>
 <script>
-async function post(p){await fetch(p,{method:'POST'});refresh();}
+const secret=document.querySelector('meta[name=pushcut-page]').content;
+async function post(p){await fetch(p,{method:'POST',headers:{'Content-Type':'application/json',
+ 'X-Pushcut-Page':secret},body:'{}'});refresh();}
 async function refresh(){const r=await fetch('/status');document.getElementById('status').textContent=
  JSON.stringify(await r.json(),null,1);}
 document.addEventListener('keydown',e=>{if(e.key===' '){e.preventDefault();post('/estop');}
@@ -193,6 +186,32 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+"""Handled on their own thread: SIGUSR1 = local e-stop, SIGTERM = shut down (the robot holds)."""
+
+
+def _block_signals() -> Any:
+    """Block :data:`SIGNALS` in this thread and so in every thread started after it (they inherit
+    the mask), so the kernel leaves them pending for :func:`_signal_watcher` instead of handing one
+    to a thread that cannot act on it. Python's own handlers run only on the main thread, which sits
+    in a blocking socket read during a session: an e-stop must not wait for the trainer's next
+    message. Returns the previous mask."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+
+def _signal_watcher(server: RobotServer, main_thread: int) -> None:
+    """Wait for :data:`SIGNALS` on a dedicated thread: an e-stop at once; SIGTERM interrupts the
+    main thread's read (a real SIGINT to it) so the server shuts down as on Ctrl-C."""
+    while True:
+        sig = signal.sigwait(SIGNALS)
+        if sig == signal.SIGUSR1:
+            server.estop("SIGUSR1 (local e-stop)")
+        else:
+            server.log("SIGTERM: shutting down; the robot holds")
+            signal.pthread_kill(main_thread, signal.SIGINT)
+            return
+
+
 def serve(config_path: str, overrides: list[str], options: ServeOptions, plugins: list[str] | None = None,
           token_file: str = "", console: bool = True) -> int:
     """``pushcut robot serve``: connect the robot, listen, serve until interrupted; the robot holds
@@ -202,6 +221,17 @@ def serve(config_path: str, overrides: list[str], options: ServeOptions, plugins
     options.token = options.token or load_token(token_file)
     options.check()
     config = load_robot_config(config_path, list(overrides))
+    # Blocked before the driver, the watchdog or any page starts a thread; one that arrives before the
+    # watcher runs stays pending and latches the e-stop as soon as the robot is up.
+    previous_mask = _block_signals()
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _serve(config, options, plugins, console)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
+def _serve(config: RealEnvConfig, options: ServeOptions, plugins: list[str] | None, console: bool) -> int:
     manager = None
     if plugins:
         from pushcut.envpool.spec import load_ref
@@ -220,10 +250,11 @@ def serve(config_path: str, overrides: list[str], options: ServeOptions, plugins
     try:
         server = RobotServer(robot, options)
         host, port = server.address
-        signal.signal(signal.SIGTERM, _interrupt)
+        # (a fallback: a thread some library started before the block could still receive one)
         signal.signal(signal.SIGUSR1, lambda *_: server.estop("SIGUSR1 (local e-stop)"))
-        page = f"; operator page http://{server.operator_address[0]}:{server.operator_address[1]}/" if (
-            server.operator_address) else ""
+        threading.Thread(target=_signal_watcher, args=(server, threading.main_thread().ident), daemon=True,
+                         name="pushcut-signals").start()
+        page = f"; operator page {server.operator_url}" if server.operator_url else ""
         print(f"pushcut robot serve: serving robot (driver {config.driver}, {len(robot.tasks())} tasks) on "
               f"{host}:{port}{' with TLS' if server.tls else ''}{page}", flush=True)
         print("pushcut robot serve: e + Enter (or kill -USR1) = E-STOP, r + Enter = reset it, Enter = confirm the "

@@ -13,7 +13,6 @@ trainer with the episode (``needs_frames``).
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import re
@@ -21,13 +20,14 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 
 from pushcut.contracts import EpisodeOutcome, SuccessDetector
 from pushcut.errors import ConfigError, EnvError
+from pushcut.webguard import GuardedHandler, open_page, page_url
 
 log = logging.getLogger("pushcut.human")
 
@@ -40,8 +40,8 @@ class HumanJudgeConfig:
 
     host: str = "127.0.0.1"
     """Address of the page; loopback only (reach it from elsewhere through ``ssh -L``)."""
-    port: int = 7272
-    """TCP port of the page; 0 = any free port (logged when the page opens)."""
+    port: int = 7373
+    """TCP port of the page; 0 = any free port (logged when the page opens). Not 7272, the robot's operator page."""
     timeout_s: float = 600.0
     """How long a round waits for all verdicts; episodes still unjudged then are dropped (never failures)."""
     frames_shown: int = 6
@@ -52,7 +52,7 @@ class HumanJudgeConfig:
     def __post_init__(self) -> None:
         if self.host not in ("127.0.0.1", "localhost", "::1"):
             raise ConfigError(f"success.host must be a loopback address (127.0.0.1), got {self.host!r}: the page has "
-                              "no login; open it from another machine through ssh -L 7272:127.0.0.1:7272")
+                              "no login; open it from another machine through ssh -L 7373:127.0.0.1:7373")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"success.port must be 0 (any free port) .. 65535, got {self.port}")
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
@@ -135,20 +135,18 @@ class HumanJudge(SuccessDetector):
     @property
     def url(self) -> str:
         if self._server is None:
-            return f"http://{self.config.host}:{self.config.port}/"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
+            host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+            return f"http://{host}:{self.config.port}/"
+        return page_url(self._server)
 
     def start(self) -> str:
         """Open the page (idempotent); returns its URL."""
         if self._server is None:
             try:
-                self._server = ThreadingHTTPServer((self.config.host, self.config.port), _handler(self))
+                self._server, _ = open_page(self.config.host, self.config.port, _handler(self), "pushcut-human-judge")
             except OSError as exc:
                 raise EnvError(f"cannot open the human judge page on {self.config.host}:{self.config.port}: "
                                f"{exc.strerror or exc}; set success.port to a free port (0 = any)") from None
-            self._server.daemon_threads = True
-            threading.Thread(target=self._server.serve_forever, daemon=True, name="pushcut-human-judge").start()
             log.info("human judge: verdict page at %s", self.url)
         return self.url
 
@@ -186,48 +184,30 @@ class HumanJudge(SuccessDetector):
         return 200, {"ok": True}
 
 
-def _handler(judge: HumanJudge) -> type[BaseHTTPRequestHandler]:
+def _handler(judge: HumanJudge) -> type[GuardedHandler]:
     from pushcut.plugins.rewards.human.page import PAGE
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, fmt: str, *args: Any) -> None:
-            pass
+    class Handler(GuardedHandler):
+        protected_posts = frozenset({"/api/verdict"})
 
-        def _send(self, code: int, body: bytes, kind: str = "application/json") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
+        def get(self) -> None:
             if self.path == "/":
-                self._send(200, PAGE.encode(), "text/html; charset=utf-8")
+                self.send_body(200, self.guard.embed(PAGE).encode(), "text/html; charset=utf-8")
             elif self.path == "/api/round":
-                self._send(200, json.dumps(judge._state()).encode())
+                self.send_json(200, judge._state())
             elif (m := _FRAME.match(self.path)) is not None:
                 key = tuple(int(g) for g in m.groups())
                 with judge._cond:
                     body = judge._frames.get(key)
                 if body is None:
-                    self._send(404, b'{"error": "no such frame"}')
+                    self.send_json(404, {"error": "no such frame"})
                 else:
-                    self._send(200, body, "image/png")
+                    self.send_body(200, body, "image/png")
             else:
-                self._send(404, b'{"error": "unknown path"}')
+                self.send_json(404, {"error": "unknown path"})
 
-        def do_POST(self) -> None:
-            if self.path != "/api/verdict":
-                self._send(404, b'{"error": "unknown path"}')
-                return
-            try:
-                size = int(self.headers.get("Content-Length", "0"))
-                data = json.loads(self.rfile.read(min(size, 1 << 16)) or b"null")
-            except (ValueError, json.JSONDecodeError):
-                self._send(400, b'{"error": "the body must be JSON"}')
-                return
+        def post(self, data: Any) -> None:
             code, reply = judge._verdict(data)
-            self._send(code, json.dumps(reply).encode())
+            self.send_json(code, reply)
 
     return Handler

@@ -2,6 +2,7 @@
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pushcut: judge episodes</title>
+<meta name="pushcut-page" content="__PUSHCUT_PAGE_SECRET__">
 <style>
 body{font-family:sans-serif;margin:1.5em;background:#fafafa}
 .card{border:3px solid #ccc;border-radius:8px;padding:.6em;margin:.6em 0;background:#fff}
@@ -17,6 +18,7 @@ button{font-size:1.1em;margin:.3em .3em 0 0;padding:.3em 1em}
 <p id="status">waiting for episodes…</p>
 <div id="episodes"></div>
 <script>
+const secret = document.querySelector('meta[name=pushcut-page]').content;
 let round = -1, open = false, episodes = [], selected = 0;
 const box = document.getElementById('episodes');
 function card(ep) {
@@ -50,7 +52,7 @@ function paint() {
     (round > 0 ? 'round ' + round + ' closed; waiting for the next one…' : 'waiting for episodes…');
 }
 async function verdict(index, ok) {
-  const r = await fetch('/api/verdict', {method: 'POST', headers: {'Content-Type': 'application/json'},
+  const r = await fetch('/api/verdict', {method: 'POST', headers: {'Content-Type': 'application/json', 'X-Pushcut-Page': secret},
     body: JSON.stringify({round: round, index: index, success: ok})});
   if (r.ok) {
     const ep = episodes.find(e => e.index === index); ep.verdict = ok;

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import numpy as np
@@ -17,6 +16,7 @@ from pushcut.errors import ConfigError
 from pushcut.pluginmanager import get_plugin_manager
 from pushcut.plugins.rewards.human import HumanJudge, HumanJudgeConfig
 from pushcut.testing import SuccessDetectorContract
+from pushcut.webguard import SECRET_HEADER, PageClient
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
 
@@ -82,13 +82,10 @@ def test_an_operator_who_never_answers_leaves_episodes_unjudged():
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url + "api/verdict", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as reply:
-            return reply.status, json.load(reply)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
+    """A verdict as the page's own buttons send it (with the page's secret)."""
+    client = PageClient(url)
+    return client.request("POST", "api/verdict", body, {"Content-Type": "application/json",
+                                                        SECRET_HEADER: client.secret})
 
 
 def test_partial_answers_late_and_malformed_verdicts():

@@ -19,6 +19,7 @@ from pushcut.envpool.remote import SocketTransport
 from pushcut.envpool.spec import EnvSpec
 from pushcut.errors import EnvError
 from pushcut.plugins.envs.real.launch import RobotServerProcess
+from pushcut.webguard import PageClient
 
 SIM = {"env": {"type": "tabletop", "image_size": 32, "video_size": 32, "tasks": ["press_button", "lift_blue"]}}
 TOKEN = "robot-test-token"
@@ -50,9 +51,10 @@ def status(server) -> dict:
 
 
 def post(server, path: str) -> dict:
-    request = urllib.request.Request(server.operator_url + path, data=b"", method="POST")
-    with urllib.request.urlopen(request, timeout=5) as reply:
-        return json.load(reply)
+    """A button of the operator page, pressed as the page itself sends it (with its secret)."""
+    status, reply = PageClient(server.operator_url).post(path)
+    assert status == 200, reply
+    return reply
 
 
 def wait_until(predicate, timeout_s=5.0):
