@@ -3,7 +3,9 @@
 Everything the trainer needs to turn finished episodes into a loss lives here,
 with no state, no config objects and no device assumptions:
 
-* advantage estimators over episodes (``grpo``, ``rloo``, ``drgrpo``),
+* advantage estimators over episodes (``grpo``, ``rloo``, ``drgrpo``), and
+  over the chunks of episodes with a learned critic (``gae``, PPO),
+* the clipped value loss of the critic, explained variance,
 * the dynamic-sampling group filter,
 * the clipped policy loss (``vanilla``: PPO clip with asymmetric "clip-higher"
   bounds, optional dual clip),
@@ -36,13 +38,22 @@ __all__ = [
     "KL_PENALTIES",
     "LOSS_AGGREGATIONS",
     "POLICY_LOSSES",
+    "VALUE_ADVANTAGE_ESTIMATORS",
+    "VALUE_LOSSES",
     "GroupStats",
     "PolicyLossOutput",
+    "ValueAdvantages",
+    "ValueLossOutput",
     "agg_loss",
     "aggregation_weights",
     "check_finite",
     "drgrpo_advantages",
+    "clipped_value_loss",
     "entropy_from_logits",
+    "explained_variance",
+    "gae_advantages",
+    "get_value_advantage_estimator",
+    "get_value_loss",
     "get_advantage_estimator",
     "get_loss_aggregation",
     "get_policy_loss",
@@ -52,7 +63,11 @@ __all__ = [
     "kl_penalty",
     "masked_mean",
     "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "needs_values",
     "rloo_advantages",
+    "terminal_rewards",
     "vanilla_policy_loss",
     "weighted_loss",
 ]
@@ -342,6 +357,173 @@ def get_advantage_estimator(name: str) -> AdvantageEstimator:
 
 
 # --------------------------------------------------------------------------- #
+# Advantages with a critic (PPO): GAE over the chunks of an episode
+# --------------------------------------------------------------------------- #
+#
+# A "step" of GAE is one policy call, i.e. one action chunk: the critic values the
+# observation the chunk was chosen from. Episodes are rows of (N, C) tensors padded
+# to the longest episode's C chunks; the (N, C) mask is nonzero on real chunks.
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of ``x`` over the elements where ``mask`` is nonzero (0-dim).
+
+    With ``unbiased`` the variance is scaled by n / (n - 1) (Bessel), as verl's
+    ``masked_var``; a mask with a single element then gives variance 0 (verl
+    raises). Shapes: ``x``, ``mask`` any equal shapes.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = _as_float_mask(mask, x).sum()
+        var = torch.where(n > 1, var * n / torch.where(n > 1, n - 1, torch.ones_like(n)), torch.zeros_like(var))
+    return var
+
+
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """``(x - mean) / sqrt(var + eps)`` with mean and unbiased variance taken over the mask.
+
+    As verl's ``masked_whiten`` (shift_mean=True); elements off the mask are
+    transformed too (and stay meaningless). Shapes: ``x``, ``mask`` ``(N, C)``.
+    """
+    _check_same_shape(x=x, mask=mask)
+    return (x - masked_mean(x, mask)) * torch.rsqrt(masked_var(x, mask) + eps)
+
+
+def terminal_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
+    """Per-chunk rewards of episodes whose outcome reward arrives with their last chunk.
+
+    Args:
+        rewards: ``(N,)`` episode rewards (0/1 success in the recipe).
+        mask: ``(N, C)`` nonzero on each episode's real chunks; every row needs at
+            least one.
+
+    Returns:
+        ``(N, C)`` float: ``rewards[i]`` at the last nonzero position of row i, 0 elsewhere.
+    """
+    if rewards.ndim != 1 or mask.ndim != 2 or mask.shape[0] != rewards.shape[0]:
+        raise ValueError(f"rewards must be (N,) and mask (N, C); got {tuple(rewards.shape)} and {tuple(mask.shape)}")
+    valid = mask != 0
+    if not bool(valid.any(dim=1).all()):
+        raise ValueError("every episode needs at least one chunk: a row of the mask is empty")
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = torch.where(valid, positions, -1).amax(dim=1)
+    out = torch.zeros(mask.shape, dtype=_float_dtype(rewards), device=rewards.device)
+    out[torch.arange(len(rewards), device=rewards.device), last] = rewards.to(out.dtype)
+    return out
+
+
+@dataclass(frozen=True)
+class ValueAdvantages:
+    """What a critic-based advantage estimator returns.
+
+    Attributes:
+        advantages: ``(N, C)`` per-chunk advantages (whitened over the mask when
+            asked), the actor's signal; broadcast to each chunk's T elements.
+        returns: ``(N, C)`` value targets, ``advantages + values`` before whitening
+            (the lambda-return), the critic's signal.
+    """
+
+    advantages: Tensor
+    returns: Tensor
+
+
+def gae_advantages(
+    rewards: Tensor,
+    values: Tensor,
+    mask: Tensor,
+    gamma: float = 0.99,
+    lam: float = 0.95,
+    whiten: bool = True,
+) -> ValueAdvantages:
+    """Generalised advantage estimation (Schulman et al. 2016, arXiv:1506.02438, eq. 16).
+
+    Backwards over the chunks c of each row, skipping masked positions (as verl's
+    ``compute_gae_advantage_return``):
+
+        delta_c = r_c + gamma * V_next - V_c
+        A_c     = delta_c + gamma * lam * A_next
+        returns = A + V
+
+    where V_next / A_next are those of the next *real* chunk, and 0 past the last
+    one: an episode's end is terminal (success ends it; a step limit ends it with
+    reward 0, and the outcome objective has nothing after it either). With
+    ``whiten`` the advantages are then normalised over all real chunks of the
+    batch (``masked_whiten``), as verl does; ``returns`` never are.
+
+    Args:
+        rewards: ``(N, C)`` per-chunk rewards; the recipe's binary outcome sits at the
+            last real chunk (``terminal_rewards``).
+        values: ``(N, C)`` critic values V(s_c) of the observation each chunk was
+            chosen from, under the rollout weights (detached here).
+        mask: ``(N, C)`` bool/float, nonzero on real chunks.
+        gamma: discount per chunk, in [0, 1].
+        lam: GAE's lambda, in [0, 1] (1: Monte-Carlo return minus V, 0: one-step TD).
+        whiten: normalise the advantages to mean 0, std 1 over the mask.
+
+    Returns:
+        ``ValueAdvantages`` with ``(N, C)`` advantages and returns in at least float32;
+        positions off the mask hold 0 advantage before whitening and
+        ``returns == values`` there (ignore both).
+    """
+    _check_same_shape(ndim=2, rewards=rewards, values=values, mask=mask)
+    for name, value in (("gamma", gamma), ("lam", lam)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1]; got {value}")
+    dtype = torch.promote_types(torch.promote_types(rewards.dtype, values.dtype), torch.float32)
+    r, v = rewards.detach().to(dtype), values.detach().to(dtype)
+    check_finite("values", v, mask)
+    m = (mask != 0).to(dtype)
+    next_value = torch.zeros(r.shape[0], dtype=dtype, device=r.device)
+    next_adv = torch.zeros_like(next_value)
+    advantages = torch.zeros_like(r)
+    for c in range(r.shape[1] - 1, -1, -1):
+        delta = r[:, c] + gamma * next_value - v[:, c]
+        adv = delta + gamma * lam * next_adv
+        # a masked position leaves the running value and advantage untouched (it is skipped)
+        next_value = m[:, c] * v[:, c] + (1 - m[:, c]) * next_value
+        next_adv = m[:, c] * adv + (1 - m[:, c]) * next_adv
+        advantages[:, c] = next_adv
+    returns = advantages + v
+    if whiten:
+        advantages = masked_whiten(advantages, mask)
+    return ValueAdvantages(advantages=advantages, returns=returns)
+
+
+ValueAdvantageEstimator = Callable[..., ValueAdvantages]
+"""``(rewards (N,C), values (N,C), mask (N,C), gamma, lam, whiten) -> ValueAdvantages``"""
+
+VALUE_ADVANTAGE_ESTIMATORS: dict[str, ValueAdvantageEstimator] = {
+    "gae": gae_advantages,
+}
+"""Advantage estimators that need a critic's per-chunk values (the policy's ``values`` capability)."""
+
+
+def needs_values(name: str) -> bool:
+    """True when the advantage estimator ``name`` needs a critic (one of ``VALUE_ADVANTAGE_ESTIMATORS``)."""
+    return name in VALUE_ADVANTAGE_ESTIMATORS
+
+
+def get_value_advantage_estimator(name: str) -> ValueAdvantageEstimator:
+    """The critic-based advantage estimator registered as ``name`` (``gae``)."""
+    return _lookup(VALUE_ADVANTAGE_ESTIMATORS, name, "critic advantage estimator")
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """1 - Var(returns - values) / Var(returns) over the mask (0-dim).
+
+    1: the critic predicts the returns exactly; 0: no better than their mean;
+    negative: worse. NaN when the returns do not vary (nothing to explain).
+    Shapes: ``values``, ``returns``, ``mask`` equal, e.g. ``(N, C)``.
+    """
+    _check_same_shape(values=values, returns=returns, mask=mask)
+    var_returns = masked_var(returns, mask)
+    residual = masked_var(returns - values, mask)
+    return torch.where(var_returns > 0, 1 - residual / torch.where(var_returns > 0, var_returns, 1.0),
+                       torch.full_like(var_returns, float("nan")))
+
+
+# --------------------------------------------------------------------------- #
 # Policy loss
 # --------------------------------------------------------------------------- #
 
@@ -472,6 +654,85 @@ POLICY_LOSSES: dict[str, PolicyLoss] = {
 def get_policy_loss(name: str) -> PolicyLoss:
     """The policy loss registered as ``name`` (``vanilla``)."""
     return _lookup(POLICY_LOSSES, name, "policy loss")
+
+
+# --------------------------------------------------------------------------- #
+# Value loss (the critic of PPO with GAE)
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class ValueLossOutput:
+    """What a value loss returns.
+
+    Attributes:
+        loss_mat: ``(B, C)`` per-element loss, differentiable in the predicted
+            values, 0 where the mask is 0. Aggregate like the policy loss
+            (``agg_loss`` / ``weighted_loss``).
+        vf_clipfrac: 0-dim, fraction of masked elements where the clipped term is
+            the larger (active) one.
+    """
+
+    loss_mat: Tensor
+    vf_clipfrac: Tensor
+
+
+def clipped_value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    cliprange_value: float = 0.2,
+) -> ValueLossOutput:
+    """PPO's clipped value loss (as in OpenAI baselines' ppo2 and verl's ``compute_value_loss``):
+
+        v_clip = clip(values, old_values - cliprange_value, old_values + cliprange_value)
+        loss   = 0.5 * max((values - returns)^2, (v_clip - returns)^2)
+
+    The new prediction may move at most ``cliprange_value`` from the rollout-time
+    value before the loss stops rewarding it, the critic's trust region.
+    ``agg_loss(loss_mat, mask, mode)`` equals verl's ``vf_loss`` for that mode.
+
+    Args:
+        values: ``(B, C)`` values under the current weights (differentiable).
+        old_values: ``(B, C)`` values at rollout time (detached here).
+        returns: ``(B, C)`` targets (GAE's lambda-returns; detached here).
+        mask: ``(B, C)`` nonzero on real elements.
+        cliprange_value: > 0.
+
+    Returns:
+        ``ValueLossOutput`` with a ``(B, C)`` ``loss_mat`` in at least float32.
+    """
+    _check_same_shape(ndim=2, values=values, old_values=old_values, returns=returns, mask=mask)
+    if not cliprange_value > 0:
+        raise ValueError(f"cliprange_value must be > 0; got {cliprange_value}")
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    v = values.to(dtype)
+    old = old_values.detach().to(dtype)
+    target = returns.detach().to(dtype)
+    # clamp the prediction itself (not old + clamp(v - old)): inside the range v_clipped is v exactly,
+    # so rounding never makes the clipped branch look active
+    v_clipped = torch.clamp(v, old - cliprange_value, old + cliprange_value)
+    unclipped = (v - target) ** 2
+    clipped = (v_clipped - target) ** 2
+    loss = 0.5 * torch.maximum(unclipped, clipped)
+    return ValueLossOutput(
+        loss_mat=torch.where(mask != 0, loss, 0.0),
+        vf_clipfrac=masked_mean((clipped > unclipped).to(dtype), mask).detach(),
+    )
+
+
+ValueLoss = Callable[..., ValueLossOutput]
+"""``(values (B,C), old_values (B,C), returns (B,C), mask (B,C), cliprange_value) -> ValueLossOutput``"""
+
+VALUE_LOSSES: dict[str, ValueLoss] = {
+    "clipped": clipped_value_loss,
+}
+
+
+def get_value_loss(name: str) -> ValueLoss:
+    """The value loss registered as ``name`` (``clipped``)."""
+    return _lookup(VALUE_LOSSES, name, "value loss")
 
 
 # --------------------------------------------------------------------------- #

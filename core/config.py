@@ -35,6 +35,43 @@ from pushcut.sampling import SAMPLERS
 
 
 @dataclass
+class CriticConfig:
+    """PPO's critic, read only with ``algo.advantage=gae`` (a value head on the policy's own features)."""
+
+    gamma: float = 0.99
+    """GAE discount per action chunk (one policy call)."""
+    lam: float = 0.95
+    """GAE lambda: 1 = Monte-Carlo return minus the value, 0 = one-step TD error."""
+    whiten_advantages: bool = True
+    """Normalise the per-chunk advantages to mean 0, std 1 over the batch (as verl)."""
+    value_loss: str = "clipped"
+    """Value loss (clipped = PPO's clipped squared error)."""
+    cliprange_value: float = 0.2
+    """How far a new value prediction may move from its rollout-time value before the loss stops rewarding it."""
+    value_coef: float = 0.5
+    """Weight of the value loss next to the policy loss."""
+    lr: float = 1e-3
+    """AdamW learning rate of the value head's parameters (the actor keeps train.lr)."""
+    warmup_iterations: int = 0
+    """First RL iterations that train the value head only (the actor's update is skipped)."""
+
+    def __post_init__(self) -> None:
+        for name in ("gamma", "lam"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"algo.critic.{name} must be in [0, 1] (e.g. 0.99 / 0.95), got {getattr(self, name)}")
+        for name in ("cliprange_value", "value_coef", "lr"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"algo.critic.{name} must be a finite number > 0, got {getattr(self, name)}")
+        if self.warmup_iterations < 0:
+            raise ConfigError(f"algo.critic.warmup_iterations must be >= 0, got {self.warmup_iterations}")
+        from pushcut import algos
+
+        if self.value_loss not in algos.VALUE_LOSSES:
+            raise ConfigError(f"algo.critic.value_loss={self.value_loss!r} is not one of "
+                              f"{', '.join(sorted(algos.VALUE_LOSSES))}")
+
+
+@dataclass
 class AlgoConfig:
     """The RL recipe (SimpleVLA-RL defaults)."""
 
@@ -43,7 +80,7 @@ class AlgoConfig:
     temperature: float = 1.6
     """Rollout sampling temperature; training log-probs use the same one."""
     advantage: str = "grpo"
-    """Advantage estimator: grpo, rloo or drgrpo."""
+    """Advantage estimator: grpo, rloo, drgrpo (per episode, from the group) or gae (per chunk, PPO with a critic)."""
     policy_loss: str = "vanilla"
     """Policy-loss variant (vanilla = asymmetric PPO clip)."""
     clip_ratio_low: float = 0.2
@@ -66,6 +103,8 @@ class AlgoConfig:
     """Entropy bonus coefficient (0 = off, as in the recipe)."""
     eps: float = 1e-6
     """Added to the group std in the GRPO advantage."""
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    """PPO's critic (value head, GAE, value loss); read only with advantage=gae."""
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -86,7 +125,8 @@ class AlgoConfig:
             raise ConfigError(f"algo.kl_coef must be >= 0, got {self.kl_coef}")
         from pushcut import algos
 
-        for name, registry in (("advantage", algos.ADVANTAGE_ESTIMATORS), ("policy_loss", algos.POLICY_LOSSES),
+        estimators = {**algos.ADVANTAGE_ESTIMATORS, **algos.VALUE_ADVANTAGE_ESTIMATORS}
+        for name, registry in (("advantage", estimators), ("policy_loss", algos.POLICY_LOSSES),
                                ("loss_agg_mode", algos.LOSS_AGGREGATIONS), ("kl_type", algos.KL_PENALTIES)):
             value = getattr(self, name)
             if value not in registry:
@@ -220,11 +260,13 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     start_sampling: str = "uniform"
-    """Start states per round: ``uniform`` (the recipe) or ``mixed`` (tasks likely to give mixed groups).
+    """Start states per round: ``uniform`` (the recipe), ``mixed`` (tasks likely to give mixed groups) or ``band``.
 
     ``uniform`` cycles through every (task, train state) pair; ``mixed`` draws tasks in
     proportion to the chance that a group of theirs has mixed outcomes (from each task's
-    running rollout success), so fewer rollouts go to groups that dynamic sampling then drops."""
+    running rollout success), so fewer rollouts go to groups that dynamic sampling then drops;
+    ``band`` does the same per (task, start state), from each state's own recent success,
+    exploring unseen states first (docs/algorithms.md)."""
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold."""
     eval_every: int = 10

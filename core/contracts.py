@@ -19,7 +19,7 @@ import abc
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -178,10 +178,14 @@ class ActionSample:
 @dataclass
 class Scores:
     """What :meth:`Policy.log_probs` returns: differentiable (B, T) log-probs,
-    and optionally the (B, T) entropy of the distribution each element was drawn from."""
+    and optionally the (B, T) entropy of the distribution each element was drawn from,
+    and (a policy with a value head, see :class:`ValueHead`) the differentiable (B,)
+    values of the same observations from the same forward pass, which spares the
+    PPO update a second pass."""
 
     log_probs: torch.Tensor
     entropy: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
 
 @dataclass
@@ -244,11 +248,42 @@ class Policy(torch.nn.Module, abc.ABC):
         :class:`pushcut.errors.CheckpointError` naming what was expected and found
         when ``directory`` holds something else."""
 
+    # Optional capability, not declared here so that having it can be detected:
+    # ``values(obs) -> (B,)`` and ``value_parameters()``, see :class:`ValueHead`.
+
     @property
     def device(self) -> torch.device:
         for p in self.parameters():
             return p.device
         return torch.device("cpu")
+
+
+@runtime_checkable
+class ValueHead(Protocol):
+    """An optional Policy capability: a critic on the policy's own features, for PPO with
+    GAE (``algo.advantage=gae``). A policy has it when it defines both methods; the
+    engine checks with ``isinstance(policy, ValueHead)`` and refuses ``gae`` otherwise.
+
+    The critic values the observation a chunk is chosen from: V(s) is the expected
+    (discounted) success of the episode from there. It is trained by the engine with
+    its own learning rate (``algo.critic.lr``) on :meth:`value_parameters`; a policy
+    may feed the head detached features so that the value loss never moves the actor.
+    """
+
+    def values(self, obs: ObsBatch) -> torch.Tensor:
+        """Differentiable (B,) float values, one per observation (under ``torch.no_grad``
+        the engine uses them as the rollout-time values)."""
+        ...
+
+    def value_parameters(self) -> Iterable[torch.nn.Parameter]:
+        """The value head's own parameters, a subset of ``trainable_parameters()``
+        (the engine gives them ``algo.critic.lr``; the actor's update never moves them)."""
+        ...
+
+
+def has_value_head(policy: object) -> bool:
+    """True when ``policy`` offers the :class:`ValueHead` capability."""
+    return isinstance(policy, ValueHead)
 
 
 class SuccessDetector(abc.ABC):

@@ -32,6 +32,7 @@ class Outcome(Protocol):
     """What :meth:`StartStateSampler.observe` reads of an episode."""
 
     task_id: str
+    init_state: int
     success: bool
 
     @property
@@ -168,7 +169,82 @@ class MixedSampler(StartStateSampler):
         self.success = {t: float(v) for t, v in state["success"].items()}
 
 
-SAMPLERS: dict[str, type[StartStateSampler]] = {"uniform": UniformSampler, "mixed": MixedSampler}
+class BandSampler(StartStateSampler):
+    """Draws the (task, start state) pairs whose estimated success lies inside (0, 1), the
+    learnable band: a group from such a state is likely to have mixed outcomes, so dynamic
+    sampling keeps it.
+
+    Each pair's success is an exponential average of the rates its groups had (fed by
+    :meth:`observe`, ``smoothing`` the weight of the old estimate). A draw weighs each pair
+    by :func:`mixed_group_chance` of its estimate, floored at ``floor`` so that pairs last
+    seen all-fail or all-success are revisited now and then (the policy changes); pairs
+    never observed weigh 1, the most any pair can, so every state is explored before the
+    estimates are trusted. One call draws distinct pairs while there are enough of them."""
+
+    adaptive = True
+
+    def __init__(self, tasks: Sequence[TaskSpec], seed: int, group_size: int = 8, floor: float = 0.02,
+                 smoothing: float = 0.5) -> None:
+        super().__init__(tasks, seed, group_size)
+        self.floor, self.smoothing = floor, smoothing
+        self.rng = np.random.default_rng([seed, 2])
+        self.index = {p: i for i, p in enumerate(self.pairs)}
+        self.success = np.full(len(self.pairs), np.nan)
+        """Running success per pair (NaN: never observed)."""
+
+    def weights(self) -> np.ndarray:
+        """Unnormalised draw weight of every pair, in ``self.pairs`` order."""
+        seen = ~np.isnan(self.success)
+        p = np.where(seen, self.success, 0.5)
+        mixed = 1.0 - p**self.group_size - (1.0 - p) ** self.group_size
+        return np.where(seen, np.maximum(self.floor, mixed), 1.0)
+
+    def draw(self, n: int) -> list[StartState]:
+        out: list[StartState] = []
+        while len(out) < n:
+            w = self.weights()
+            k = min(n - len(out), len(self.pairs))
+            picks = self.rng.choice(len(self.pairs), size=k, replace=False, p=w / w.sum())
+            out.extend(self.pairs[i] for i in picks)
+        return out
+
+    def observe(self, episodes: Iterable[Outcome]) -> None:
+        """Fold each observed pair's group success rate into its running estimate."""
+        rates: dict[int, list[bool]] = {}
+        for ep in episodes:
+            if ep.ok:
+                key = self.index.get(StartState(ep.task_id, int(getattr(ep, "init_state", -1))))
+                if key is not None:
+                    rates.setdefault(key, []).append(bool(ep.success))
+        for key, outcomes in rates.items():
+            rate, old = float(np.mean(outcomes)), self.success[key]
+            self.success[key] = rate if np.isnan(old) else self.smoothing * old + (1.0 - self.smoothing) * rate
+
+    def task_weights(self) -> dict[str, float]:
+        w = self.weights()
+        total = float(w.sum())
+        out = {t: 0.0 for t in self.states_of}
+        for pair, weight in zip(self.pairs, w):
+            out[pair.task_id] += float(weight) / total
+        return out
+
+    def in_band(self) -> float:
+        """Share of observed pairs whose estimate lies strictly inside (0, 1) (NaN before any)."""
+        seen = self.success[~np.isnan(self.success)]
+        return float(np.mean((seen > 0) & (seen < 1))) if len(seen) else float("nan")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "success": [None if np.isnan(v) else float(v) for v in self.success]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        if len(state["success"]) != len(self.pairs):
+            raise EnvError(f"the band sampler's saved state covers {len(state['success'])} start states, the env "
+                           f"offers {len(self.pairs)}: resume with the env the run started with")
+        self.success = np.array([np.nan if v is None else float(v) for v in state["success"]], dtype=np.float64)
+
+
+SAMPLERS: dict[str, type[StartStateSampler]] = {"uniform": UniformSampler, "mixed": MixedSampler, "band": BandSampler}
 """``train.start_sampling`` name → sampler class."""
 
 

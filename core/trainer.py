@@ -5,7 +5,9 @@
 3. reward = the success detector's verdict (0/1);
 4. dynamic sampling: drop all-fail / all-success groups, draw more start states
    until the batch is full or ``max_sample_rounds`` is reached (then warn);
-5. group-normalised advantages;
+5. group-normalised advantages (or, with ``algo.advantage=gae``, PPO: the policy's value
+   head values every chunk's observation, GAE over the chunks of each episode with the
+   binary reward at its last chunk);
 6. clipped policy loss with asymmetric bounds, aggregated (token mean by default),
    log-probs at the sampling temperature, old log-probs from sampling time;
 7. minibatch AdamW with gradient accumulation and grad-norm clipping;
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import random
@@ -37,7 +40,7 @@ from pushcut.checkpoint import (
     set_rng_state,
 )
 from pushcut.config import RunConfig, TrainConfig, check_continues, save_config, to_dict
-from pushcut.contracts import INFO_COUNTERS, Policy, TaskSpec
+from pushcut.contracts import INFO_COUNTERS, ObsBatch, Policy, TaskSpec, has_value_head
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.evaluate import eval_metrics, evaluate, stage_reach, write_report
 from pushcut.events import MetricsFile, Progress, TensorBoardLogger
@@ -55,9 +58,10 @@ def collect_batch(
 ) -> tuple[EpisodeBatch | None, dict[str, float]]:
     """Steps 1–5: rollouts with dynamic sampling, then advantages. Returns the kept
     groups with their advantages (None when no group had mixed outcomes) and the
-    rollout metrics."""
+    rollout metrics. An estimator that needs a critic (``gae``) leaves the advantages
+    unset: :func:`critic_targets` computes them per chunk with the policy's value head."""
     algo, train = config.algo, config.train
-    estimator = algos.get_advantage_estimator(algo.advantage)
+    estimator = None if algos.needs_values(algo.advantage) else algos.get_advantage_estimator(algo.advantage)
     kept: list[EpisodeBatch] = []
     collected: list[EpisodeBatch] = []
     groups_total = groups_failed = groups_kept = rounds = env_steps = 0
@@ -111,7 +115,63 @@ def collect_batch(
             metrics[f"rollout/draw_weight/{task}"] = weight
     if not len(batch):
         return None, metrics
+    if estimator is None:
+        return batch, metrics
     return batch.with_advantages(estimator(batch.rewards(), batch.group_index(), algo.eps)), metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkTargets:
+    """PPO's per-chunk tensors of a batch, (N, C): N episodes padded to the longest one's C chunks.
+
+    ``advantages`` (the actor's, broadcast to each chunk's T elements), ``returns`` (the
+    critic's targets), ``values`` (the value head's at rollout time, the clip anchor of the
+    value loss) and ``mask`` (True on real chunks)."""
+
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    values: torch.Tensor
+    mask: torch.Tensor
+
+
+def chunk_values(policy: Policy, batch: EpisodeBatch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The value head's (N, C) values of every chunk's observation under the current weights
+    (no gradient), and the (N, C) bool mask of real chunks."""
+    n_chunks = [ep.num_chunks for ep in batch]
+    values = torch.zeros(len(batch), max(n_chunks), dtype=torch.float32)
+    mask = torch.arange(values.shape[1])[None, :] < torch.tensor(n_chunks)[:, None]
+    rows = [(e, r) for e, n in enumerate(n_chunks) for r in range(n)]
+    was_training = policy.training
+    policy.eval()
+    with torch.no_grad():
+        for start in range(0, len(rows), micro_batch_size):
+            part = rows[start:start + micro_batch_size]
+            obs = ObsBatch.from_observations([batch[e].observations[r] for e, r in part],
+                                             [batch[e].instruction for e, _ in part], [batch[e].task_id for e, _ in part])
+            v = policy.values(obs).detach().float().cpu()
+            if v.shape != (len(part),):
+                raise ValueError(f"{type(policy).__name__}.values returned shape {tuple(v.shape)} for "
+                                 f"{len(part)} observations; it must return (B,)")
+            values[[e for e, _ in part], [r for _, r in part]] = v
+    policy.train(was_training)
+    return values, mask
+
+
+def critic_targets(policy: Policy, batch: EpisodeBatch, config: RunConfig) -> tuple[ChunkTargets, dict[str, float]]:
+    """Step 5 of PPO: value every chunk, put each episode's binary reward at its last chunk,
+    and run the critic-based estimator (``algo.advantage``, GAE) over the chunks."""
+    critic = config.algo.critic
+    values, mask = chunk_values(policy, batch, config.train.micro_batch_size)
+    rewards = algos.terminal_rewards(batch.rewards(), mask)
+    estimate = algos.get_value_advantage_estimator(config.algo.advantage)(
+        rewards, values, mask, gamma=critic.gamma, lam=critic.lam, whiten=critic.whiten_advantages)
+    targets = ChunkTargets(estimate.advantages, estimate.returns, values, mask)
+    metrics = {
+        "critic/values_mean": float(algos.masked_mean(values, mask)),
+        "critic/returns_mean": float(algos.masked_mean(estimate.returns, mask)),
+        "critic/explained_variance": float(algos.explained_variance(values, estimate.returns, mask)),
+    }
+    return targets, metrics
 
 
 def rollout_metrics(batch: EpisodeBatch, tasks: dict[str, TaskSpec]) -> dict[str, float]:
@@ -145,6 +205,8 @@ def update_policy(
     generator: torch.Generator,
     reference: Policy | None = None,
     shards: Any = None,
+    targets: ChunkTargets | None = None,
+    actor: bool = True,
 ) -> dict[str, float]:
     """Steps 6–7 over one batch (with advantages): ``ppo_epochs`` passes of shuffled
     minibatches of episodes, each split into micro-batches of chunk rows whose gradients
@@ -152,15 +214,35 @@ def update_policy(
 
     ``shards`` (a :class:`pushcut.distributed.Shards`, on a learner rank) takes this rank's
     share of each minibatch's rows and sums gradients and statistics over the ranks before
-    each step, so every rank applies the single-process update."""
+    each step, so every rank applies the single-process update.
+
+    ``targets`` (PPO with a critic) gives every chunk row its own advantage and adds the
+    value loss (mean over the minibatch's chunks, times ``algo.critic.value_coef``); the value
+    head's gradients are clipped apart from the actor's. ``actor=False`` (the critic's
+    warm-up) trains the value head alone: no policy loss, and only value parameters step."""
     algo, train = config.algo, config.train
     policy_loss = algos.get_policy_loss(algo.policy_loss)
     device = policy.device
-    if batch.advantages is None:
-        raise ValueError("update_policy needs a batch with advantages (EpisodeBatch.with_advantages)")
+    if batch.advantages is None and targets is None:
+        raise ValueError("update_policy needs a batch with advantages (EpisodeBatch.with_advantages) "
+                         "or per-chunk targets (critic_targets)")
+    if targets is not None and shards is not None:
+        raise ValueError("PPO with a critic (per-chunk targets) does not run on learner ranks yet")
+    if not actor and targets is None:
+        raise ValueError("actor=False (critic warm-up) needs per-chunk targets")
     params = [p for p in policy.trainable_parameters()]
-    sums: dict[str, float] = {"pg_loss": 0.0, "clipfrac": 0.0, "ppo_kl": 0.0, "entropy": 0.0, "kl": 0.0}
+    value_params: list[torch.nn.Parameter] = []
+    value_loss = None
+    if targets is not None:
+        value_params = list(policy.value_parameters())
+        value_ids = {id(p) for p in value_params}
+        params = [p for p in params if id(p) not in value_ids]
+        value_loss = algos.get_value_loss(algo.critic.value_loss)
+    sums: dict[str, float] = {"pg_loss": 0.0, "clipfrac": 0.0, "ppo_kl": 0.0, "entropy": 0.0, "kl": 0.0,
+                              "value_loss": 0.0, "vf_clipfrac": 0.0}
     grad_norms: list[float] = []
+    value_grad_norms: list[float] = []
+    value_rows = 0.0
     tokens_seen = 0.0
     steps = skipped = 0
     t_len = batch.token_len
@@ -174,19 +256,38 @@ def update_policy(
             if shards is not None:
                 rows = shards.take(rows)
             optimizer.zero_grad(set_to_none=True)
-            mb_loss = 0.0
+            mb_loss = mb_value_loss = 0.0
             finite = True
             for m0 in range(0, len(rows), train.micro_batch_size):
                 micro = rows[m0:m0 + train.micro_batch_size]
                 obs, sample, old, mask = batch.gather([(mb[i], r) for i, r in micro])
                 weights = torch.stack([ep_weights[i, r * t_len:(r + 1) * t_len] for i, r in micro]).to(device)
-                adv = batch.advantages[[mb[i] for i, _ in micro]].to(device)[:, None].expand(-1, t_len)
+                if targets is None:
+                    adv = batch.advantages[[mb[i] for i, _ in micro]].to(device)[:, None].expand(-1, t_len)
+                else:  # per chunk: each chunk's advantage broadcast to its T elements
+                    picks = ([mb[i] for i, _ in micro], [r for _, r in micro])
+                    adv = targets.advantages[picks].to(device)[:, None].expand(-1, t_len)
                 sample = {k: v.to(device) for k, v in sample.items()}
                 old, mask = old.to(device), mask.to(device)
                 scores = policy.log_probs(obs, sample, algo.temperature)
                 out = policy_loss(scores.log_probs, old, adv, mask, clip_ratio_low=algo.clip_ratio_low,
                                   clip_ratio_high=algo.clip_ratio_high, clip_ratio_c=algo.clip_ratio_c)
                 loss = algos.weighted_loss(out.loss_mat, weights)
+                if not actor:
+                    loss = loss.detach() * 0.0
+                if targets is not None:
+                    new_values = scores.values if scores.values is not None else policy.values(obs)
+                    vl = value_loss(new_values.reshape(-1, 1),
+                                    targets.values[picks].to(device)[:, None],
+                                    targets.returns[picks].to(device)[:, None],
+                                    torch.ones(len(micro), 1, dtype=torch.bool, device=device),
+                                    cliprange_value=algo.critic.cliprange_value)
+                    # the mean over the minibatch's chunk rows, split exactly across micro-batches
+                    v_loss = vl.loss_mat.sum() / len(rows)
+                    loss = loss + algo.critic.value_coef * v_loss
+                    mb_value_loss += float(v_loss.detach())
+                    sums["vf_clipfrac"] += float(vl.vf_clipfrac) * len(micro)
+                    value_rows += len(micro)
                 n_tok = float(mask.sum())
                 if algo.entropy_coeff and scores.entropy is not None:
                     loss = loss - algo.entropy_coeff * algos.weighted_loss(scores.entropy, weights)
@@ -208,7 +309,18 @@ def update_policy(
                 tokens_seen += n_tok
             if shards is not None:
                 finite, mb_loss = shards.reduce_step(params, finite, mb_loss)
+            if not actor:  # critic warm-up: only the value head steps
+                for p in params:
+                    p.grad = None
             grad_norm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip) if finite else torch.tensor(float("nan"))
+            if value_params and finite:
+                value_norm = torch.nn.utils.clip_grad_norm_(value_params, train.grad_clip)
+                if not torch.isfinite(value_norm):
+                    finite = False
+                else:
+                    value_grad_norms.append(float(value_norm))
+            if not actor and finite:
+                grad_norm = torch.zeros(())
             if not finite or not torch.isfinite(grad_norm):
                 # never apply a NaN update: drop this minibatch, count it, keep the weights
                 optimizer.zero_grad(set_to_none=True)
@@ -218,8 +330,10 @@ def update_policy(
             warmup_lr(optimizer, train)
             optimizer.step()
             steps += 1
-            sums["pg_loss"] += mb_loss
-            grad_norms.append(float(grad_norm))
+            sums["pg_loss"] += mb_loss - algo.critic.value_coef * mb_value_loss if targets is not None else mb_loss
+            sums["value_loss"] += mb_value_loss
+            if actor:
+                grad_norms.append(float(grad_norm))
     if shards is not None:
         tokens_seen = shards.reduce_sums(sums, tokens_seen)
     policy.eval()
@@ -233,8 +347,20 @@ def update_policy(
         "actor/optimizer_steps": float(steps),
         "actor/lr": float(optimizer.param_groups[0]["lr"]),
         "actor/skipped_updates": float(skipped),
-        "actor/advantage_abs_mean": float(batch.advantages.abs().mean()),
     }
+    if targets is None:
+        metrics["actor/advantage_abs_mean"] = float(batch.advantages.abs().mean())
+    else:
+        metrics.update({
+            "actor/advantage_abs_mean": float(algos.masked_mean(targets.advantages.abs(), targets.mask)),
+            "critic/value_loss": sums["value_loss"] / max(steps, 1),
+            "critic/vf_clipfrac": sums["vf_clipfrac"] / max(value_rows, 1.0),
+            "critic/grad_norm": float(np.mean(value_grad_norms)) if value_grad_norms else float("nan"),
+            "critic/warmup": float(not actor),
+        })
+        if not actor:
+            for key in ("actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/entropy"):
+                metrics[key] = float("nan")
     if reference is not None:
         metrics["actor/kl"] = sums["kl"] / tok
     return metrics
@@ -246,8 +372,8 @@ def warmup_lr(optimizer: torch.optim.Optimizer, train: TrainConfig) -> None:
     if not train.lr_warmup_steps:
         return
     done = max((int(s["step"]) for s in optimizer.state.values() if "step" in s), default=0)
-    for group in optimizer.param_groups:
-        group["lr"] = train.lr * min(1.0, (done + 1) / train.lr_warmup_steps)
+    for group in optimizer.param_groups:  # a group with its own base_lr (the critic's) warms up to that
+        group["lr"] = group.get("base_lr", train.lr) * min(1.0, (done + 1) / train.lr_warmup_steps)
 
 
 class Trainer:
@@ -266,11 +392,25 @@ class Trainer:
         params = list(policy.trainable_parameters())
         if not params:
             raise ConfigError("the policy has no trainable parameters: nothing to optimise")
-        return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        if not algos.needs_values(self.config.algo.advantage):
+            return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        # PPO: the value head learns at its own rate (a fresh head needs far more than the actor's lr)
+        critic_lr = self.config.algo.critic.lr
+        value_ids = {id(p) for p in policy.value_parameters()}
+        groups = [{"params": [p for p in params if id(p) not in value_ids], "lr": t.lr, "base_lr": t.lr},
+                  {"params": [p for p in params if id(p) in value_ids], "lr": critic_lr, "base_lr": critic_lr}]
+        if not groups[1]["params"]:
+            raise ConfigError(f"policy {type(policy).__name__}: value_parameters() holds none of its trainable "
+                              "parameters, so its value head cannot learn; make the head trainable")
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=t.betas,
+                                 weight_decay=t.weight_decay)
 
     def run(self) -> dict[str, Any]:
         """Train for ``train.iterations`` iterations (resuming if possible)."""
         cfg, t = self.config, self.config.train
+        if algos.needs_values(cfg.algo.advantage) and t.backend != "local":
+            raise ConfigError(f"algo.advantage={cfg.algo.advantage} (PPO with a critic) runs with train.backend=local "
+                              f"only, not {t.backend!r}; use train.backend=local or a group estimator (grpo)")
         if t.backend == "ray" and type(self) is Trainer:  # learner ranks on Ray, this process drives
             from pushcut.distributed import RayTrainer
 
@@ -289,6 +429,11 @@ class Trainer:
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         policy = build_policy(cfg, t.init_from or None)
+        if algos.needs_values(cfg.algo.advantage) and not has_value_head(policy):
+            raise ConfigError(
+                f"algo.advantage={cfg.algo.advantage} needs a policy with a value head (values(obs) and "
+                f"value_parameters(), see pushcut.contracts.ValueHead); policy.type={cfg.policy.type!r} "
+                f"({type(policy).__name__}) has none: use algo.advantage=grpo, or a policy that has one (tiny, openvla)")
         policy.eval()
         optimizer = self._optimizer(policy)
         reference = None
@@ -383,8 +528,15 @@ class Trainer:
             log.warning("iteration %d: no group with mixed outcomes; no update", step)
             record["actor/skipped_updates"] = 1.0
         else:
+            targets, actor = None, True
+            if algos.needs_values(self.config.algo.advantage):
+                progress.status(f"values of {sum(ep.num_chunks for ep in batch)} chunks")
+                targets, critic_metrics = critic_targets(policy, batch, self.config)
+                record.update(critic_metrics)
+                actor = step > self.config.algo.critic.warmup_iterations
             progress.status(f"update on {len(batch)} episodes")
-            record.update(update_policy(policy, optimizer, batch, self.config, generator, reference))
+            record.update(update_policy(policy, optimizer, batch, self.config, generator, reference,
+                                        targets=targets, actor=actor))
         record["time/update_s"] = time.perf_counter() - t0
         return record
 

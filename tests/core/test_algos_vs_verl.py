@@ -109,6 +109,35 @@ def _make_cases() -> dict[str, np.ndarray]:
         logits = (gen.normal(size=(3, 5, 11)) * 3).astype(np.float32)
         add("ent", f"c{seed}", logits=logits, values=gen.normal(size=(5, 6)).astype(np.float32),
             mask=_ragged_mask(gen, 5, 6, allow_empty_rows=True))
+
+    # GAE over chunks: ragged episodes (trailing padding), some with masked chunks inside
+    # (verl skips them), binary terminal rewards and a few dense ones, gamma / lambda at
+    # their ends and in between.
+    for seed, (gamma, lam) in enumerate([(0.99, 0.95), (1.0, 1.0), (0.9, 0.0), (0.5, 0.7), (1.0, 0.95), (0.0, 0.5)]):
+        gen = np.random.default_rng(400 + seed)
+        N, C = int(gen.integers(2, 9)), int(gen.integers(2, 30))
+        mask = _ragged_mask(gen, N, C, allow_empty_rows=False)
+        if seed % 2:
+            mask[gen.random((N, C)) < 0.15] = 0.0
+            mask[:, 0] = 1.0
+        lengths = mask.shape[1] - np.argmax(mask[:, ::-1] > 0, axis=1)
+        rewards = np.zeros((N, C), dtype=np.float32)
+        rewards[np.arange(N), lengths - 1] = gen.integers(0, 2, size=N)
+        if seed == 3:
+            rewards += (gen.normal(size=(N, C)) * mask).astype(np.float32)
+        values = gen.uniform(-0.5, 1.5, size=(N, C)).astype(np.float32)
+        add("gae", f"c{seed}", rewards=rewards, values=values, mask=mask, gamma=np.float64(gamma),
+            lam=np.float64(lam))
+
+    # Value loss: predictions inside and beyond the clip range of the old values, ragged masks.
+    for seed, clip in enumerate([0.2, 0.5, 0.05, 1.0]):
+        gen = np.random.default_rng(500 + seed)
+        B, C = int(gen.integers(2, 9)), int(gen.integers(1, 20))
+        values = gen.uniform(0, 1, size=(B, C)).astype(np.float32)
+        vpreds = (values + gen.normal(0, 0.4, size=(B, C))).astype(np.float32)
+        returns = gen.uniform(-0.2, 1.2, size=(B, C)).astype(np.float32)
+        add("vf", f"c{seed}", vpreds=vpreds, values=values, returns=returns,
+            mask=_ragged_mask(gen, B, C, allow_empty_rows=False), cliprange_value=np.float64(clip))
     return inputs
 
 
@@ -227,6 +256,43 @@ def test_entropy_and_masked_mean_match_verl():
         _close(algos.entropy_from_logits(torch.from_numpy(f["logits"])), verl["entropy"], f"entropy case {case}")
         _close(algos.masked_mean(torch.from_numpy(f["values"]), torch.from_numpy(f["mask"])), verl["masked_mean"],
                f"masked_mean case {case}")
+
+
+def test_gae_matches_verl():
+    for case, f, want in _cases("gae"):
+        mask = torch.from_numpy(f["mask"])
+        out = algos.gae_advantages(torch.from_numpy(f["rewards"]), torch.from_numpy(f["values"]), mask,
+                                   gamma=float(f["gamma"]), lam=float(f["lam"]), whiten=True)
+        _close(out.advantages, want["advantages"], f"gae {case} advantages", rtol=1e-4, atol=1e-5)
+        _close(out.returns, want["returns"], f"gae {case} returns")
+
+
+def test_gae_with_terminal_rewards_matches_verl_on_the_binary_outcome():
+    """What the trainer feeds GAE (the episode's reward at its last chunk) is verl's input here."""
+    for case, f, want in _cases("gae"):
+        if case == "c3":  # the dense-reward case
+            continue
+        mask = torch.from_numpy(f["mask"])
+        outcome = torch.from_numpy(f["rewards"]).sum(dim=1)
+        rewards = algos.terminal_rewards(outcome, mask)
+        torch.testing.assert_close(rewards, torch.from_numpy(f["rewards"]))
+        out = algos.gae_advantages(rewards, torch.from_numpy(f["values"]), mask, gamma=float(f["gamma"]),
+                                   lam=float(f["lam"]))
+        _close(out.returns, want["returns"], f"gae {case} returns")
+
+
+def test_clipped_value_loss_matches_verl():
+    for case, f, want in _cases("vf"):
+        mask = torch.from_numpy(f["mask"])
+        for mode in AGG_MODES:
+            vpreds = torch.from_numpy(f["vpreds"]).clone().requires_grad_(True)
+            out = algos.clipped_value_loss(vpreds, torch.from_numpy(f["values"]), torch.from_numpy(f["returns"]),
+                                           mask, cliprange_value=float(f["cliprange_value"]))
+            loss = algos.agg_loss(out.loss_mat, mask, mode)
+            loss.backward()
+            _close(loss, want[f"loss__{mode}"], f"vf {case} {mode} loss")
+            _close(vpreds.grad, want[f"grad__{mode}"], f"vf {case} {mode} grad")
+        _close(out.vf_clipfrac, want["vf_clipfrac"], f"vf {case} clipfrac")
 
 
 def test_broken_reference_python_fails_loudly(monkeypatch, tmp_path):

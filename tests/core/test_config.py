@@ -124,7 +124,7 @@ def test_unknown_top_level_section(manager):
         ("eval.temperature=-1", r"eval.temperature must be a finite number >= 0 \(0 = greedy\), got -1"),
         ("eval.temperature=.nan", r"eval.temperature must be a finite number >= 0 \(0 = greedy\), got nan"),
         ("eval.samples_per_state=0", r"eval.samples_per_state must be >= 1, got 0"),
-        ("train.start_sampling=greedy", r"train.start_sampling must be one of uniform, mixed, got 'greedy'"),
+        ("train.start_sampling=greedy", r"train.start_sampling must be one of uniform, mixed, band, got 'greedy'"),
     ],
 )
 def test_wrong_types_and_values(manager, override, expected):
@@ -183,7 +183,7 @@ def test_saved_config_reproduces_run(manager, tmp_path):
 def test_every_field_is_documented():
     from pushcut import config as config_module
 
-    for cls in (config_module.AlgoConfig, config_module.RolloutConfig, config_module.TrainConfig,
+    for cls in (config_module.AlgoConfig, config_module.CriticConfig, config_module.RolloutConfig, config_module.TrainConfig,
                 config_module.EvalConfig, config_module.SFTConfig, RunConfig):
         import dataclasses
 
@@ -232,7 +232,7 @@ def test_shipped_configs_resolve():
 
 def test_exponent_floats_and_algorithm_names(manager):
     assert load_config(None, [*TOY, "train.lr=5e-6"], manager).train.lr == 5e-6
-    with pytest.raises(ConfigError, match=r"algo.advantage='gpro' is not one of drgrpo, grpo, rloo; did you mean 'grpo'"):
+    with pytest.raises(ConfigError, match=r"algo.advantage='gpro' is not one of drgrpo, gae, grpo, rloo; did you mean 'grpo'"):
         load_config(None, [*TOY, "algo.advantage=gpro"], manager)
     with pytest.raises(ConfigError, match=r"rollout.pipeline needs rollout.num_workers >= 2"):
         load_config(None, [*TOY, "rollout.pipeline=true", "rollout.num_workers=1"], manager)

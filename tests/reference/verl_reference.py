@@ -18,6 +18,10 @@ Every input key is ``KIND__CASE__FIELD``; each (KIND, CASE) is one call into
   (``seq-mean-token-sum-norm`` also as ``seq-mean-token-sum-norm@scale``).
 * ``kl``: log_prob, ref_log_prob -> one array per kind.
 * ``ent``: logits (..., V), values, mask -> entropy (...), masked_mean ().
+* ``gae``: rewards, values, mask (N, C); gamma, lam () -> advantages (whitened, as
+  verl returns them), returns (N, C).
+* ``vf``: vpreds, values, returns, mask (B, C); cliprange_value () -> for each
+  aggregation mode M: loss__M (), grad__M (B, C) (d loss / d vpreds); vf_clipfrac ().
 
 This file only imports numpy, torch and verl, never pushcut.
 """
@@ -118,7 +122,30 @@ def entropy(f: dict) -> dict:
     }
 
 
-KINDS = {"adv": advantages, "pg": policy_loss, "agg": aggregation, "kl": kl, "ent": entropy}
+def gae(f: dict) -> dict:
+    adv, returns = core_algos.compute_gae_advantage_return(
+        token_level_rewards=torch.from_numpy(f["rewards"]), values=torch.from_numpy(f["values"]),
+        response_mask=torch.from_numpy(f["mask"]), gamma=float(f["gamma"]), lam=float(f["lam"]))
+    return {"advantages": _np(adv), "returns": _np(returns)}
+
+
+def value_loss(f: dict) -> dict:
+    out = {}
+    for mode in AGG_MODES:
+        vpreds = torch.from_numpy(f["vpreds"]).clone().requires_grad_(True)
+        loss, clipfrac = core_algos.compute_value_loss(
+            vpreds=vpreds, returns=torch.from_numpy(f["returns"]), values=torch.from_numpy(f["values"]),
+            response_mask=torch.from_numpy(f["mask"]), cliprange_value=float(f["cliprange_value"]),
+            loss_agg_mode=mode)
+        loss.backward()
+        out[f"loss__{mode}"] = _np(loss)
+        out[f"grad__{mode}"] = _np(vpreds.grad)
+        out["vf_clipfrac"] = _np(torch.as_tensor(clipfrac))
+    return out
+
+
+KINDS = {"adv": advantages, "pg": policy_loss, "agg": aggregation, "kl": kl, "ent": entropy, "gae": gae,
+         "vf": value_loss}
 
 
 def main(in_path: str, out_path: str) -> None:

@@ -72,6 +72,10 @@ class TinyTokenVLAConfig:
     """Env-unit value that normalised action -1 maps to, per dim; None means all -1."""
     action_high: tuple[float, ...] | None = None
     """Env-unit value that normalised action +1 maps to, per dim; None means all +1."""
+    value_detach: bool = True
+    """The value head (PPO's critic, algo.advantage=gae) reads the pooled hidden state detached.
+
+    The value loss then trains the head alone and never moves the actor's weights."""
     checkpoint: str | None = None
     """Directory written by ``TinyTokenVLA.save`` to load weights from at construction."""
     seed: int = 0

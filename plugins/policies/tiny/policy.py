@@ -24,6 +24,10 @@ prefix and to **all** action placeholders (bidirectional inside the block).
 Pad tokens are masked out as keys and skipped by the position ids, so a row's
 outputs do not depend on how much padding its batch needed.
 
+A value head (PPO's critic, the :class:`pushcut.contracts.ValueHead` capability) maps the
+mean of the action block's final hidden states (detached unless ``value_detach`` is off)
+through a two-layer MLP to one value per observation.
+
 Each placeholder's final hidden state gives logits over ``n_bins`` bins of the
 normalised range [-1, 1] (:class:`pushcut.actions.ActionTokenizer` binning);
 bin centres are mapped linearly to env units with ``action_low``/``action_high``.
@@ -123,6 +127,9 @@ class TinyTokenVLA(Policy):
         self.decoder = LlamaModel(decoder_config)
         self.action_queries = nn.Parameter(torch.randn(c.num_action_tokens, c.hidden_size) * 0.02)
         self.action_head = nn.Linear(c.hidden_size, c.n_bins)
+        # Built last, so every other weight is what it was before the head existed.
+        self.value_head = nn.Sequential(nn.Linear(c.hidden_size, c.hidden_size), nn.Tanh(),
+                                        nn.Linear(c.hidden_size, 1))
         # Not saved: the blur is a function of the config alone.
         self.register_buffer("bin_blur", _gaussian_blur(c.n_bins, c.bin_smoothing), persistent=False)
 
@@ -242,6 +249,23 @@ class TinyTokenVLA(Policy):
             logits = F.linear(action_hidden, blur.T @ self.action_head.weight, self.action_head.bias @ blur)
         return logits, hidden
 
+    def _values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B,) values from the final hidden states (B, P + T, hidden): the value head on the
+        mean of the action block."""
+        pooled = hidden[:, -self.num_action_tokens:].mean(dim=1)
+        if self.config.value_detach:
+            pooled = pooled.detach()
+        return self.value_head(pooled.float()).squeeze(-1)
+
+    def values(self, obs: ObsBatch) -> torch.Tensor:
+        """Differentiable (B,) critic values of the observations (PPO with GAE)."""
+        _, hidden = self(obs)
+        return self._values_from_hidden(hidden)
+
+    def value_parameters(self):
+        """The value head's parameters (trained with ``algo.critic.lr``)."""
+        return self.value_head.parameters()
+
     def _bins_to_env_actions(self, bins: torch.Tensor) -> np.ndarray:
         """Bins (B, T) → env-unit actions (B, chunk, action_dim) float32."""
         normalized = self.action_tokenizer.bins_to_actions(bins.cpu(), dtype=torch.float64)
@@ -289,10 +313,11 @@ class TinyTokenVLA(Policy):
             raise ValueError(
                 f"sample['bins'] must be (B={len(obs)}, T={self.num_action_tokens}), got {tuple(bins.shape)}"
             )
-        logits, _ = self(obs)
+        logits, hidden = self(obs)
         logp = torch.log_softmax(logits.float() / temperature, dim=-1)
         entropy = -(logp.exp() * logp).sum(dim=-1)
-        return Scores(log_probs=logp.gather(-1, bins.unsqueeze(-1)).squeeze(-1), entropy=entropy)
+        return Scores(log_probs=logp.gather(-1, bins.unsqueeze(-1)).squeeze(-1), entropy=entropy,
+                      values=self._values_from_hidden(hidden))
 
     def expert_bins(self, expert_actions: np.ndarray) -> torch.Tensor:
         """Env-unit chunks (B, chunk, action_dim) → target bins (B, T) int64: normalise with
@@ -359,6 +384,10 @@ class TinyTokenVLA(Policy):
 
         saved = meta["config"] if isinstance(meta.get("config"), dict) else {}
         own = self.state_dict()
+        head = {k for k in own if k.startswith("value_head.")}
+        if not head & set(tensors):
+            # saved before the policy had a value head: the head keeps its fresh init
+            tensors = {**tensors, **{k: own[k] for k in head}}
         missing = sorted(set(own) - set(tensors))
         unexpected = sorted(set(tensors) - set(own))
         shapes = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs policy {tuple(own[k].shape)}"
