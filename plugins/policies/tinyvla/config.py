@@ -173,7 +173,15 @@ class TinyVLAConfig:
     adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
     """Incremental task adapters (peft LoRA, one per task)."""
     checkpoint: str | None = field(default=None, metadata={"path": True})
-    """Directory written by ``TinyVLAPolicy.save`` to load weights from at construction."""
+    """Weights to load at construction: a directory written by ``TinyVLAPolicy.save``, or a run of the
+    original TinyVLA code (its run directory or one ``checkpoint-N`` in it), which selects the original
+    architecture by itself (docs/tinyvla.md, "Bring your own TinyVLA")."""
+    runs: tuple[str, ...] = field(default=(), metadata={"path": True})
+    """Several per-task runs of the original TinyVLA code (run or ``checkpoint-N`` directories) loaded as one
+    policy with one adapter each; ``runs[i]`` is task ``adapters.tasks[i]`` (default: the run's folder name)."""
+    model_base: str | None = field(default=None, metadata={"path": True})
+    """The base LLaVA-Pythia directory of original runs; empty = the path recorded in the run's config.json
+    (``_name_or_path``), else a ``base`` folder beside the run."""
     seed: int = 0
     """Seed of the random weight initialisation."""
 
@@ -243,6 +251,15 @@ class TinyVLAConfig:
             raise ConfigError(f"policy.action_low must be < policy.action_high in every dim; not so in dims {bad}")
         if self.checkpoint is not None:
             self.checkpoint = str(self.checkpoint)
+        if isinstance(self.runs, str):
+            self.runs = (self.runs,)
+        self.runs = tuple(str(r) for r in self.runs)
+        if self.runs and self.checkpoint is not None:
+            raise ConfigError("set either policy.checkpoint (one run or a saved policy) or policy.runs (several "
+                              "per-task runs of the original TinyVLA), not both")
+        if self.runs and self.adapters.tasks and len(self.adapters.tasks) < len(self.runs):
+            raise ConfigError(f"policy.runs lists {len(self.runs)} runs but policy.adapters.tasks names only "
+                              f"{len(self.adapters.tasks)} tasks; name one task per run (runs[i] is tasks[i])")
 
     def _apply_size(self) -> None:
         if self.size not in SIZES:
