@@ -276,8 +276,10 @@ class ValueHead(Protocol):
         ...
 
     def value_parameters(self) -> Iterable[torch.nn.Parameter]:
-        """The value head's own parameters, a subset of ``trainable_parameters()``
-        (the engine gives them ``algo.critic.lr``; the actor's update never moves them)."""
+        """The value head's own parameters. When a run trains a critic the engine turns
+        their gradients on and gives them ``algo.critic.lr``, whether or not
+        ``trainable_parameters()`` lists them (a policy may keep its head frozen, and out
+        of its trainable parameters, for runs without a critic)."""
         ...
 
 

@@ -394,14 +394,15 @@ class Trainer:
             raise ConfigError("the policy has no trainable parameters: nothing to optimise")
         if not algos.needs_values(self.config.algo.advantage):
             return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-        # PPO: the value head learns at its own rate (a fresh head needs far more than the actor's lr)
+        # PPO: the value head learns, at its own rate (a fresh head needs far more than the actor's lr)
         critic_lr = self.config.algo.critic.lr
-        value_ids = {id(p) for p in policy.value_parameters()}
+        value_params = [p.requires_grad_(True) for p in policy.value_parameters()]
+        value_ids = {id(p) for p in value_params}
         groups = [{"params": [p for p in params if id(p) not in value_ids], "lr": t.lr, "base_lr": t.lr},
-                  {"params": [p for p in params if id(p) in value_ids], "lr": critic_lr, "base_lr": critic_lr}]
-        if not groups[1]["params"]:
-            raise ConfigError(f"policy {type(policy).__name__}: value_parameters() holds none of its trainable "
-                              "parameters, so its value head cannot learn; make the head trainable")
+                  {"params": value_params, "lr": critic_lr, "base_lr": critic_lr}]
+        if not value_params:
+            raise ConfigError(f"policy {type(policy).__name__}: value_parameters() is empty, so its value head "
+                              "cannot learn; algo.advantage=gae needs a head with parameters")
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, betas=t.betas,
                                  weight_decay=t.weight_decay)
 

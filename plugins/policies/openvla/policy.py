@@ -20,6 +20,12 @@ attention, action_dim tokens decoded one after another with a KV cache (chunk_si
 Token ids decode to bin centres exactly as OpenVLA does (:class:`pushcut.actions.ActionTokenizer`)
 and are un-normalised with the checkpoint's ``norm_stats`` (q01/q99 or min/max, with the mask).
 ``sample["tokens"]`` holds the sampled ids; ``log_probs`` re-scores them with one teacher-forced pass.
+
+**Value head** (PPO's critic, the :class:`pushcut.contracts.ValueHead` capability): a small float32
+MLP outside the original model on the pooled final hidden state, detached (the value loss never moves
+the VLA): the mean over the T action positions in parallel mode, the last prefix position in
+autoregressive mode. It is saved as ``pushcut_value_head.safetensors`` only once it differs from its
+seeded initialisation, so an untouched checkpoint still round-trips file for file.
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ log = logging.getLogger(__name__)
 
 LORA_WEIGHTS_FILE = "pushcut_lora.safetensors"
 LORA_META_FILE = "pushcut_lora.json"
+VALUE_HEAD_FILE = "pushcut_value_head.safetensors"
+VALUE_HEAD_WIDTH = 256
+VALUE_HEAD_SEED = 0
 DATASET_STATISTICS_FILE = "dataset_statistics.json"
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _STATS_KEYS = {"q99": ("q01", "q99"), "minmax": ("min", "max")}
@@ -120,6 +129,17 @@ class OpenVLAPolicy(Policy):
                     module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if (Path(config.checkpoint) / LORA_WEIGHTS_FILE).is_file():
             self._load_lora(Path(config.checkpoint))
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's random stream untouched
+            torch.manual_seed(VALUE_HEAD_SEED)
+            width = self._llm_config.hidden_size
+            self.value_head = torch.nn.Sequential(torch.nn.Linear(width, VALUE_HEAD_WIDTH), torch.nn.Tanh(),
+                                                  torch.nn.Linear(VALUE_HEAD_WIDTH, 1))
+        # frozen unless a run trains a critic (the engine turns its gradients on): a GRPO or SFT run's
+        # trainable parameters stay exactly the VLA's (or its LoRA adapters)
+        self.value_head.requires_grad_(False)
+        self._value_head_init = {k: v.detach().clone() for k, v in self.value_head.state_dict().items()}
+        if (Path(config.checkpoint) / VALUE_HEAD_FILE).is_file():
+            self._load_value_head(Path(config.checkpoint))
 
     # ------------------------------------------------------------------ building
 
@@ -520,8 +540,27 @@ class OpenVLAPolicy(Policy):
             return self._parallel_hidden(obs)
         return self._ar_teacher_forced_hidden(obs, tokens)
 
+    def _values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B,) values from the (B, T, D) action hidden states: pooled (mean in parallel mode, the last
+        prefix position in autoregressive mode), detached, through the value head in float32."""
+        pooled = hidden.mean(dim=1) if self.config.mode == "parallel" else hidden[:, 0]
+        return self.value_head(pooled.detach().float()).squeeze(-1)
+
+    def values(self, obs: ObsBatch) -> torch.Tensor:
+        """Differentiable (in the head) (B,) critic values of the observations (PPO with GAE)."""
+        if self.config.mode == "parallel":
+            return self._values_from_hidden(self._parallel_hidden(obs))
+        prefix, valid = self._ar_prefix(obs)
+        positions = (valid.long().cumsum(dim=1) - 1).clamp_(min=0)
+        return self._values_from_hidden(self._ar_forward(prefix, valid, positions, None)[:, -1:])
+
+    def value_parameters(self):
+        """The value head's parameters (trained with ``algo.critic.lr``)."""
+        return self.value_head.parameters()
+
     def log_probs(self, obs: ObsBatch, sample: Mapping[str, torch.Tensor], temperature: float) -> Scores:
-        """Differentiable (B, T) log-probs (and entropies) of ``sample["tokens"]`` at ``temperature`` > 0."""
+        """Differentiable (B, T) log-probs (and entropies) of ``sample["tokens"]`` at ``temperature`` > 0,
+        and the (B,) values from the same pass."""
         if temperature <= 0:
             raise ValueError(f"log_probs needs temperature > 0 (got {temperature}): greedy has no distribution")
         if "tokens" not in sample:
@@ -531,9 +570,11 @@ class OpenVLAPolicy(Policy):
             raise ValueError(f"sample['tokens'] must be (B={len(obs)}, T={self.num_action_tokens}), "
                              f"got {tuple(tokens.shape)}")
         index = self._token_to_index(tokens)
-        logp = torch.log_softmax(self._logits(self._action_hidden(obs, tokens)) / temperature, dim=-1)
+        hidden = self._action_hidden(obs, tokens)
+        logp = torch.log_softmax(self._logits(hidden) / temperature, dim=-1)
         entropy = -(logp.exp() * logp).sum(dim=-1)
-        return Scores(log_probs=logp.gather(-1, index[..., None]).squeeze(-1), entropy=entropy)
+        return Scores(log_probs=logp.gather(-1, index[..., None]).squeeze(-1), entropy=entropy,
+                      values=self._values_from_hidden(hidden))
 
     def expert_tokens(self, expert_actions: np.ndarray) -> torch.Tensor:
         """Env-unit chunks (B, chunk, action_dim) → target token ids (B, T), as OpenVLA's data pipeline
@@ -585,8 +626,11 @@ class OpenVLAPolicy(Policy):
         directory = Path(directory)
         merged = self._lora and self.config.save_merged
         write_checkpoint(self._raw, directory, self.original_state_dict(merge_lora=merged))
-        for name in (LORA_WEIGHTS_FILE, LORA_META_FILE):
+        for name in (LORA_WEIGHTS_FILE, LORA_META_FILE, VALUE_HEAD_FILE):
             (directory / name).unlink(missing_ok=True)
+        head = {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}
+        if any(not torch.equal(v, self._value_head_init[k].cpu()) for k, v in head.items()):
+            safetensors.torch.save_file(head, str(directory / VALUE_HEAD_FILE))
         if self._lora and not merged:
             lora = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items() if "lora_" in k}
             safetensors.torch.save_file(lora, str(directory / LORA_WEIGHTS_FILE))
@@ -630,6 +674,23 @@ class OpenVLAPolicy(Policy):
         self._raw = raw
         if (Path(directory) / LORA_WEIGHTS_FILE).is_file():
             self._load_lora(Path(directory))
+        if (Path(directory) / VALUE_HEAD_FILE).is_file():
+            self._load_value_head(Path(directory))
+        else:  # a checkpoint without a trained head: the head is its seeded initialisation
+            self.value_head.load_state_dict(self._value_head_init)
+
+    def _load_value_head(self, directory: Path) -> None:
+        path = directory / VALUE_HEAD_FILE
+        try:
+            head = safetensors.torch.load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"cannot read {path}: {exc}") from exc
+        own = self.value_head.state_dict()
+        if set(head) != set(own) or any(head[k].shape != own[k].shape for k in own):
+            raise CheckpointError(
+                f"{path} does not fit this policy's value head (language-model width "
+                f"{self._llm_config.hidden_size}): found {sorted((k, tuple(v.shape)) for k, v in head.items())}")
+        self.value_head.load_state_dict(head)
 
     def _load_lora(self, directory: Path) -> None:
         if not self._lora:
