@@ -269,7 +269,7 @@ class OriginalTinyVLAPolicy(Policy):
                 self.llm.add_adapter(task, copy.deepcopy(self.lora_settings))
             self.projectors[task] = build_projector(*self._projector_args)
             self.heads[task] = UnetHead(**self._head_args)
-        self.llm.to(self.device())
+        self.llm.to(self.device)
 
     @property
     def model(self) -> nn.Module:
@@ -387,6 +387,7 @@ class OriginalTinyVLAPolicy(Policy):
         finally:
             self._route(self.active)
 
+    @property
     def device(self) -> torch.device:
         return self.greedy_noise.device
 
@@ -401,7 +402,7 @@ class OriginalTinyVLAPolicy(Policy):
             if views.ndim != 4 or views.shape[-1] != 3 or views.dtype != np.uint8:
                 raise ConfigError(f"ObsBatch.{name} is {views.dtype} {tuple(views.shape)}; TinyVLA takes uint8 "
                                   "(B, H, W, 3) camera images")
-        device = self.device()
+        device = self.device
         return (preprocess_views(obs.images, self.processor).to(device),
                 preprocess_views(obs.wrist_images, self.processor).to(device))
 
@@ -415,12 +416,12 @@ class OriginalTinyVLAPolicy(Policy):
                               f"the observations' states are {got}")
         stats = self.tasks_state[task].stats
         states = (np.asarray(obs.states, dtype=np.float32)[rows] - stats["qpos_mean"]) / stats["qpos_std"]
-        return torch.from_numpy(states.astype(np.float32)).to(self.device())
+        return torch.from_numpy(states.astype(np.float32)).to(self.device)
 
     def condition(self, obs: ObsBatch, rows: list[int], task: str, pixels: tuple[torch.Tensor, torch.Tensor]
                   ) -> torch.Tensor:
         """(len(rows), hidden): the head's conditioning vector of task ``task`` (its adapter routed)."""
-        device = self.device()
+        device = self.device
         index = torch.as_tensor(rows, device=device)
         tower, projector = self.model.gpt_neox.vision_tower, self.projectors[task]
         m = len(rows)
@@ -461,7 +462,7 @@ class OriginalTinyVLAPolicy(Policy):
             order.extend(rows)
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.as_tensor(order)] = torch.arange(len(order))
-        inverse = inverse.to(self.device())
+        inverse = inverse.to(self.device)
         return tuple(torch.cat(outs)[inverse] for outs in zip(*parts))
 
     # ------------------------------------------------------------------ diffusion
@@ -535,7 +536,7 @@ class OriginalTinyVLAPolicy(Policy):
             raise ValueError(f"sample['chain'] must be {expected} as act returns it, got {got}")
         n, k = c.inference_steps, c.scored_steps
         stds = self.step_std(temperature)
-        steps = torch.arange(n - k, n, device=self.device())
+        steps = torch.arange(n - k, n, device=self.device)
 
         def score(task: str, cond: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             m = len(rows)
