@@ -443,7 +443,11 @@ def make(out: Path) -> None:
                  "qpos_std": rng.uniform(0.5, 2, spec["state_dim"]).astype(np.float32), "example_qpos": None}
         with (run / "dataset_stats.pkl").open("wb") as f:
             pickle.dump(stats, f)
-    print(json.dumps({"base": str(base), "runs": {t: str(out / t) for t in tasks}}))
+    # The head as LlavaPythiaForCausalLM really builds it (no width arguments): names and shapes only.
+    default = ConditionalUnet1D(input_dim=7, global_cond_dim=1024, state_dim=5)
+    (out / "default_unet_shapes.json").write_text(json.dumps({k: list(v.shape) for k, v in default.state_dict().items()}))
+    print(json.dumps({"base": str(base), "runs": {t: str(out / t) for t in tasks},
+                      "default_unet_shapes": str(out / "default_unet_shapes.json")}))
 
 
 # --------------------------------------------------------------------------- eval side

@@ -197,3 +197,16 @@ def test_export_loads_in_the_reference_with_equal_actions(original_model, one_th
     diff = float(np.abs(ref["actions"] - after).max())
     print(f"\nmax |pushcut - reference| (export, actions): {diff:.3g}")
     assert diff <= TOL_CHAIN
+
+
+def test_the_default_head_has_the_originals_names_and_shapes(original_model):
+    """The U-Net real runs carry (the original's constructor defaults: step embedding 256, down_dims
+    [256, 512, 1024], kernel 5): pushcut's head has the same tensor names and shapes, and reads those
+    widths back from them."""
+    from pushcut.plugins.policies.tinyvla.original_model import UnetHead, unet_shapes
+
+    theirs = json.loads(Path(original_model["default_unet_shapes"]).read_text())
+    with torch.device("meta"):
+        ours = UnetHead(action_dim=7, hidden_size=1024, state_dim=5)
+    assert {k: list(v.shape) for k, v in ours.state_dict().items()} == theirs
+    assert unet_shapes(ours.state_dict(), "head") == dict(step_embed_dim=256, down_dims=(256, 512, 1024), kernel_size=5)
