@@ -295,3 +295,89 @@ class SuccessDetectorContract:
 
     def test_config_is_picklable(self, detector: SuccessDetector) -> None:
         pickle.dumps(getattr(detector, "config", None))
+
+
+class RobotDriverContract:
+    """Contract tests for a robot driver of the real-robot bridge (``pushcut_register_robot_drivers``).
+    Provide a ``driver`` fixture returning an unconnected driver (close it after the test); every
+    test connects it and homes it to the first task's first start pose. Run it on the robot with
+    a clear workspace: the tests send small motions.
+
+    The rule that matters most: after ``stop()`` a ``command`` moves nothing until the next
+    ``home()`` (it is ignored, or it raises)."""
+
+    @pytest.fixture
+    def driver(self):  # pragma: no cover - must be overridden
+        raise NotImplementedError("provide a `driver` fixture")
+
+    def _home(self, driver):
+        spec = driver.connect()
+        task = spec.tasks[0]
+        first = task.train_init_states[0] if task.train_init_states else 0
+        return spec, driver.home(task.task_id, first)
+
+    def _moving_action(self, driver, spec, state) -> np.ndarray:
+        """The in-bounds action the driver's own model says moves the end effector furthest."""
+        hold = np.asarray(driver.hold_action(state, None), dtype=np.float64)
+        low, high = np.array(spec.action_spec.low), np.array(spec.action_spec.high)
+        best, reach = hold, 0.0
+        for dim in range(spec.action_spec.action_dim):
+            for value in (low[dim], high[dim]):
+                action = hold.copy()
+                action[dim] = value
+                moved = float(np.linalg.norm(np.asarray(driver.predict(state, action).ee) - np.asarray(state.ee)))
+                if moved > reach:
+                    best, reach = action, moved
+        assert reach > 0, "no in-bounds action moves the end effector by the driver's own predict()"
+        return best
+
+    def test_connect_and_home(self, driver) -> None:
+        spec, obs = self._home(driver)
+        assert spec.action_spec.action_dim >= 1 and spec.tasks, "connect() must return the action spec and tasks"
+        image = obs.cameras.get(OBS_IMAGE)
+        assert image is not None and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, (
+            "home() must return an observation with an (H, W, 3) uint8 `image` camera")
+        assert np.asarray(obs.robot.ee).shape == (3,), "RobotState.ee must be (3,) metres"
+        assert np.isfinite(np.asarray(obs.state, dtype=np.float64)).all()
+
+    def test_command_after_stop_moves_nothing_until_home(self, driver) -> None:
+        spec, obs = self._home(driver)
+        action = self._moving_action(driver, spec, obs.robot)
+        before = np.asarray(driver.observe().robot.ee, dtype=np.float64).copy()
+        driver.command(action)
+        moved = np.asarray(driver.observe().robot.ee, dtype=np.float64)
+        assert not np.allclose(moved, before, atol=1e-6), (
+            "a command before stop did not move the end effector: this suite cannot see motion on this driver")
+        driver.stop()
+        stopped = np.asarray(driver.observe().robot.ee, dtype=np.float64).copy()
+        for _ in range(3):
+            with contextlib.suppress(Exception):  # ignoring or raising are both fine; moving is not
+                driver.command(action)
+        after = np.asarray(driver.observe().robot.ee, dtype=np.float64)
+        assert np.allclose(after, stopped, atol=1e-6), (
+            f"the driver moved after stop ({stopped.round(4).tolist()} -> {after.round(4).tolist()}): command() "
+            "must be ignored (or raise) from stop() until the next home()")
+        task = spec.tasks[0]
+        obs = driver.home(task.task_id, task.train_init_states[0] if task.train_init_states else 0)
+        start = np.asarray(driver.observe().robot.ee, dtype=np.float64).copy()
+        driver.command(self._moving_action(driver, spec, obs.robot))
+        assert not np.allclose(np.asarray(driver.observe().robot.ee, dtype=np.float64), start, atol=1e-6), (
+            "home() must release the latch that stop() set: the next command did not move")
+
+    def test_stop_from_another_thread_while_commanding(self, driver) -> None:
+        import threading
+
+        spec, obs = self._home(driver)
+        action = self._moving_action(driver, spec, obs.robot)
+        stopper = threading.Thread(target=driver.stop)
+        stopper.start()
+        for _ in range(20):
+            with contextlib.suppress(Exception):
+                driver.command(action)
+        stopper.join(10)
+        assert not stopper.is_alive(), "stop() did not return within 10 s while commands were being sent"
+        settled = np.asarray(driver.observe().robot.ee, dtype=np.float64).copy()
+        with contextlib.suppress(Exception):
+            driver.command(action)
+        assert np.allclose(np.asarray(driver.observe().robot.ee, dtype=np.float64), settled, atol=1e-6), (
+            "the driver moved after a stop() that came from another thread")

@@ -70,6 +70,8 @@ class Server:
             ready, _, _ = select.select([self.proc.stdout], [], [], 60)
             line = self.proc.stdout.readline() if ready else ""
             match = re.search(r"on 127\.0\.0\.1:(\d+)", line)
+            if not match:  # never leave a half-started server behind
+                self.stop()
             assert match, f"server did not start: {line!r} {self.stderr()}"
             self.port = int(match.group(1))
 
@@ -389,3 +391,121 @@ def test_training_routes_around_a_dead_server_and_finishes_on_the_others(serve, 
     assert lines[2]["rollout/episodes_failed"] == 0  # later rounds run on the live server only
     assert sum("is down" in r.message and "continuing on the others (1 of 2 down)" in r.message
                for r in caplog.records) == 1
+
+
+# ----------------------------------------------------------------- hostile peers (issue 34)
+
+
+def _hello(sock, num_envs: int = 1) -> FramedSocket:
+    framed = FramedSocket(sock)
+    framed.send({"t": "hello", "v": PROTOCOL_VERSION, "token": "", "env": "reach", "options": {}, "num_envs": num_envs})
+    assert framed.recv(10)["t"] == "welcome"
+    return framed
+
+
+def _closed_within(sock, seconds: float) -> float | None:
+    """Seconds until the server closed ``sock`` (EOF or reset), or None if it is still open after ``seconds``."""
+    t0 = time.monotonic()
+    sock.settimeout(0.05)
+    while time.monotonic() - t0 < seconds:
+        try:
+            if sock.recv(1 << 16) == b"":
+                return time.monotonic() - t0
+        except socket.timeout:
+            continue
+        except OSError:
+            return time.monotonic() - t0
+    return None
+
+
+@pytest.mark.parametrize("bad", [[], {}, 1.5, ["step"], None])
+def test_a_message_type_that_is_no_string_is_one_line_before_and_after_the_hello(serve, bad):
+    server = serve()
+    payload = msgpack.packb({"t": bad, "items": [[0, [[0.0]], False]]})
+    with _raw(server) as sock:  # before the hello
+        sock.sendall(struct.pack(">I", len(payload)) + payload)
+        reply = _reply(sock)
+        assert reply["t"] == "refuse" and "unknown message type" in reply["reason"]
+    with _raw(server) as sock:  # after it, mid-session
+        framed = _hello(sock)
+        sock.sendall(struct.pack(">I", len(payload)) + payload)
+        reply = framed.recv(10)
+        assert reply["t"] == "error" and "unknown message type" in reply["reason"]
+    with socket_pool(server) as pool:  # the next client is served
+        assert pool.step({0: ZERO})[0].steps == 1
+    log = server.stderr()
+    assert "Traceback" not in log and "TypeError" not in log
+    assert len([line for line in log.splitlines() if "unknown message type" in line]) == 2
+    assert server.proc.poll() is None
+
+
+def test_a_hello_dripped_byte_by_byte_is_closed_at_its_deadline(serve):
+    server = serve(None, "--hello-timeout", "1")
+    hello = msgpack.packb({"t": "hello", "v": PROTOCOL_VERSION, "token": "", "env": "reach", "options": {},
+                           "num_envs": 1, "padding": "x" * 40})
+    frame = struct.pack(">I", len(hello)) + hello
+    with _raw(server) as sock:
+        t0 = time.monotonic()
+        closed_after = None
+        for byte in frame:  # one byte every 0.2 s: each read is well inside the timeout, the whole hello is not
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed_after = time.monotonic() - t0
+                break
+            if _closed_within(sock, 0.2) is not None:
+                closed_after = time.monotonic() - t0
+                break
+        assert closed_after is not None, "the server waited for the whole dripped hello"
+        assert closed_after < 3.0  # the deadline is 1 s; the drip would take ~15 s
+    assert "sent no hello within 1 s" in server.stderr()
+
+
+def test_a_large_first_frame_is_refused_at_its_header(serve):
+    server = serve()
+    with _raw(server) as sock:
+        sock.sendall(struct.pack(">I", 32 << 20))  # announce 32 MiB, send none of it
+        reply = _reply(sock)
+        assert reply["t"] == "refuse" and "over the limit of 1048576 bytes" in reply["reason"]
+    with socket_pool(server) as pool:
+        assert pool.step({0: ZERO})[0].steps == 1
+
+
+def test_connections_that_never_say_hello_are_capped(serve):
+    from pushcut.envserver import MAX_PENDING_HELLOS
+
+    server = serve(None, "--hello-timeout", "30")
+    silent = [_raw(server) for _ in range(MAX_PENDING_HELLOS)]
+    try:
+        time.sleep(0.3)
+        with _raw(server) as one_more:
+            assert _closed_within(one_more, 5.0) is not None  # refused at once, no thread for it
+        assert "connections are already waiting to say hello" in server.stderr()
+        for sock in silent[:2]:  # two give up: their places free up
+            sock.close()
+        time.sleep(0.3)
+        with socket_pool(server) as pool:
+            assert pool.step({0: ZERO})[0].steps == 1
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+@pytest.mark.parametrize("items", [[[0, [[0.0]], False]] * 200, [[0, [[0.0]], False], [0, [[0.0]], False]],
+                                   [[True, [[0.0]], False]]])
+def test_request_items_are_bounded_by_the_envs_and_never_repeat(serve, items):
+    server = serve()
+    with _raw(server) as sock:
+        framed = _hello(sock, num_envs=2)
+        framed.send({"t": "reset", "id": 1, "items": [[0, "reach_0", 0]]})
+        while (reply := framed.recv(10))["t"] == "beat":
+            pass
+        t0 = time.monotonic()
+        framed.send({"t": "step", "id": 2, "items": items})
+        reply = framed.recv(10)
+        assert reply["t"] == "error", reply
+        assert re.search(r"names \d+ envs|names env 0 twice|env index True", reply["reason"]), reply["reason"]
+        assert time.monotonic() - t0 < 5
+    with socket_pool(server) as pool:
+        assert pool.step({0: ZERO})[0].steps == 1
+    assert "Traceback" not in server.stderr()

@@ -13,8 +13,8 @@ confirms the next episode when ``env.confirm_reset`` is on.
 from __future__ import annotations
 
 import hmac
-import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -187,29 +187,50 @@ def _interrupt(*_: object) -> None:
 
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-"""Handled on their own thread: SIGUSR1 = local e-stop, SIGTERM = shut down (the robot holds)."""
+"""Acted on by :class:`_SignalWatcher`: SIGUSR1 = local e-stop, SIGTERM = shut down (the robot holds)."""
 
 
-def _block_signals() -> Any:
-    """Block :data:`SIGNALS` in this thread and so in every thread started after it (they inherit
-    the mask), so the kernel leaves them pending for :func:`_signal_watcher` instead of handing one
-    to a thread that cannot act on it. Python's own handlers run only on the main thread, which sits
-    in a blocking socket read during a session: an e-stop must not wait for the trainer's next
-    message. Returns the previous mask."""
-    return signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+class _SignalWatcher:
+    """Acts on :data:`SIGNALS` on a dedicated thread, whichever thread the kernel delivers them to.
 
+    Python runs a signal's handler only on the main thread, which sits in a blocking socket read
+    during a session; and libraries (torch's native threads, for one) start threads pushcut cannot
+    make block a signal. So the C-level handler's wakeup fd is used instead: it is written from
+    whatever thread receives the signal, at once, and this watcher wakes on it. The Python-level
+    handlers do nothing (the watcher already acted). SIGTERM is turned into a real SIGINT to the
+    main thread, which interrupts its read and shuts the server down as Ctrl-C does."""
 
-def _signal_watcher(server: RobotServer, main_thread: int) -> None:
-    """Wait for :data:`SIGNALS` on a dedicated thread: an e-stop at once; SIGTERM interrupts the
-    main thread's read (a real SIGINT to it) so the server shuts down as on Ctrl-C."""
-    while True:
-        sig = signal.sigwait(SIGNALS)
-        if sig == signal.SIGUSR1:
-            server.estop("SIGUSR1 (local e-stop)")
-        else:
-            server.log("SIGTERM: shutting down; the robot holds")
-            signal.pthread_kill(main_thread, signal.SIGINT)
-            return
+    def __init__(self, server: RobotServer) -> None:
+        self.server = server
+        self.main = threading.main_thread().ident
+        self._read, self._write = socket.socketpair()
+        self._write.setblocking(False)
+        for sig in SIGNALS:
+            signal.signal(sig, lambda *_: None)
+        self._previous_fd = signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, daemon=True, name="pushcut-signals").start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                data = self._read.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            for sig in data:
+                if sig == signal.SIGUSR1:
+                    self.server.estop("SIGUSR1 (local e-stop)")
+                elif sig == signal.SIGTERM:
+                    self.server.log("SIGTERM: shutting down; the robot holds")
+                    signal.pthread_kill(self.main, signal.SIGINT)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        self._write.close()
+        self._read.close()
 
 
 def serve(config_path: str, overrides: list[str], options: ServeOptions, plugins: list[str] | None = None,
@@ -221,17 +242,10 @@ def serve(config_path: str, overrides: list[str], options: ServeOptions, plugins
     options.token = options.token or load_token(token_file)
     options.check()
     config = load_robot_config(config_path, list(overrides))
-    # Blocked before the driver, the watchdog or any page starts a thread; one that arrives before the
-    # watcher runs stays pending and latches the e-stop as soon as the robot is up.
-    previous_mask = _block_signals()
+    # Until the watcher takes over (once the robot is up): SIGTERM stops, SIGUSR1 latches the e-stop at once.
+    early_estop = threading.Event()
     signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return _serve(config, options, plugins, console)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-
-
-def _serve(config: RealEnvConfig, options: ServeOptions, plugins: list[str] | None, console: bool) -> int:
+    signal.signal(signal.SIGUSR1, lambda *_: early_estop.set())
     manager = None
     if plugins:
         from pushcut.envpool.spec import load_ref
@@ -247,13 +261,13 @@ def _serve(config: RealEnvConfig, options: ServeOptions, plugins: list[str] | No
     from pushcut.plugins.envs.real.env import build_driver
 
     robot = RobotEnv(config, build_driver(config, manager))
+    watcher = None
     try:
         server = RobotServer(robot, options)
         host, port = server.address
-        # (a fallback: a thread some library started before the block could still receive one)
-        signal.signal(signal.SIGUSR1, lambda *_: server.estop("SIGUSR1 (local e-stop)"))
-        threading.Thread(target=_signal_watcher, args=(server, threading.main_thread().ident), daemon=True,
-                         name="pushcut-signals").start()
+        watcher = _SignalWatcher(server)
+        if early_estop.is_set():
+            server.estop("SIGUSR1 (local e-stop, during start-up)")
         page = f"; operator page {server.operator_url}" if server.operator_url else ""
         print(f"pushcut robot serve: serving robot (driver {config.driver}, {len(robot.tasks())} tasks) on "
               f"{host}:{port}{' with TLS' if server.tls else ''}{page}", flush=True)
@@ -268,4 +282,6 @@ def _serve(config: RealEnvConfig, options: ServeOptions, plugins: list[str] | No
         server.shutdown()
     finally:
         robot.close()
+        if watcher is not None:
+            watcher.close()
     return 0

@@ -1,4 +1,5 @@
-"""A real headless browser (Debian's chromium driven by playwright) for the human-judge page."""
+"""A real headless browser (Debian's chromium driven by playwright) for the human-judge page, the
+robot's operator page and the attacks on both (tests/plugins/rewards, tests/plugins/envs/real)."""
 
 from __future__ import annotations
 
