@@ -216,3 +216,37 @@ def test_bad_critic_config_is_one_line(manager, override, fragment):
     with pytest.raises(ConfigError) as info:
         load_config(None, [*BASE, override], manager)
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+class Interrupt:
+    """Raises KeyboardInterrupt after the rollout of a given iteration (mid-iteration kill)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    @hookimpl
+    def pushcut_after_rollout(self, run_dir, step, metrics):
+        if step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_ppo_run_with_band_sampling_resumes_to_the_same_result(manager, tmp_path):
+    """The critic's optimizer group (its own lr, warmed up with the actor's), the warm-up
+    iterations and the band sampler's per-state estimates all come back from a checkpoint."""
+    common = ["train.iterations=4", "train.save_every=1", "train.eval_every=2", "eval.max_init_states=4",
+              "algo.critic.warmup_iterations=1", "train.lr_warmup_steps=3", "train.start_sampling=band"]
+    run(manager, tmp_path, "straight", *common)
+    with registered_plugin(Interrupt(3), "interrupt", manager):
+        with pytest.raises(KeyboardInterrupt):
+            run(manager, tmp_path, "resumed", *common)
+    _, _, lines = run(manager, tmp_path, "resumed", *common)
+    straight = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    drop = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
+    assert [drop(r) for r in lines] == [drop(r) for r in straight]
+    assert [r.get("critic/warmup") for r in lines if r.get("step", 0) > 0] == [1.0, 0.0, 0.0, 0.0]
+    assert any(k.startswith("rollout/draw_weight/") for k in lines[-1])
+    a = torch.load(tmp_path / "straight/checkpoints/step_000004/policy/bin_policy.pt", weights_only=True)["state"]
+    b = torch.load(tmp_path / "resumed/checkpoints/step_000004/policy/bin_policy.pt", weights_only=True)["state"]
+    assert a.keys() == b.keys() and any(k.startswith("value_head.") for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
