@@ -141,3 +141,52 @@ class TestHumanJudgeContract(SuccessDetectorContract):
         stop.set()
         thread.join(5)
         judge.close()
+
+
+def test_forged_verdicts_are_refused_and_record_nothing():
+    """Every way a request that is not the page's own button could post a verdict: refused, and the
+    episode stays unjudged."""
+    import http.client
+
+    judge = HumanJudge(HumanJudgeConfig(port=0, timeout_s=1.5))
+    try:
+        url = judge.start()
+        client = PageClient(url)
+        thread, verdicts = judge_in_thread(judge, [outcome(0)])
+        while not client.get("api/round")[1]["open"]:
+            time.sleep(0.01)
+        own = url.split("//")[1].rstrip("/")
+        body = json.dumps({"round": 1, "index": 0, "success": True}).encode()
+        good = {"Host": own, "Content-Type": "application/json", SECRET_HEADER: client.secret,
+                "Content-Length": str(len(body))}
+        forged = {
+            "text/plain without the secret": ({"Host": own, "Content-Type": "text/plain",
+                                               "Content-Length": str(len(body))}, body, 403),
+            "a foreign Origin": ({**good, "Origin": "http://evil.example"}, body, 403),
+            "a rebound Host": ({**good, "Host": "evil.example"}, body, 403),
+            "a wrong secret": ({**good, SECRET_HEADER: "x" * 43}, body, 403),
+            "a form content type": ({**good, "Content-Type": "text/plain"}, body, 415),
+            "a negative Content-Length": ({**good, "Content-Length": "-5"}, b"", 400),
+            "a Content-Length over 64 KiB": ({**good, "Content-Length": str(1 << 20)}, b"", 413),
+        }
+        for what, (headers, data, expected) in forged.items():
+            conn = http.client.HTTPConnection(*own.rsplit(":", 1), timeout=5)
+            try:
+                conn.putrequest("POST", "/api/verdict", skip_host=True, skip_accept_encoding=True)
+                for key, value in headers.items():
+                    conn.putheader(key, value)
+                conn.endheaders(data or None)
+                assert conn.getresponse().status == expected, what
+            finally:
+                conn.close()
+        for path in ("/", "/api/round"):  # a rebinding site reads neither the secret nor the episodes
+            conn = http.client.HTTPConnection(*own.rsplit(":", 1), timeout=5)
+            conn.putrequest("GET", path, skip_host=True)
+            conn.putheader("Host", "evil.example")
+            conn.endheaders()
+            assert conn.getresponse().status == 403
+            conn.close()
+        thread.join(5)
+        assert verdicts == [None]
+    finally:
+        judge.close()
