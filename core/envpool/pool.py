@@ -227,10 +227,16 @@ class EnvPool:
             # reply and heartbeats wait in its socket, and the time since we last *read* it says
             # nothing about whether it is alive. A worker that sent nothing during this wait and
             # nothing since we last heard from it is the frozen one.
+            # A worker inside one long call that holds the GIL (LIBERO compiling a scene: up to 6 s
+            # measured on a loaded machine) cannot send its heartbeat either; where the transport
+            # sees it computing, the silence counts from now.
             now = time.monotonic()
             for w in sorted(pending - heard):
                 limit, ch = self._silence_limit(w), self._channels[w]
                 if limit is not None and isinstance(ch, FramedChannel) and now - ch.last_seen > limit:
+                    if ch.working():
+                        ch.last_seen = now
+                        continue
                     replies[w] = self._fail(w, f"{ch.label} stopped answering (no heartbeat for {limit:.0f} s)")
                     pending.discard(w)
         return replies

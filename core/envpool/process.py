@@ -25,6 +25,10 @@ from pushcut.wire import PROTOCOL_VERSION, ChannelClosed, ChannelTimeout, Framed
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 """One env worker = one core's worth of work: no BLAS/OpenMP thread pools inside it."""
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+MIN_CPU_S = 0.1
+"""CPU time a silent worker must have used since the last look to count as working, not frozen."""
+
 WORKER_MAIN = "import sys; from pushcut.envpool.worker import main; sys.exit(main())"
 """What a worker process runs (``-c``, not ``-m``: the package imports the module first)."""
 
@@ -93,6 +97,29 @@ class ProcessChannel(FramedChannel):
     def dead(self) -> str:
         code = self.process.poll()
         return "" if code is None else f"exit code {code}"
+
+    def request(self, req_id: int, cmd: str, items: list[list]) -> None:
+        self._cpu = self.cpu_time()
+        super().request(req_id, cmd, items)
+
+    def receive(self, timeout: float):
+        reply = super().receive(timeout)
+        self._cpu = self.cpu_time()  # working() asks about the time since the last sign of life
+        return reply
+
+    def cpu_time(self) -> float | None:
+        """CPU seconds the worker process has used so far (Linux ``/proc``), None where unknown."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def working(self) -> bool:
+        now, before = self.cpu_time(), getattr(self, "_cpu", None)
+        self._cpu = now
+        return now is not None and before is not None and now - before >= MIN_CPU_S
 
     def kill(self) -> None:
         if self.process.poll() is None:

@@ -84,6 +84,14 @@ class Channel(abc.ABC):
         """Why the worker is known dead (e.g. its exit code), or empty."""
         return ""
 
+    def working(self) -> bool:
+        """True when the worker shows another sign of life than a message: it computed since the
+        last request or the last call (a process whose CPU time grew). A worker inside one long
+        call that holds Python's GIL (a simulator compiling a scene) sends no heartbeat until the
+        call returns; the pool does not take that silence for a frozen worker. False where the
+        transport cannot tell (a remote server)."""
+        return False
+
     @abc.abstractmethod
     def close(self) -> None:
         """Stop talking to the worker (and stop it, when this side owns it)."""

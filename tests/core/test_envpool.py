@@ -213,3 +213,31 @@ def test_a_frozen_worker_is_still_found_after_the_caller_was_away():
         assert isinstance(out[1], SlotFailure) and "no heartbeat for 2 s" in out[1].reason
         assert time.monotonic() - start < 10 and pool.restarts == 1 and pool.pop_lost_slots() == {1}
         assert pool.worker_pids()[1] != frozen
+
+
+class GilHoldingReach(ReachEnv):
+    """A step that spends its time in one C call holding the GIL (as LIBERO's scene compile
+    does): the worker's heartbeat thread cannot send for as long as the call runs."""
+
+    def step(self, actions, record=False):
+        import time
+
+        exponent = 10**5
+        while True:  # doubled until one call alone takes >= 3 s, whatever the machine's speed
+            start = time.perf_counter()
+            pow(3, exponent)
+            if time.perf_counter() - start >= 3.0:
+                break
+            exponent *= 2
+        return super().step(actions, record)
+
+
+def test_a_worker_holding_the_gil_longer_than_the_window_is_working_not_frozen():
+    """No heartbeat for longer than the 2 s window, but the process computes: the pool waits for
+    its answer instead of killing it (what LIBERO's scene builds set off on a loaded machine)."""
+    with EnvPool(GilHoldingReach, ReachConfig(), num_workers=1, envs_per_worker=1, timeout_s=120,
+                 silent_beats=1) as pool:
+        pool.reset({0: ("reach_0", 1)})
+        out = pool.step({0: np.zeros((1, 1), np.float32)})
+        assert not isinstance(out[0], SlotFailure) and out[0].steps == 1
+        assert pool.restarts == 0
