@@ -244,6 +244,94 @@ class BandSampler(StartStateSampler):
         self.success = np.array([np.nan if v is None else float(v) for v in state["success"]], dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class DemoStart:
+    """A start part-way along a demonstration: restore the simulator state recorded at ``step``
+    of demo ``demo`` of ``task_id`` (step 0 is the demo's own initial state)."""
+
+    task_id: str
+    demo: int
+    step: int
+
+
+class ReverseCurriculum:
+    """Reverse curriculum from demonstrations (after Florensa et al. 2017, arXiv:1707.05300, with
+    demo states as the start distribution): per task, episodes start from states recorded along
+    the task's demonstrations, at ``start_fraction`` of the way to their end, and the start moves
+    back by ``step`` each time the running success from the current start reaches ``threshold``,
+    until it reaches the demo's beginning (fraction 0); from then on the task trains from its real
+    initial states. Only tasks whose success from the real start is below ``apply_below`` are
+    enrolled; the others start at 0 (today's training).
+
+    Pure bookkeeping: which demo state an episode starts from, and how the start moves. Running
+    it needs an env that restores recorded simulator states and demo files that carry them (see
+    docs/algorithms.md, "Reverse curriculum")."""
+
+    def __init__(self, demo_lengths: dict[str, Sequence[int]], seed: int, threshold: float = 0.5,
+                 step: float = 0.2, initial: float = 0.8, apply_below: float = 0.3, smoothing: float = 0.5) -> None:
+        for name, value in (("threshold", threshold), ("apply_below", apply_below)):
+            if not 0 < value < 1:
+                raise ConfigError(f"curriculum {name} must be in (0, 1), got {value}")
+        if not 0 < step <= 1 or not 0 <= initial <= 1:
+            raise ConfigError(f"curriculum step must be in (0, 1] and initial in [0, 1], got {step} and {initial}")
+        empty = sorted(t for t, lengths in demo_lengths.items() if not lengths or min(lengths) < 1)
+        if empty:
+            raise ConfigError(f"the reverse curriculum needs at least one recorded demo state per task; "
+                              f"none for {', '.join(empty)}")
+        self.demo_lengths = {t: list(v) for t, v in demo_lengths.items()}
+        self.threshold, self.step, self.initial = threshold, step, initial
+        self.apply_below, self.smoothing = apply_below, smoothing
+        self.rng = np.random.default_rng([seed, 3])
+        self.start_fraction = {t: 0.0 for t in demo_lengths}
+        """Share of the demonstration already done where episodes start; 0 = the task's real initial states."""
+        self.success: dict[str, float] = {}
+        """Running success from each task's current start."""
+
+    def enroll(self, success_from_real_start: dict[str, float]) -> None:
+        """Start every task whose success from its real initial states is below ``apply_below``
+        at ``initial``; the others stay at 0."""
+        for task, rate in success_from_real_start.items():
+            if task in self.start_fraction and rate < self.apply_below:
+                self.start_fraction[task] = self.initial
+                self.success.pop(task, None)
+
+    def active(self, task_id: str) -> bool:
+        """True while ``task_id``'s episodes start along its demos rather than from real initial states."""
+        return self.start_fraction.get(task_id, 0.0) > 0
+
+    def draw(self, task_id: str, n: int) -> list[DemoStart]:
+        """``n`` starts of an active task: a random demo each, at the current fraction of its length."""
+        if not self.active(task_id):
+            raise ValueError(f"task {task_id!r} is not in the curriculum (it starts from its real initial states)")
+        lengths = self.demo_lengths[task_id]
+        demos = self.rng.integers(len(lengths), size=n)
+        return [DemoStart(task_id, int(d), int(round(self.start_fraction[task_id] * (lengths[d] - 1))))
+                for d in demos]
+
+    def observe(self, task_id: str, successes: Sequence[bool]) -> None:
+        """Outcomes of episodes started from ``task_id``'s current start; moves the start back
+        once their running success reaches the threshold (the estimate restarts there)."""
+        if not self.active(task_id) or not len(successes):
+            return
+        rate, old = float(np.mean(successes)), self.success.get(task_id)
+        self.success[task_id] = rate if old is None else self.smoothing * old + (1 - self.smoothing) * rate
+        if self.success[task_id] >= self.threshold:
+            self.start_fraction[task_id] = max(0.0, round(self.start_fraction[task_id] - self.step, 10))
+            self.success.pop(task_id)
+
+    def metrics(self) -> dict[str, float]:
+        return {f"curriculum/{t}/start_fraction": f for t, f in sorted(self.start_fraction.items())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "start_fraction": dict(self.start_fraction),
+                "success": dict(self.success)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.start_fraction = {t: float(v) for t, v in state["start_fraction"].items()}
+        self.success = {t: float(v) for t, v in state["success"].items()}
+
+
 SAMPLERS: dict[str, type[StartStateSampler]] = {"uniform": UniformSampler, "mixed": MixedSampler, "band": BandSampler}
 """``train.start_sampling`` name → sampler class."""
 
