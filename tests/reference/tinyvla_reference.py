@@ -404,7 +404,7 @@ def make(out: Path) -> None:
                        image_std=[0.26862954, 0.26130258, 0.27577711]).save_pretrained(str(base))
     tasks = {"bowl": dict(state_dim=5, seed=11, safe=True), "drawer": dict(state_dim=5, seed=12, safe=False)}
     for task, spec in tasks.items():
-        run = out / task
+        run = out / f"llava_pythia_lora_{task}"  # the name the original's loader needs (see load_pretrained_model)
         checkpoint = run / "checkpoint-100"
         # parse_pythia + load_llava_pythia: the base config plus the action arguments
         cfg = LlavaPythiaConfig.from_pretrained(str(base))
@@ -446,7 +446,7 @@ def make(out: Path) -> None:
     # The head as LlavaPythiaForCausalLM really builds it (no width arguments): names and shapes only.
     default = ConditionalUnet1D(input_dim=7, global_cond_dim=1024, state_dim=5)
     (out / "default_unet_shapes.json").write_text(json.dumps({k: list(v.shape) for k, v in default.state_dict().items()}))
-    print(json.dumps({"base": str(base), "runs": {t: str(out / t) for t in tasks},
+    print(json.dumps({"base": str(base), "runs": {t: str(out / f"llava_pythia_lora_{t}") for t in tasks},
                       "default_unet_shapes": str(out / "default_unet_shapes.json")}))
 
 
@@ -457,6 +457,11 @@ def load_pretrained_model(model_path: str, model_base: str):
     """builder.load_pretrained_model's LoRA branch (float32 on CPU)."""
     from peft import PeftModel
 
+    parts = model_path.strip("/").split("/")  # get_model_name_from_path
+    model_name = parts[-2] + "_" + parts[-1] if parts[-1].startswith("checkpoint-") else parts[-1]
+    if "pythia" not in model_name.lower() or "lora" not in model_name.lower():
+        raise ValueError(f"model name {model_name!r}: the original loader takes its LoRA branch only for names "
+                         "holding 'pythia' and 'lora'")
     root_path = "/".join(model_path.split("/")[:-1])
     lora_cfg_pretrained = AutoConfig.from_pretrained(root_path)
     tokenizer = AutoTokenizer.from_pretrained(model_base, use_fast=True)

@@ -37,7 +37,7 @@ from torch import nn
 from pushcut.contracts import ActionSample, ObsBatch, Policy, Scores
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.plugins.policies.tinyvla import original_io as io
-from pushcut.plugins.policies.tinyvla.config import NAME, TinyVLAConfig
+from pushcut.plugins.policies.tinyvla.config import NAME, AdaptersConfig, TinyVLAConfig
 from pushcut.plugins.policies.tinyvla.original_model import (
     INFERENCE_STEPS,
     TRAIN_TIMESTEPS,
@@ -65,6 +65,9 @@ class _TaskState:
     stats: dict[str, np.ndarray]
     config: dict
     step: int = 0
+    run_name: str = ""
+    """The run directory's name on export: the original's loader takes its LoRA branch only for a model
+    name holding "pythia" and "lora" (get_model_name_from_path: ``<run>_checkpoint-N``)."""
 
 
 def _shapes_of(config: dict, head: dict) -> dict[str, object]:
@@ -119,6 +122,10 @@ class OriginalTinyVLAPolicy(Policy):
             raise ConfigError(f"policy.adapters rank={a.rank}, alpha={a.alpha:g} disagree with the original run "
                               f"{first.checkpoint} (r={r}, lora_alpha={alpha:g}); drop them (they come from its "
                               "adapter_config.json)")
+        if tuple(a.targets) != AdaptersConfig().targets or not a.per_task_head or a.train_base:
+            raise ConfigError(f"policy.adapters.targets / per_task_head / train_base do not apply to original TinyVLA "
+                              f"runs: LoRA targets come from {first.checkpoint / io.ADAPTER_CONFIG}, every task has its "
+                              "own head and projector, and the base stays frozen; drop them")
         tasks = [task for task, _ in sources]
         extra = [t for t in a.tasks if t not in tasks]
         active = a.active or (list(a.tasks)[-1] if a.tasks else tasks[-1])
@@ -166,8 +173,8 @@ class OriginalTinyVLAPolicy(Policy):
             path = Path(config.checkpoint or "")
             meta = io.saved_policy(path)
             if meta is not None:
-                tasks = meta.get("tasks") or []
-                return [(t, path / t) for t in tasks]
+                tasks, names = meta.get("tasks") or [], meta.get("runs") or {}
+                return [(t, path / names.get(t, t)) for t in tasks]
             paths = [path]
         out = []
         for i, path in enumerate(paths):
@@ -319,7 +326,8 @@ class OriginalTinyVLAPolicy(Policy):
             if run.stats[key].shape != (self.config.action_dim,):
                 raise CheckpointError(f"{run.run_dir / io.STATS}: {key} has {run.stats[key].size} values, actions have "
                                       f"{self.config.action_dim}")
-        self.tasks_state[task] = _TaskState(stats=run.stats, config=run.config, step=run.step)
+        self.tasks_state[task] = _TaskState(stats=run.stats, config=run.config, step=run.step,
+                                            run_name=_run_name(run.run_dir.name, task))
 
     @staticmethod
     def _load_module(module: nn.Module, tensors: Mapping[str, torch.Tensor], prefix: str, where: Path) -> None:
@@ -356,7 +364,8 @@ class OriginalTinyVLAPolicy(Policy):
             for src, dst in ((self.projectors[source], self.projectors[name]), (self.heads[source], self.heads[name])):
                 dst.load_state_dict(src.state_dict())
         state = self.tasks_state[source]
-        self.tasks_state[name] = _TaskState(stats=dict(state.stats), config=dict(state.config), step=0)
+        self.tasks_state[name] = _TaskState(stats=dict(state.stats), config=dict(state.config), step=0,
+                                            run_name=_run_name("", name))
         self.set_task(name)
 
     def set_task(self, name: str) -> None:
@@ -602,8 +611,9 @@ class OriginalTinyVLAPolicy(Policy):
 
     def export(self, directory: Path, tasks: list[str] | None = None) -> dict[str, Path]:
         """Write the original layout: ``base/`` (the base model's files, hard-linked) and one run per task
-        (``<task>/config.json``, ``dataset_stats.pkl``, ``checkpoint-N/``). Returns task → checkpoint dir;
-        the original loads each with ``load_pretrained_model(<checkpoint>, <directory>/base, "pythia_lora")``."""
+        (``<run name>/config.json``, ``dataset_stats.pkl``, ``checkpoint-N/``; the source run's name, or
+        ``llava_pythia_lora_<task>``). Returns task → checkpoint dir, which the original's eval loads with
+        ``model_path=<checkpoint>``, ``model_base=<directory>/base``."""
         directory = Path(directory)
         base = directory / "base"
         if base.resolve() != self.base_dir.resolve():
@@ -616,8 +626,8 @@ class OriginalTinyVLAPolicy(Policy):
             config = {**state.config, "_name_or_path": str(base.resolve())}
             lora_config, lora, non_lora = self.task_files(task)
             lora_config["base_model_name_or_path"] = str(base.resolve())
-            out[task] = io.write_run(directory / task, state.step, config, state.stats, lora_config, lora, non_lora,
-                                     self.base_dir)
+            out[task] = io.write_run(directory / state.run_name, state.step, config, state.stats, lora_config, lora,
+                                     non_lora, self.base_dir)
         return out
 
     def save(self, directory: Path) -> None:
@@ -625,7 +635,8 @@ class OriginalTinyVLAPolicy(Policy):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.export(directory)
-        meta = {"type": "tinyvla", "variant": self.variant, "tasks": self.tasks, "active": self.active}
+        meta = {"type": "tinyvla", "variant": self.variant, "tasks": self.tasks, "active": self.active,
+                "runs": {task: state.run_name for task, state in self.tasks_state.items()}}
         (directory / io.POLICY_META).write_text(json.dumps(meta, indent=2) + "\n")
 
     def load(self, directory: Path) -> None:
@@ -638,7 +649,8 @@ class OriginalTinyVLAPolicy(Policy):
             extra = [t for t in tasks if t not in self.tasks_state]
             if extra:
                 raise CheckpointError(f"{directory} holds task adapters {extra} this policy lacks; it has {self.tasks}")
-            runs = [io.read_run(directory / t, t) for t in tasks]
+            names = meta.get("runs") or {}
+            runs = [io.read_run(directory / names.get(t, t), t) for t in tasks]
         elif io.locate(directory) is not None:
             found = io.locate(directory)
             name = found[0].resolve().name
@@ -649,6 +661,12 @@ class OriginalTinyVLAPolicy(Policy):
         for run in runs:
             self._load_task(run)
         self._route(self.active)
+
+
+def _run_name(source: str, task: str) -> str:
+    """A run directory name the original's loader accepts: the source run's own name when it does."""
+    lower = source.lower()
+    return source if "pythia" in lower and "lora" in lower else f"llava_pythia_lora_{task}"
 
 
 def _peft_key(plain: str, state: Mapping[str, torch.Tensor]) -> str:

@@ -104,6 +104,8 @@ def test_user_shape_fields_must_agree_with_the_checkpoint(model_dir):
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="adapters rank=16"):
         load(model_dir, adapters={"rank": 16})
+    with pytest.raises(ConfigError, match="targets come from"):
+        load(model_dir, adapters={"targets": ("dense",)})
 
 
 def test_rows_route_to_their_task_and_use_its_stats(model_dir):
@@ -156,9 +158,10 @@ def test_grpo_on_one_task_leaves_every_other_task_bit_identical(model_dir, tmp_p
     assert changed and all(_owner(k) == "push" for k in changed), sorted(k for k in changed if _owner(k) != "push")
     assert any(k.startswith("heads.push.") for k in changed) and any(k.startswith("projectors.push.") for k in changed)
     assert any(".lora_B.push." in k for k in changed)
-    policy.export(tmp_path / "export")
+    written = policy.export(tmp_path / "export")
+    assert written["pick"] == tmp_path / "export" / "llava_pythia_lora_pick" / "checkpoint-10"
     original = torch.load(model_dir / "pick" / "checkpoint-10" / "non_lora_trainables.bin", weights_only=True)
-    exported = torch.load(tmp_path / "export" / "pick" / "checkpoint-10" / "non_lora_trainables.bin", weights_only=True)
+    exported = torch.load(written["pick"] / "non_lora_trainables.bin", weights_only=True)
     for key in original:
         assert torch.equal(original[key], exported[key.replace(".base_layer.", ".")]), key
 
@@ -172,7 +175,7 @@ def test_save_load_round_trip_and_the_original_layout(model_dir, tmp_path):
     expected = policy.act(obs, 0.0).actions
     policy.save(tmp_path / "saved")
     for task in ("pick", "push"):
-        run = tmp_path / "saved" / task
+        run = tmp_path / "saved" / f"llava_pythia_lora_{task}"  # a name the original's loader accepts
         assert {p.name for p in (run / "checkpoint-10").iterdir()} >= {
             "adapter_config.json", "adapter_model.bin", "non_lora_trainables.bin", "preprocessor_config.json",
             "tokenizer.json"}
@@ -294,6 +297,16 @@ def test_lora_rank_differs_from_the_weights(model_dir, tmp_path):
     _one_line_error(target, CheckpointError, "rank 4", "r=6")
 
 
+def test_a_run_that_changed_the_shared_base(model_dir, tmp_path):
+    target = _copy(model_dir, tmp_path)
+    path = target / "push" / "checkpoint-10" / "non_lora_trainables.bin"
+    tensors = torch.load(path, weights_only=True)
+    key = "base_model.model.gpt_neox.layers.1.mlp.dense_h_to_4h.weight"
+    tensors[key] = tensors[key] + 0.01
+    torch.save(tensors, path)
+    _one_line_error(target, CheckpointError, "changed the base weight", "gpt_neox.layers.1.mlp.dense_h_to_4h.weight")
+
+
 def test_missing_dataset_stats(model_dir, tmp_path):
     target = _copy(model_dir, tmp_path)
     (target / "push" / "dataset_stats.pkl").unlink()
@@ -355,7 +368,7 @@ def test_grpo_with_the_trainer_on_the_tabletop(tmp_path):
     before = load(tmp_path, runs=(str(runs["close_drawer"]), str(runs["press_button"])),
                   adapters={"tasks": ("close_drawer", "press_button")})
     saved = sorted((tmp_path / "rl" / "checkpoints").glob("step_*"))[-1] / "policy"
-    assert (saved / "close_drawer" / "checkpoint-10" / "non_lora_trainables.bin").is_file()
+    assert (saved / "llava_pythia_lora_close_drawer" / "checkpoint-10" / "non_lora_trainables.bin").is_file()
     after = build_tinyvla(TinyVLAConfig(checkpoint=str(saved)))
     theirs = dict(after.named_parameters())
     changed = {k for k, v in before.named_parameters() if not torch.equal(v, theirs[k])}
