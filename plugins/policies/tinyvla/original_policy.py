@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import importlib.util
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -106,6 +107,9 @@ class OriginalTinyVLAPolicy(Policy):
 
     def __init__(self, config: TinyVLAConfig) -> None:
         super().__init__()
+        if importlib.util.find_spec("PIL") is None:  # the CLIP processor's resize goes through PIL, as the original's
+            raise ConfigError("original TinyVLA runs need Pillow for the CLIP image processing; pip install pillow "
+                              "(or pip install -e '.[tinyvla]')")
         sources = self._sources(config)
         runs = [io.read_run(path, task) for task, path in sources]
         first = runs[0]
