@@ -360,10 +360,22 @@ class PromptTokenizer:
     ``" <|endoftext|>"``. ``encode`` → (ids before the image, ids after it)."""
 
     def __init__(self, path) -> None:
+        import json
+        from pathlib import Path
+
         from tokenizers import Tokenizer
 
+        path = Path(path)
         try:
-            self.tokenizer = Tokenizer.from_file(str(path))
+            spec = json.loads(path.read_text())
+            # transformers' GPTNeoXTokenizerFast (4.37) sets the byte-level pre-tokenizer's add_prefix_space
+            # to its own argument (tokenizer_config.json, default false); do the same.
+            config_path = path.parent / "tokenizer_config.json"
+            config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+            pre = spec.get("pre_tokenizer") or {}
+            if pre.get("type") == "ByteLevel":
+                pre["add_prefix_space"] = bool(config.get("add_prefix_space", False))
+            self.tokenizer = Tokenizer.from_str(json.dumps(spec))
         except Exception as exc:  # tokenizers raises its own exception type
             raise CheckpointError(f"cannot read the tokenizer {path}: {exc}") from None
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
