@@ -191,6 +191,20 @@ def test_save_load_round_trip_and_the_original_layout(model_dir, tmp_path):
     np.testing.assert_array_equal(fresh.act(obs, 0.0).actions, expected)
 
 
+def test_bfloat16_runs_load_as_saved(model_dir, tmp_path):
+    """The original trains in bfloat16, so non_lora_trainables.bin and the adapter hold bfloat16 tensors:
+    they load exactly (as float32 copies of the bfloat16 values)."""
+    target = _copy(model_dir, tmp_path)
+    for task in ("pick", "push"):
+        path = target / task / "checkpoint-10" / "non_lora_trainables.bin"
+        torch.save({k: v.to(torch.bfloat16) for k, v in torch.load(path, weights_only=True).items()}, path)
+    policy = load(target)
+    saved = torch.load(target / "push" / "checkpoint-10" / "non_lora_trainables.bin", weights_only=True)
+    for key, value in policy.heads["push"].state_dict().items():
+        assert torch.equal(value, saved[f"base_model.model.embed_out.{key}"].float()), key
+    assert np.isfinite(policy.act(make_obs(), 0.0).actions).all()
+
+
 def test_a_fresh_task_starts_from_the_base_with_a_copied_head(model_dir):
     policy = load(model_dir, adapters={"tasks": ("pick", "push", "stack")})
     assert policy.tasks == ["pick", "push", "stack"] and policy.active == "stack"
