@@ -114,7 +114,7 @@ class OriginalTinyVLAPolicy(Policy):
         runs = [io.read_run(path, task) for task, path in sources]
         first = runs[0]
         self.base_dir = io.find_base(first, config.model_base)
-        base_config, base_tensors = io.read_base(self.base_dir)
+        _, base_tensors = io.read_base(self.base_dir)
         head_shape = unet_shapes({k[len(HEAD_PREFIX):]: v for k, v in first.non_lora.items()
                                   if k.startswith(HEAD_PREFIX)}, str(first.checkpoint / io.NON_LORA))
         resolved = _shapes_of(first.config, head_shape)
@@ -197,13 +197,25 @@ class OriginalTinyVLAPolicy(Policy):
     def _check_runs_agree(runs: list[io.OriginalRun], head_shape: dict) -> None:
         first = runs[0]
         keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-                "vision_config", "action_dim", "state_dim", "chunk_size")
+                "rotary_pct", "action_dim", "state_dim", "chunk_size")
+        tower_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                      "patch_size", "hidden_act", "mm_vision_select_layer", "mm_vision_select_feature")
+        projector_keys = ("mm_projector_type", "mm_hidden_size", "hidden_size")
+
+        def shape(config: dict) -> dict:
+            vision = config.get("vision_config", {})
+            out = {k: config.get(k) for k in keys}
+            out.update({f"vision_config.vision_tower.{k}": vision.get("vision_tower", {}).get(k) for k in tower_keys})
+            out.update({f"vision_config.mm_projector.{k}": vision.get("mm_projector", {}).get(k) for k in projector_keys})
+            return out
+
+        mine = shape(first.config)
         for run in runs[1:]:
-            for key in keys:
-                if run.config.get(key) != first.config.get(key):
-                    raise CheckpointError(f"runs {first.run_dir} and {run.run_dir} differ in {key} "
-                                          f"({first.config.get(key)!r} vs {run.config.get(key)!r}); one policy "
-                                          "needs runs of one base model and action space")
+            theirs = shape(run.config)
+            for key, value in mine.items():
+                if theirs[key] != value:
+                    raise CheckpointError(f"runs {first.run_dir} and {run.run_dir} differ in {key} ({value!r} vs "
+                                          f"{theirs[key]!r}); one policy needs runs of one base model and action space")
             for key in ("r", "lora_alpha", "target_modules"):
                 mine, theirs = first.lora_config.get(key), run.lora_config.get(key)
                 if key == "target_modules":

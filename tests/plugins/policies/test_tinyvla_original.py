@@ -297,6 +297,12 @@ def test_lora_ranks_differ_between_runs(model_dir, tmp_path):
     _one_line_error(model_dir, CheckpointError, "differ in r", runs=(str(model_dir / "pick"), str(other / "push")))
 
 
+def test_runs_of_other_action_spaces(model_dir, tmp_path):
+    target = _copy(model_dir, tmp_path)
+    _edit_json(target / "push" / "config.json", chunk_size=8, transformers_version="4.38.0")
+    _one_line_error(target, CheckpointError, "differ in chunk_size (4 vs 8)")
+
+
 def test_lora_targets_differ_from_the_weights(model_dir, tmp_path):
     target = _copy(model_dir, tmp_path)
     path = target / "push" / "checkpoint-10" / "adapter_config.json"
