@@ -123,6 +123,26 @@ class _Sim:
         self.cameras = cameras
         self.render_cameras: Collection[str] = cameras
         self.frames: dict[str, np.ndarray] = {}
+        self._lazy_at_birth()
+
+    def _lazy_at_birth(self) -> None:
+        """Make the camera sensors robosuite creates on every hard reset lazy from the start.
+
+        A hard reset rebuilds the sensors (``_setup_observables``), and robosuite calls each new
+        camera sensor three times before anything can wrap it: a validity check when the
+        observable is created, another when it is re-attached (``modify_observable``), and the
+        forced first observation of ``reset()``. At 256 px that was 3 extra renders per camera
+        and episode (~0.65 s of a LIBERO reset here), for frames no policy ever sees."""
+        inner = self.env.env
+        create = inner._create_camera_sensors
+
+        def create_lazy(cam_name: str, *args: Any, **kwargs: Any) -> tuple[list, list]:
+            sensors, names = create(cam_name, *args, **kwargs)
+            if cam_name in self.cameras:
+                sensors = [self._lazy(s, cam_name) if n == f"{cam_name}_image" else s for s, n in zip(sensors, names)]
+            return sensors, names
+
+        inner._create_camera_sensors = create_lazy
 
     # robosuite rebuilds sensors (and the render context) on a hard reset: re-wrap each time.
     def _wrap_sensors(self) -> None:
@@ -160,7 +180,7 @@ class _Sim:
 
     def reset(self, init_state: np.ndarray) -> dict[str, np.ndarray]:
         self.env.seed(self.config.seed)
-        self.render_cameras = self.cameras if self.config.num_steps_wait == 0 else ()
+        self.render_cameras = ()  # nothing robosuite's reset observes is ever shown to a policy
         self.frames = {}
         self.env.reset()
         if self.config.soft_reset:
@@ -169,6 +189,7 @@ class _Sim:
             for robot in self.env.env.robots:
                 robot.gripper.current_action = np.zeros(robot.gripper.dof)
         self._wrap_sensors()
+        self.render_cameras = self.cameras if self.config.num_steps_wait == 0 else ()
         raw = self.env.set_init_state(init_state)
         for i in range(self.config.num_steps_wait):
             self.render_cameras = self.cameras if i == self.config.num_steps_wait - 1 else ()

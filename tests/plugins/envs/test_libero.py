@@ -377,6 +377,39 @@ def test_each_camera_renders_only_when_its_frame_is_used() -> None:
 
 @needs_assets
 @pytest.mark.slow
+def test_a_hard_reset_renders_each_camera_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LIBERO's default reset rebuilds the scene and robosuite's camera sensors, and robosuite
+    renders every new sensor three times (two validity checks and the forced first observation)
+    before the env could wrap it: the sensors are lazy from birth, so a hard reset renders each
+    camera once, after the settle steps."""
+    from robosuite.utils import binding_utils
+
+    env = LiberoEnv(_config(tasks=(SPATIAL[1],), render_size=128, image_size=128))
+    try:
+        env.reset(SPATIAL[1], 0)  # builds the scene
+        rendered: list[str] = []
+        render = binding_utils.MjSim.render
+
+        def counting(self, *args, camera_name=None, **kwargs):
+            rendered.append(camera_name)
+            return render(self, *args, camera_name=camera_name, **kwargs)
+
+        monkeypatch.setattr(binding_utils.MjSim, "render", counting)
+        old_sim = env.simulator.env.sim
+        obs = env.reset(SPATIAL[1], 4)
+        assert env.simulator.env.sim is not old_sim  # a hard reset: a new MjSim
+        assert sorted(rendered) == sorted([AGENTVIEW, WRIST])
+        raw = env.raw_observation
+        np.testing.assert_array_equal(obs[OBS_IMAGE], raw["agentview_image"][::-1, ::-1])
+        assert obs[OBS_IMAGE].std() > 5 and obs[OBS_WRIST_IMAGE].std() > 5  # rendered, not the black placeholder
+        # (equal to robosuite's own per-step camera observations after a hard reset:
+        # test_frames_match_robosuites_own_camera_observations)
+    finally:
+        env.close()
+
+
+@needs_assets
+@pytest.mark.slow
 def test_budget_excludes_settle_steps_and_soft_reset_is_reproducible() -> None:
     env = LiberoEnv(_config(tasks=(SPATIAL[1],), max_steps=5, soft_reset=True, shadows=False, reflections=False,
                             wrist_camera=False))
