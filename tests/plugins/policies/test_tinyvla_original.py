@@ -393,6 +393,9 @@ def test_grpo_with_the_trainer_on_the_tabletop(tmp_path):
     theirs = dict(after.named_parameters())
     changed = {k for k, v in before.named_parameters() if not torch.equal(v, theirs[k])}
     assert all(_owner(k) == "press_button" for k in changed), sorted(changed)
+    proc = _cli("eval", str(tmp_path / "rl"))  # greedy eval of the run, from its directory alone
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "rl" / "eval.json").is_file()
     metrics = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     if not any(m.get("actor/optimizer_steps", 0) > 0 for m in metrics):
         pytest.skip("no group had mixed outcomes in 1 iteration: nothing was trained")
