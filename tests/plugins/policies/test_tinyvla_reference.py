@@ -99,13 +99,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _obs() -> ObsBatch:
+def _obs(frame: tuple[int, int] = (30, 40)) -> ObsBatch:
     rng = np.random.default_rng(3)
     rows = [("bowl", INSTRUCTIONS["bowl"][0]), ("drawer", INSTRUCTIONS["drawer"][0]), ("bowl", INSTRUCTIONS["bowl"][1])]
     b = len(rows)
     # Camera frames of another size and aspect than the tower's 28 px: crop, resize, pad and CLIP resize all act.
-    return ObsBatch(images=rng.integers(0, 256, (b, 30, 40, 3), dtype=np.uint8),
-                    wrist_images=rng.integers(0, 256, (b, 30, 40, 3), dtype=np.uint8),
+    return ObsBatch(images=rng.integers(0, 256, (b, *frame, 3), dtype=np.uint8),
+                    wrist_images=rng.integers(0, 256, (b, *frame, 3), dtype=np.uint8),
                     instructions=[r[1] for r in rows], task_ids=[r[0] for r in rows],
                     states=rng.normal(size=(b, 5)).astype(np.float32))
 
@@ -150,7 +150,8 @@ def _max_diffs(ours: dict, ref: dict) -> dict[str, float]:
                                                                  "actions")}
 
 
-def test_loaded_runs_match_the_original_inference(original_model, one_thread, tmp_path):
+@pytest.mark.parametrize("frame", [(30, 40), (41, 29)], ids=["landscape", "portrait-odd"])
+def test_loaded_runs_match_the_original_inference(original_model, one_thread, tmp_path, frame):
     runs = original_model["runs"]
     policy = build_tinyvla(TinyVLAConfig(runs=(runs["bowl"], runs["drawer"]), adapters={"tasks": ("bowl", "drawer")},
                                          seed=SEED))
@@ -158,14 +159,14 @@ def test_loaded_runs_match_the_original_inference(original_model, one_thread, tm
     c = policy.config
     assert (c.hidden_size, c.layers, c.vision_layers, c.chunk_size, c.action_dim, c.state_dim) == (32, 2, 3, 8, 7, 5)
     assert (c.adapters.rank, c.adapters.alpha, c.unet_dims, c.timestep_dim) == (8, 32.0, (16, 32), 16)
-    obs = _obs()
+    obs = _obs(frame)
     ref = _run_reference(obs, _checkpoints(original_model), original_model["base"], tmp_path)
     for row, (task, instruction) in enumerate(zip(obs.task_ids, obs.instructions)):
         before, after = policy.tokenizer.encode(instruction)
         assert ref["input_ids"][row] == [*before, -200, *after]
     ours = _ours(policy, obs)
     diffs = _max_diffs(ours, ref)
-    print("\nmax |pushcut - reference| (loaded runs):", json.dumps(diffs))
+    print(f"\nmax |pushcut - reference| (loaded runs, {frame[0]}x{frame[1]} frames):", json.dumps(diffs))
     # the two tasks really differ (their adapters, projectors and heads are routed)
     assert np.abs(ref["cond"][0] - ref["cond"][1]).max() > 1e-2
     assert np.isfinite(ref["chain"]).all() and ref["chain"].std() > 0.1 and np.abs(ref["chain"][:, -1]).max() <= 1.0
