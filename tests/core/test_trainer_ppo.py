@@ -250,3 +250,20 @@ def test_interrupted_ppo_run_with_band_sampling_resumes_to_the_same_result(manag
     assert a.keys() == b.keys() and any(k.startswith("value_head.") for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_lr_warmup_ramps_the_critic_to_its_own_rate():
+    from pushcut.config import TrainConfig
+    from pushcut.trainer import warmup_lr
+
+    actor, critic = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([{"params": [actor], "lr": 1e-4, "base_lr": 1e-4},
+                                   {"params": [critic], "lr": 1e-2, "base_lr": 1e-2}])
+    train = TrainConfig(lr=1e-4, lr_warmup_steps=4)
+    seen = []
+    for _ in range(5):
+        warmup_lr(optimizer, train)
+        seen.append([g["lr"] for g in optimizer.param_groups])
+        (actor.sum() + critic.sum()).backward()
+        optimizer.step()
+    assert seen[0] == pytest.approx([0.25e-4, 0.25e-2]) and seen[-1] == pytest.approx([1e-4, 1e-2])
