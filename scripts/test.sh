@@ -11,6 +11,9 @@ fi
 # timm, the library OpenVLA builds its vision towers with, for the OpenVLA tower cross-check.
 bash tests/reference/make_timm_env.sh .venv-timm
 export PUSHCUT_TIMM_PYTHON="$PWD/.venv-timm/bin/python"
+# transformers 4.37 / peft 0.4 / diffusers 0.11 (TinyVLA's pins), for the TinyVLA original-variant cross-check (docs/tinyvla.md).
+bash tests/reference/make_tinyvla_env.sh .venv-tinyvla-ref
+export PUSHCUT_TINYVLA_REF_PYTHON="$PWD/.venv-tinyvla-ref/bin/python"
 # A torch-free venv that serves the tabletop env, for the env-transport tests (docs/remote-envs.md).
 bash scripts/make_env_venv.sh .venv-env
 export PUSHCUT_ENV_VENV_PYTHON="$PWD/.venv-env/bin/python"
