@@ -40,11 +40,13 @@ from pushcut.wire import (
 )
 
 DEFAULT_PORT = 7171
-HELLO_MAX_BYTES = 1 << 20
-"""Largest first frame a peer that has not said hello may send (checked at the header): a hello is
-a token, an env name and its options, a few KiB; the full frame limit is for observations."""
+HELLO_MAX_BYTES = 64 << 10
+"""Largest first frame a peer that has not said hello may send (checked at the header), decoded with
+small container limits: a hello is a token, an env name and its options, a few KiB; the full frame
+limit is for observations."""
 MAX_PENDING_HELLOS = 16
-"""Connections that have not finished their hello, at most; one over is closed at once."""
+"""Connections not yet admitted (hello unread, or waiting for the envs), at most; a new one past
+this closes the oldest, so connections that never say hello cannot lock trainers out."""
 
 
 @dataclass
@@ -74,7 +76,7 @@ class ServeOptions:
     """A session whose trainer sends nothing for this many seconds between requests ends, freeing
     the envs for the next trainer; 0 = never (``pushcut robot serve`` sets its robot's)."""
     max_pending_hellos: int = MAX_PENDING_HELLOS
-    """Connections that have not finished their hello, at most (each holds a thread)."""
+    """Connections not yet admitted, at most (each holds a thread); a new one past this closes the oldest."""
 
     def check(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -119,8 +121,9 @@ class EnvServer:
         self._stop = threading.Event()
         self._admitted: queue.Queue = queue.Queue()
         """Connections that passed the hello, for the serving thread."""
-        self._pending = threading.BoundedSemaphore(options.max_pending_hellos)
-        """One per connection still in its hello."""
+        self._pending: dict[str, socket.socket] = {}
+        """Connections not admitted yet (label → socket), oldest first."""
+        self._pending_lock = threading.Lock()
 
     def serve_forever(self) -> None:
         """Accept connections on a background thread; run admitted sessions on this one, so every env
@@ -173,13 +176,33 @@ class EnvServer:
             except OSError:
                 break
             label = f"{peer[0]}:{peer[1]}"
-            if not self._pending.acquire(blocking=False):
-                self.log(f"closed {label}: {self.options.max_pending_hellos} connections are already waiting to say "
-                         "hello")
+            self._add_pending(label, conn)
+            try:
+                threading.Thread(target=self._connection, args=(conn, label), daemon=True,
+                                 name=f"pushcut-hello-{peer[1]}").start()
+            except RuntimeError as exc:  # no thread to be had: this connection is dropped, the server goes on
+                self._drop_pending(label)
                 conn.close()
-                continue
-            threading.Thread(target=self._connection, args=(conn, label), daemon=True,
-                             name=f"pushcut-hello-{peer[1]}").start()
+                self.log(f"closed {label}: cannot start a thread for it ({exc})")
+
+    def _add_pending(self, label: str, conn: socket.socket) -> None:
+        with self._pending_lock:
+            evicted = None
+            if len(self._pending) >= self.options.max_pending_hellos:
+                evicted = next(iter(self._pending))
+                old = self._pending.pop(evicted)
+            self._pending[label] = conn
+        if evicted is not None:
+            self.log(f"closed {evicted}: the oldest of {self.options.max_pending_hellos} connections not yet admitted, "
+                     f"for {label}")
+            try:
+                old.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _drop_pending(self, label: str) -> None:
+        with self._pending_lock:
+            self._pending.pop(label, None)
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -191,9 +214,8 @@ class EnvServer:
     # ----------------------------------------------------------------- one connection
 
     def _connection(self, conn: socket.socket, peer: str) -> None:
-        """One connection's thread: the hello (under one deadline, holding a pending slot), then
+        """One connection's thread: the hello (under one deadline, counted as pending until admitted), then
         waiting while the serving thread runs its session. Nothing a peer sends escapes as a traceback."""
-        pending = True
         deadline = time.monotonic() + self.options.hello_timeout_s
         framed: FramedSocket | None = None
         try:
@@ -206,17 +228,17 @@ class EnvServer:
                 except (ssl.SSLError, OSError) as exc:
                     self.log(f"closed {peer}: TLS handshake failed ({getattr(exc, 'reason', None) or exc})")
                     return
+                with self._pending_lock:  # the wrapped socket is the one an eviction must shut
+                    if peer in self._pending:
+                        self._pending[peer] = conn
             framed = FramedSocket(conn, self.options.max_frame_mb, peer=f"client {peer}")
             hello = self._hello(framed, peer, deadline)
-            self._pending.release()
-            pending = False
             if hello is not None:
                 self._session(framed, peer, hello)
         except Exception as exc:
             self.log(f"closed {peer}: internal error ({type(exc).__name__}: {exc})")
         finally:
-            if pending:
-                self._pending.release()
+            self._drop_pending(peer)
             if framed is not None:
                 framed.close()
             else:
@@ -270,7 +292,9 @@ class EnvServer:
             self._refuse(framed, peer, f"the trainer wants {wanted!r} envs, this server holds {info['num_envs']}: "
                                        f"start it with --envs {wanted} or set rollout.envs_per_worker={info['num_envs']}")
             return
-        if not self.host.lock.acquire(timeout=self.options.busy_wait_s):
+        got = self.host.lock.acquire(timeout=self.options.busy_wait_s)
+        self._drop_pending(peer)  # admitted or refused: no longer waiting
+        if not got:
             self._refuse(framed, peer, "busy: another session still holds this server's envs (a request of it may "
                                        "hang in the simulator); stop that trainer or restart the server")
             return

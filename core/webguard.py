@@ -82,7 +82,7 @@ def split_host(value: str) -> tuple[str, int | None] | None:
         return None  # a bare IPv6 address must be bracketed in Host
     else:
         name, port = value, ""
-    if not name or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+    if not name or (port and not (re.fullmatch(r"[0-9]{1,5}", port) and 0 < int(port) < 65536)):
         return None
     return name, int(port) if port else None
 
@@ -138,13 +138,45 @@ class PageGuard:
                 raise Refused(403, f"missing or wrong {SECRET_HEADER} header: use the buttons of the page itself")
 
 
+REQUEST_DEADLINE_S = 10.0
+"""A page connection is closed this long after it opened, whatever it is still sending."""
+MAX_CONNECTIONS = 32
+"""Page connections served at once; one more is closed at once (the console and signals still stop the robot)."""
+
+
 class GuardedHandler(BaseHTTPRequestHandler):
     """A request handler with the guard's checks and a bounded JSON body reader; a page's handler
-    sets ``guard`` and implements ``get`` / ``post`` (called only after the Host/Origin checks)."""
+    sets ``guard`` and implements ``get`` / ``post`` (called only after the Host/Origin checks).
+    Each connection has one deadline (:data:`REQUEST_DEADLINE_S`) however slowly it sends."""
 
     guard: PageGuard
-    timeout = 10.0
-    """Seconds a slow client may take per read (a body shorter than its Content-Length cannot hang a thread)."""
+    timeout = REQUEST_DEADLINE_S
+    """Seconds per read; the whole connection is also cut at the deadline."""
+
+    def setup(self) -> None:
+        super().setup()
+        self._deadline = threading.Timer(REQUEST_DEADLINE_S, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _cut(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        try:
+            super().finish()
+        except OSError:  # the client went away: nothing to flush to
+            pass
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (OSError, ValueError):  # a client that hung up or was cut at its deadline: not worth a traceback
+            pass
     protected_posts: frozenset[str] = frozenset()
     """Paths a POST to changes state: they need the page's origin, its secret and a JSON body."""
     open_posts: frozenset[str] = frozenset()
@@ -175,7 +207,7 @@ class GuardedHandler(BaseHTTPRequestHandler):
                 raise Refused(411, "send a Content-Length (chunked bodies are not accepted)")
             length = "0"
         length = length.strip()
-        if not length.isdigit():
+        if not re.fullmatch(r"[0-9]{1,12}", length):
             raise Refused(400, "Content-Length must be a non-negative whole number")
         size = int(length)
         if size > MAX_BODY_BYTES:
@@ -225,6 +257,30 @@ class GuardedHandler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 16
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many connections at once: this one is closed
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            self.shutdown_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a request that failed is the client's problem; never a traceback on the operator's terminal
 
 
 def open_page(host: str, port: int, handler: type[GuardedHandler], name: str) -> tuple[ThreadingHTTPServer, PageGuard]:

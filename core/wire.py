@@ -132,11 +132,18 @@ def encode(message: Mapping[str, Any]) -> bytes:
     return msgpack.packb(message, default=_default, use_bin_type=True)
 
 
-def decode(payload: bytes) -> dict[str, Any]:
+SMALL_LIMITS = {"max_str_len": 1 << 16, "max_bin_len": 1 << 16, "max_ext_len": 1 << 16, "max_array_len": 4096,
+                "max_map_len": 256}
+"""Container limits for a message from a peer that has not said hello: a small frame of nested empty
+maps must not become a large heap."""
+
+
+def decode(payload: bytes, small: bool = False) -> dict[str, Any]:
     """One message from msgpack bytes; a :class:`ProtocolError` unless it is a map
-    with a known type ``"t"``."""
+    with a known type ``"t"``. ``small``: within :data:`SMALL_LIMITS`."""
     try:
-        message = msgpack.unpackb(payload, ext_hook=_ext_hook, raw=False, strict_map_key=True)
+        message = msgpack.unpackb(payload, ext_hook=_ext_hook, raw=False, strict_map_key=True,
+                                  **(SMALL_LIMITS if small else {}))
     except ProtocolError:
         raise
     except Exception as exc:
@@ -204,7 +211,7 @@ class FramedSocket:
         if size > limit:
             raise ProtocolError(f"{self.peer} sent a frame of {size} bytes, over the limit of "
                                 f"{limit} bytes (raise the max frame size if that is intended)")
-        return decode(self._read_exact(size, timeout, deadline))
+        return decode(self._read_exact(size, timeout, deadline), small=max_bytes is not None)
 
     def _read_exact(self, n: int, timeout: float | None, deadline: float | None = None) -> bytes:
         chunks, got = [], 0

@@ -466,29 +466,43 @@ def test_a_large_first_frame_is_refused_at_its_header(serve):
     with _raw(server) as sock:
         sock.sendall(struct.pack(">I", 32 << 20))  # announce 32 MiB, send none of it
         reply = _reply(sock)
-        assert reply["t"] == "refuse" and "over the limit of 1048576 bytes" in reply["reason"]
+        assert reply["t"] == "refuse" and "over the limit of 65536 bytes" in reply["reason"]
     with socket_pool(server) as pool:
         assert pool.step({0: ZERO})[0].steps == 1
 
 
-def test_connections_that_never_say_hello_are_capped(serve):
+def test_connections_that_never_say_hello_cannot_lock_a_trainer_out(serve):
+    """Past the cap on connections not yet admitted, a new one closes the oldest: sixteen silent
+    sockets cost sixteen threads at most, and a trainer still gets in."""
     from pushcut.envserver import MAX_PENDING_HELLOS
 
     server = serve(None, "--hello-timeout", "30")
     silent = [_raw(server) for _ in range(MAX_PENDING_HELLOS)]
     try:
         time.sleep(0.3)
-        with _raw(server) as one_more:
-            assert _closed_within(one_more, 5.0) is not None  # refused at once, no thread for it
-        assert "connections are already waiting to say hello" in server.stderr()
-        for sock in silent[:2]:  # two give up: their places free up
-            sock.close()
-        time.sleep(0.3)
-        with socket_pool(server) as pool:
+        with socket_pool(server) as pool:  # admitted: the oldest silent connection made room
             assert pool.step({0: ZERO})[0].steps == 1
+        assert _closed_within(silent[0], 5.0) is not None
+        assert "the oldest of 16 connections not yet admitted" in server.stderr()
+        extra = [_raw(server) for _ in range(MAX_PENDING_HELLOS)]  # another wave evicts all the first
+        try:
+            assert all(_closed_within(sock, 5.0) is not None for sock in silent[1:])
+        finally:
+            for sock in extra:
+                sock.close()
     finally:
         for sock in silent:
             sock.close()
+
+
+def test_a_first_frame_of_nested_containers_is_refused_before_it_grows():
+    from pushcut.wire import ProtocolError, decode
+
+    flood = msgpack.packb({"t": "hello", "x": [{}] * 60000})  # 60 kB of empty maps: ~60 MB once decoded
+    assert len(flood) < 65536
+    with pytest.raises(ProtocolError, match="undecodable"):
+        decode(flood, small=True)
+    assert decode(flood)["t"] == "hello"  # after the hello the full limits apply
 
 
 @pytest.mark.parametrize("items", [[[0, [[0.0]], False]] * 200, [[0, [[0.0]], False], [0, [[0.0]], False]],

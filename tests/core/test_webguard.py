@@ -13,7 +13,8 @@ from pushcut.webguard import PageClient, PageGuard, split_host
 @pytest.mark.parametrize("value, expected", [
     ("127.0.0.1:7373", ("127.0.0.1", 7373)), ("LOCALHOST:80", ("localhost", 80)), ("localhost", ("localhost", None)),
     ("[::1]:7373", ("::1", 7373)), ("[::1]", ("::1", None)), ("::1", None), ("[::1]x", None), ("a:b", None),
-    ("host:0", None), ("host:70000", None), ("", None), (":80", None),
+    ("host:0", None), ("host:70000", None), ("", None), (":80", None), ("localhost:\xb2", None),
+    ("localhost:\u0663", None), ("localhost:+80", None),
 ])
 def test_split_host(value, expected):
     assert split_host(value) == expected

@@ -93,7 +93,8 @@ class RealEnvConfig:
     confirm_timeout_s: float = 300.0
     """A reset nobody confirmed within this many seconds fails (the episode is counted as failed)."""
     operator_host: str = "127.0.0.1"
-    """Address of the robot-side operator page (e-stop, reset, confirm); anything but loopback needs the token."""
+    """Address of the robot-side operator page (e-stop, reset, confirm); bound anywhere but loopback it offers
+    only the status and the e-stop (reset and confirm stay with a person at the robot)."""
     operator_port: int = -1
     """Port of the operator page; 0 = any free port, -1 = no page (console and signals only)."""
     intervention_log: str = ""

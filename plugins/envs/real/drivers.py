@@ -119,6 +119,7 @@ class SimDriver(_DeltaKinematics, RobotDriver):
         self._last: dict[str, np.ndarray] = {}
         self._success = False
         self.stopped = False
+        self._stops = 0
 
     def connect(self) -> RobotSpec:
         from pushcut.config import build_dataclass
@@ -181,15 +182,17 @@ class SimDriver(_DeltaKinematics, RobotDriver):
             self.commands.append(CommandRecord("hold", None, self.observe().robot.ee.copy(), time.monotonic()))
 
     def stop(self) -> None:
-        self.stopped = True  # set before the lock: a command waiting for it is refused
+        self.stopped = True  # set before the lock: a command waiting for it is ignored
+        self._stops += 1
         with self._lock:
             self.commands.append(CommandRecord("stop", None, self.observe().robot.ee.copy(), time.monotonic()))
 
     def home(self, task_id: str, init_state: int) -> RobotObservation:
+        stops = self._stops
         with self._lock:
             self._last = self.env.reset(task_id, init_state)
             self._success = False
-            self.stopped = False
+            self.stopped = self._stops != stops  # a stop during homing keeps the latch
             self.commands.append(CommandRecord("home", None, self.observe().robot.ee.copy(), time.monotonic()))
         return self.observe()
 
@@ -252,6 +255,7 @@ class ReplayDriver(_DeltaKinematics, RobotDriver):
         self._tick = 0
         self._lock = threading.Lock()
         self.stopped = False
+        self._stops = 0
 
     def connect(self) -> RobotSpec:
         if self.config.frames_dir:
@@ -307,12 +311,14 @@ class ReplayDriver(_DeltaKinematics, RobotDriver):
 
     def stop(self) -> None:
         self.stopped = True  # before the lock: a command waiting for it is ignored
+        self._stops += 1
         with self._lock:
             self._log("stop", None)
 
     def home(self, task_id: str, init_state: int) -> RobotObservation:
+        stops = self._stops
         with self._lock:
-            self.stopped = False
+            self.stopped = self._stops != stops  # a stop during homing keeps the latch
             self._ee = np.array(self.config.start_ee, dtype=np.float64)
             self._tick = 0
             self._log("home", None)

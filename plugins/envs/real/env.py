@@ -52,6 +52,8 @@ class RobotEnv(Env):
         self._active = False
         """An episode is running: the watchdog watches, steps are accepted."""
         self._previous: np.ndarray | None = None
+        self._epoch = 0
+        """The e-stop epoch the running episode homed in (see :attr:`EStop.epoch`)."""
         self._steps = 0
         self._cap = 0
         self._last_command = time.monotonic()
@@ -73,6 +75,7 @@ class RobotEnv(Env):
 
     def reset(self, task_id: str, init_state: int) -> Observation:
         self._refuse_if_stopped()
+        epoch = self.estop.epoch  # an e-stop from here on (even one already reset) ends this reset
         if task_id not in self._tasks:
             raise EnvError(f"robot: unknown task {task_id!r}; this robot offers {', '.join(self._tasks)}")
         task = self._tasks[task_id]
@@ -88,15 +91,16 @@ class RobotEnv(Env):
             self._cap = min(cap, task.max_steps) if cap else task.max_steps
             self._held = True
             self._active = True  # before homing: an e-stop from here on clears it, and the episode never starts
+            self._epoch = epoch
             try:  # homing moves the arm: through the e-stop's gate like every command
-                self._obs = self.estop.guarded(lambda: self.driver.home(task_id, int(init_state)))
+                self._obs = self.estop.guarded(lambda: self.driver.home(task_id, int(init_state)), epoch)
             except EStopEngaged:
                 self._end_episode()
                 raise EnvError(f"robot: e-stop engaged ({self.estop.reason}); {ESTOP_FIX}") from None
             except Exception:
                 self._end_episode()
                 raise
-            if self.estop.engaged or not self._active:  # stopped while homing
+            if not self.estop.current(epoch) or not self._active:  # stopped while homing
                 self._end_episode()
                 raise EnvError(f"robot: e-stop engaged while homing ({self.estop.reason}); {ESTOP_FIX}")
             self._last_command = time.monotonic()
@@ -114,7 +118,7 @@ class RobotEnv(Env):
                 if "NaN" not in str(exc):
                     raise EnvError(f"robot: {exc}") from None
                 self.interventions.record(Intervention("nonfinite_refused", f"chunk refused: {exc}"))
-                self.driver.hold()
+                self._hold()
                 self._end_episode()
                 raise EnvError(f"robot: refused the chunk ({exc}); the robot holds and the episode ends") from None
             frames: list[np.ndarray] = []
@@ -125,7 +129,7 @@ class RobotEnv(Env):
                 self.interventions.record(Intervention("rate_waits", f"chunk came {early:.0f} ms before the "
                                                                      "control period allows; paced"))
             for action in chunk:
-                if self.estop.engaged:
+                if not self.estop.current(self._epoch):
                     raise self._stopped_mid_chunk()
                 if self._steps >= self._cap:
                     self.interventions.record(Intervention("step_cap", f"episode reached its cap of {self._cap} "
@@ -135,6 +139,8 @@ class RobotEnv(Env):
                 # a chunk arriving late must not send two back to back); an e-stop ends the wait.
                 if period and self.estop.wait(self._last_command + period - time.monotonic()):
                     raise self._stopped_mid_chunk()
+                if not self.estop.current(self._epoch):
+                    raise self._stopped_mid_chunk()
                 self.interventions.step = self._steps
                 safe, events = self.safety.filter(action, self._obs.robot, self._previous)
                 for event in events:
@@ -142,14 +148,14 @@ class RobotEnv(Env):
                 try:
                     if safe is None:
                         self._last_command = time.monotonic()
-                        self.driver.hold()
+                        self.estop.guarded(self.driver.hold, self._epoch)
                     else:
-                        self.estop.guarded(lambda: self._send(safe))
+                        self.estop.guarded(lambda: self._send(safe), self._epoch)
                         self._previous = safe
                 except EStopEngaged:
                     raise self._stopped_mid_chunk() from None
                 except Exception as exc:
-                    if self.estop.engaged:  # a driver that raises on a command racing its own stop
+                    if not self.estop.current(self._epoch):  # a driver that raises on a command racing its own stop
                         raise self._stopped_mid_chunk() from None
                     self._end_episode()
                     raise EnvError(f"robot: the driver failed ({type(exc).__name__}: {exc}); the episode "
@@ -168,7 +174,7 @@ class RobotEnv(Env):
                     "episode_id": self.interventions.episode, **self.interventions.info()}
             observation = self._observation(self._obs)
             if success or truncated:
-                self.driver.hold()
+                self._hold()
                 self._end_episode()
             return StepResult(observation, executed, success, success or truncated, info, frames)
 
@@ -180,7 +186,7 @@ class RobotEnv(Env):
         self._closed.set()
         with self._lock:
             try:
-                self.driver.hold()
+                self._hold()
             finally:
                 self.driver.close()
 
@@ -198,7 +204,7 @@ class RobotEnv(Env):
             if self._active:
                 self.interventions.record(Intervention("disconnects", f"trainer session ended mid-episode ({why}); "
                                                                       "holding"))
-            self.driver.hold()
+            self._hold()
             self._held = True
             self._end_episode()
 
@@ -214,10 +220,32 @@ class RobotEnv(Env):
         self._last_command = time.monotonic()
         self.driver.command(action)
 
-    def _stop_now(self, reason: str) -> None:
-        self.driver.stop()  # under the e-stop's gate, never the env's lock: a chunk in progress must not delay it
-        self.interventions.record(Intervention("estops", f"e-stop: {reason}"))
+    def _hold(self) -> None:
+        """Hold position, unless the e-stop is engaged: after ``stop()`` nothing but a home (after a
+        person's reset) reaches the driver — on some arms a hold would re-energise the motors."""
+        try:
+            self.estop.guarded(self.driver.hold)
+        except EStopEngaged:
+            pass
+
+    def _stop_now(self, reason: str, again: bool = False) -> None:
+        """The e-stop's action (under its gate, never the env's lock: a chunk in progress must not
+        delay it); ``again``: once more after a motion that was in flight returned. It never raises:
+        the latch is already set, and the callers (signal watcher, console, page) must stay alive
+        for the next press."""
         self._active = False
+        try:
+            self.driver.stop()
+        except Exception as exc:
+            self.interventions.log(f"E-STOP: driver.stop() raised {type(exc).__name__}: {exc}; the robot may NOT "
+                                   "have stopped: use the hardware e-stop. Commands stay refused.")
+        if again:
+            self.interventions.log(f"e-stop ({reason}): stop sent again after the motion in flight returned")
+            return
+        try:
+            self.interventions.record(Intervention("estops", f"e-stop: {reason}"))
+        except Exception as exc:
+            self.interventions.log(f"E-STOP ({reason}); the intervention log failed: {type(exc).__name__}: {exc}")
 
     def _stopped_mid_chunk(self) -> EnvError:
         self._end_episode()
@@ -255,7 +283,7 @@ class RobotEnv(Env):
             try:
                 if self._active and not self._held and time.monotonic() - self._last_command >= limit:
                     silent = 1e3 * (time.monotonic() - self._last_command)
-                    self.driver.hold()
+                    self._hold()
                     self._held = True
                     self.interventions.record(Intervention("watchdog_holds", f"no command for {silent:.0f} ms "
                                                                              f"(watchdog {limit * 1e3:.0f} ms); holding"))

@@ -147,7 +147,8 @@ class SafetyLayer:
 STOP_WAIT_S = 0.02
 """How long an e-stop waits for a motion call already past the gate before it calls ``driver.stop()``
 anyway: a command returns once sent (microseconds to milliseconds), so the stop normally follows it;
-a call that hangs (a homing motion, a stuck link) does not hold the stop back longer than this."""
+a call that takes longer (a homing motion, a stalled link) does not hold the stop back longer than
+this — and when it returns, ``stop()`` is sent once more, so it is always the driver's last call."""
 
 
 class EStopEngaged(EnvError):
@@ -164,11 +165,14 @@ class EStop:
     follows it), or it sees the latch and never reaches the driver — nothing reaches a driver
     between its ``stop`` and the next reset, even a driver that does not latch on its own."""
 
-    def __init__(self, on_trigger: Callable[[str], None], stop_wait_s: float = STOP_WAIT_S) -> None:
+    def __init__(self, on_trigger: Callable[[str, bool], None], stop_wait_s: float = STOP_WAIT_S) -> None:
         self._engaged = threading.Event()
         self._lock = threading.Lock()
         self._gate = threading.Lock()
         self.reason = ""
+        self.epoch = 0
+        """How many times the e-stop was triggered. An episode remembers the epoch it homed in and
+        its motions pass only in that epoch: an e-stop *and* a reset between two commands still end it."""
         self.stop_wait_s = stop_wait_s
         self._on_trigger = on_trigger
 
@@ -180,21 +184,39 @@ class EStop:
         with self._lock:
             first = not self._engaged.is_set()
             self._engaged.set()  # first: from here on no motion passes the gate
+            self.epoch += 1
             if first:
                 self.reason = reason
-        passed = self._gate.acquire(timeout=self.stop_wait_s)  # let a motion already past the gate finish
-        try:
-            self._on_trigger(reason)  # every trigger stops again: a second press must never be ignored
-        finally:
-            if passed:
+        # Every trigger stops again (a second press must never be ignored). A motion already past the
+        # gate normally returns within microseconds: wait for it, so stop() follows it.
+        if self._gate.acquire(timeout=self.stop_wait_s):
+            try:
+                self._on_trigger(reason, False)
+            finally:
                 self._gate.release()
+            return
+        # It has not returned (a homing motion, a stalled link, a starved thread): stop now, concurrently
+        # (the driver must interrupt it), and once more when it returns, so stop() is the driver's last word.
+        self._on_trigger(reason, False)
+        threading.Thread(target=self._stop_after_motion, args=(reason,), daemon=True,
+                         name="pushcut-estop-again").start()
 
-    def guarded(self, motion: Callable[[], T]) -> T:
-        """``motion()`` (a driver call that moves the robot) if and only if the latch is released,
-        decided under the gate; :class:`EStopEngaged` otherwise."""
+    def _stop_after_motion(self, reason: str) -> None:
         with self._gate:
             if self._engaged.is_set():
-                raise EStopEngaged(self.reason or "e-stop engaged")
+                self._on_trigger(reason, True)
+
+    def current(self, epoch: int) -> bool:
+        """True if the e-stop is released and was not triggered since ``epoch``."""
+        return not self._engaged.is_set() and self.epoch == epoch
+
+    def guarded(self, motion: Callable[[], T], epoch: int | None = None) -> T:
+        """``motion()`` (a driver call that moves the robot, or a hold) if and only if the latch is
+        released — and, given ``epoch``, no e-stop came since — decided under the gate;
+        :class:`EStopEngaged` otherwise."""
+        with self._gate:
+            if self._engaged.is_set() or (epoch is not None and epoch != self.epoch):
+                raise EStopEngaged(self.reason or "e-stop engaged since this episode started")
             return motion()
 
     def wait(self, seconds: float) -> bool:

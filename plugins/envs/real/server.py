@@ -12,7 +12,6 @@ confirms the next episode when ``env.confirm_reset`` is on.
 
 from __future__ import annotations
 
-import hmac
 import signal
 import socket
 import sys
@@ -30,7 +29,6 @@ from pushcut.webguard import GuardedHandler, open_page, page_url
 
 ENV_NAME = "real"
 """The env name a trainer's hello must carry (``env.type=real``)."""
-TOKEN_HEADER = "X-Pushcut-Token"
 
 
 def load_robot_config(config_path: str, overrides: list[str]) -> RealEnvConfig:
@@ -65,9 +63,6 @@ class RobotServer(EnvServer):
         """``http://host:port/`` of the operator page; empty when it is off."""
         cfg = robot.config
         if cfg.operator_port >= 0:
-            if not is_loopback(cfg.operator_host) and not options.token:
-                raise EnvError(f"the operator page on {cfg.operator_host} (not loopback) needs a token: set "
-                               "PUSHCUT_ENV_TOKEN or --token-file")
             try:
                 self.operator, _ = open_page(cfg.operator_host, cfg.operator_port, _operator_handler(self),
                                              "pushcut-operator")
@@ -104,34 +99,33 @@ class RobotServer(EnvServer):
     def console(self, stream: TextIO) -> None:
         """Read operator commands from ``stream`` (the terminal) until it closes."""
         for line in stream:
-            word = line.strip().lower()
-            if word in ("e", "s", "stop", "estop"):
-                self.estop("the console")
-            elif word in ("r", "reset"):
-                if not self.reset_estop("the console"):
-                    self.log("no e-stop to reset")
-            elif word in ("", "c", "confirm"):
-                if self.robot.confirm():
-                    self.log("operator confirmed the next episode")
-            elif word in ("?", "h", "help"):
-                self.log("commands: e = e-stop, r = reset the e-stop, Enter/c = confirm the next episode")
+            try:
+                self._console_word(line.strip().lower())
+            except Exception as exc:  # the console must outlive any failure: the next e needs it
+                self.log(f"console: {type(exc).__name__}: {exc}")
+
+    def _console_word(self, word: str) -> None:
+        if word in ("e", "s", "stop", "estop"):
+            self.estop("the console")
+        elif word in ("r", "reset"):
+            if not self.reset_estop("the console"):
+                self.log("no e-stop to reset")
+        elif word in ("", "c", "confirm"):
+            if self.robot.confirm():
+                self.log("operator confirmed the next episode")
+        elif word in ("?", "h", "help"):
+            self.log("commands: e = e-stop, r = reset the e-stop, Enter/c = confirm the next episode")
 
 
 def _operator_handler(server: RobotServer) -> type[GuardedHandler]:
-    token = server.options.token
-    open_access = is_loopback(server.robot.config.operator_host)
+    at_the_robot = is_loopback(server.robot.config.operator_host)
+    """Bound elsewhere, the page offers status and the e-stop only: whoever holds the network token is
+    the trainer's side, and the trainer never releases an e-stop."""
 
     class Handler(GuardedHandler):
         protected_posts = frozenset({"/reset", "/confirm"})
         open_posts = frozenset({"/estop"})
 
-        def _person(self) -> bool:
-            """Off loopback, reset and confirm also need the server's token (the page's secret is
-            checked first, by the guard, on every host)."""
-            if open_access:
-                return True
-            given = self.headers.get(TOKEN_HEADER, "")
-            return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
         def get(self) -> None:
             if self.path == "/status":
@@ -147,8 +141,9 @@ def _operator_handler(server: RobotServer) -> type[GuardedHandler]:
                 server.estop(peer)
                 self.send_json(200, server.robot.status())
                 return
-            if not self._person():
-                self.send_json(403, {"error": f"needs the token in the {TOKEN_HEADER} header"})
+            if not at_the_robot:
+                self.send_json(403, {"error": "reset and confirm only at the robot: the console, or this page on "
+                                              "loopback (ssh -L to reach it); the trainer's token cannot release an e-stop"})
                 return
             if self.path == "/reset":
                 server.reset_estop(peer)
@@ -205,9 +200,14 @@ class _SignalWatcher:
         self.main = threading.main_thread().ident
         self._read, self._write = socket.socketpair()
         self._write.setblocking(False)
+        # the fd first (the start-up handlers are C-level handlers already), then the no-op handlers:
+        # no signal falls between the two
+        self._previous_fd = signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
         for sig in SIGNALS:
             signal.signal(sig, lambda *_: None)
-        self._previous_fd = signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+        # SIGTERM works through a SIGINT to the main thread, whatever SIGINT's disposition was
+        # (a shell starts background jobs with SIGINT ignored)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         threading.Thread(target=self._watch, daemon=True, name="pushcut-signals").start()
 
     def _watch(self) -> None:
@@ -219,11 +219,14 @@ class _SignalWatcher:
             if not data:
                 return
             for sig in data:
-                if sig == signal.SIGUSR1:
-                    self.server.estop("SIGUSR1 (local e-stop)")
-                elif sig == signal.SIGTERM:
-                    self.server.log("SIGTERM: shutting down; the robot holds")
-                    signal.pthread_kill(self.main, signal.SIGINT)
+                try:
+                    if sig == signal.SIGUSR1:
+                        self.server.estop("SIGUSR1 (local e-stop)")
+                    elif sig == signal.SIGTERM:
+                        self.server.log("SIGTERM: shutting down; the robot holds")
+                        signal.pthread_kill(self.main, signal.SIGINT)
+                except Exception as exc:  # this thread must outlive any failure: the next signal needs it
+                    self.server.log(f"signal {sig}: {type(exc).__name__}: {exc}")
 
     def close(self) -> None:
         signal.set_wakeup_fd(self._previous_fd)

@@ -56,11 +56,17 @@ def robot_on(driver: ReplayDriver, **options) -> RobotEnv:
 
 
 def after_stop(driver: ReplayDriver) -> list[str]:
-    """Kinds of everything the driver received after its first ``stop`` and before the next ``home``."""
+    """Kinds of everything the driver received after its first ``stop`` and before the next ``home``,
+    other than ``stop`` itself, but for the one motion already past the gate when the e-stop came
+    (under load it may reach the driver after the first ``stop``: then ``stop`` is sent once more,
+    after it — and nothing may follow that)."""
     kinds = [c.kind for c in driver.commands]
-    first = kinds.index("stop")
-    rest = kinds[first + 1:]
-    return rest[:rest.index("home")] if "home" in rest else rest
+    rest = kinds[kinds.index("stop") + 1:]
+    rest = rest[:rest.index("home")] if "home" in rest else rest
+    if "command" in rest:
+        assert rest.count("command") == 1 and rest.index("command") < len(rest) - 1 - rest[::-1].index("stop"), (
+            f"a command reached the driver after its last stop: {kinds}")
+    return [k for k in rest if k not in ("stop", "command")]
 
 
 def test_no_command_reaches_a_non_latching_driver_after_an_estop_at_any_offset_into_a_chunk():
@@ -157,6 +163,120 @@ def test_every_command_is_a_full_period_after_the_previous_across_chunks_and_pau
         assert gaps.min() >= 1 / hz - tolerance, gaps.round(4)
     finally:
         robot.close()
+
+
+class SlowObserveDriver(NonLatchingDriver):
+    """A camera read takes 50 ms once ``slow`` is set: the e-stop and its reset fit between two commands."""
+
+    slow = False
+
+    def observe(self):
+        if self.slow:
+            time.sleep(0.05)
+        return super().observe()
+
+
+def test_an_estop_and_its_reset_between_two_commands_still_end_the_episode():
+    driver = SlowObserveDriver(ReplayDriverConfig(max_steps=100))
+    robot = robot_on(driver, control_hz=10.0)
+    try:
+        robot.reset("dry_run", 0)
+        driver.slow = True
+        errors: list[BaseException] = []
+        worker = threading.Thread(target=lambda: errors.append(pytest.raises(EnvError, robot.step, np.full((5, 4), 0.5))))
+        worker.start()
+        while not any(c.kind == "command" for c in driver.commands):
+            time.sleep(0.001)
+        time.sleep(0.01)  # inside the 50 ms camera read after the first command
+        robot.estop.trigger("pressed")
+        robot.estop.reset()  # and released at once (a script, a second operator, "e\nr\n" on the console)
+        worker.join(5)
+        assert "e-stop engaged during the chunk" in str(errors[0].value)
+        assert after_stop(driver) == []  # not one more command without a new home
+        with pytest.raises(EnvError, match="without a running episode"):
+            robot.step(np.zeros((1, 4)))
+    finally:
+        robot.close()
+
+
+class FlakyStopDriver(ReplayDriver):
+    """A driver whose ``stop()`` raises once (a link hiccup), after latching."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.fail = True
+
+    def stop(self) -> None:
+        super().stop()
+        if self.fail:
+            self.fail = False
+            raise OSError("link hiccup while sending stop")
+
+
+def test_a_stop_that_raises_still_latches_ends_the_episode_and_the_next_press_works():
+    lines: list[str] = []
+    driver = FlakyStopDriver(ReplayDriverConfig())
+    robot = RobotEnv(RealEnvConfig(driver="replay", safety=SafetyConfig(watchdog_ms=0)), driver=driver, log=lines.append)
+    try:
+        robot.reset("dry_run", 0)
+        robot.step(np.zeros((2, 4)))
+        robot.estop.trigger("pressed")  # does not raise into the signal watcher / console / page
+        assert robot.estop.engaged and any("may NOT have stopped" in line for line in lines)
+        robot.estop.reset()
+        with pytest.raises(EnvError, match="without a running episode"):  # the old episode does not go on
+            robot.step(np.full((3, 4), 0.5))
+        robot.estop.trigger("again")  # the second press reaches the driver
+        assert [c.kind for c in driver.commands].count("stop") == 2
+    finally:
+        robot.close()
+
+
+def test_nothing_but_home_reaches_the_driver_after_stop_not_even_a_hold():
+    driver = ReplayDriver(ReplayDriverConfig())
+    robot = robot_on(driver)
+    robot.reset("dry_run", 0)
+    robot.step(np.zeros((1, 4)))
+    robot.estop.trigger("pressed")
+    robot.trainer_gone("peer closed the connection")  # what the server does when the trainer leaves after it
+    robot.close()
+    kinds = [c.kind for c in driver.commands]
+    assert kinds[kinds.index("stop"):] == ["stop"], kinds
+
+
+class SlowResetEnv:
+    """A simulator whose reset (the sim driver's homing) takes 0.2 s."""
+
+    def __init__(self, env):
+        self.env = env
+
+    def reset(self, task_id, init_state):
+        time.sleep(0.2)
+        return self.env.reset(task_id, init_state)
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+
+def test_a_stop_during_homing_keeps_the_sim_drivers_own_latch():
+    from pushcut.plugins.envs.real import SimDriver, SimDriverConfig
+
+    driver = SimDriver(SimDriverConfig(env={"type": "tabletop", "image_size": 32, "video_size": 32,
+                                            "tasks": ["press_button"]}))
+    try:
+        spec = driver.connect()
+        driver.env = SlowResetEnv(driver.env)
+        task = spec.tasks[0]
+        homing = threading.Thread(target=driver.home, args=(task.task_id, task.train_init_states[0]))
+        homing.start()
+        time.sleep(0.05)
+        driver.stop()  # lands mid-home
+        homing.join(5)
+        before = driver.observe().robot.ee.copy()
+        driver.command(np.array([1.0, 0.0, 0.0, -1.0]))
+        assert driver.stopped and np.allclose(driver.observe().robot.ee, before)
+        assert [c.kind for c in driver.commands][-1] == "ignored"
+    finally:
+        driver.close()
 
 
 class TestReplayDriverContract(RobotDriverContract):

@@ -223,3 +223,69 @@ def test_an_idle_trainer_loses_its_session_the_robot_holds_and_the_next_trainer_
         frozen.close()
     finally:
         proc.stop()
+
+
+def test_sigterm_stops_a_server_started_with_sigint_ignored(tmp_path):
+    """A shell starts background jobs with SIGINT ignored; SIGTERM must still shut the server down
+    (through its own SIGINT handler) and leave the robot held."""
+    import subprocess
+    import sys
+
+    config = robot_config(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "pushcut.cli", "robot", "serve", config, "--port", "0"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert "serving robot" in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert records(tmp_path)[-1]["kind"] == "hold"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_page_bound_off_loopback_offers_no_reset_even_with_the_trainers_token(tmp_path):
+    proc = RobotServerProcess(robot_config(tmp_path, operator_host="0.0.0.0"), ["--port", "0"],
+                              env={"PUSHCUT_ENV_TOKEN": TOKEN})
+    try:
+        port = proc.operator_url.rstrip("/").rsplit(":", 1)[1]
+        page = PageClient(f"http://127.0.0.1:{port}/")
+        assert page.post("estop")[0] == 200
+        status, reply = page.request("POST", "reset", b"{}", {"Content-Type": "application/json",
+                                                               SECRET_HEADER: page.secret, "X-Pushcut-Token": TOKEN})
+        assert status == 403 and "only at the robot" in reply["error"]
+        assert estop_engaged(proc)
+        proc.type("r")  # the console at the robot releases it
+        assert wait_until(lambda: not estop_engaged(proc))
+    finally:
+        proc.stop()
+
+
+def test_slow_page_clients_are_cut_at_their_deadline_and_hang_ups_print_no_traceback(robot):
+    from pushcut.webguard import REQUEST_DEADLINE_S
+
+    host, port = split_host(robot.operator_url.split("//")[1].rstrip("/"))
+    drips = [socket.create_connection((host, port), timeout=5) for _ in range(40)]
+    for sock in drips:
+        sock.sendall(b"GET /status HTTP/1.1\r\n")
+    t0 = time.monotonic()
+    open_after = len(drips)
+    while time.monotonic() - t0 < REQUEST_DEADLINE_S + 8 and open_after:
+        time.sleep(1.0)
+        open_after = 0
+        for sock in drips:  # one header line a second: every read is well inside the per-read timeout
+            try:
+                sock.sendall(b"X-Drip: 1\r\n")
+                open_after += 1
+            except OSError:
+                pass
+    for sock in drips:
+        sock.close()
+    assert open_after == 0, f"{open_after} dripping connections outlived the {REQUEST_DEADLINE_S:g} s deadline"
+    assert PageClient(robot.operator_url).get("status")[0] == 200
+    with socket.create_connection((host, port), timeout=5) as sock:  # a client that hangs up mid-request
+        sock.sendall(b"GET /status HTTP/1.1\r\nHost: " + f"{host}:{port}".encode() + b"\r\n\r\n")
+    time.sleep(0.5)
+    assert "Traceback" not in robot.output
