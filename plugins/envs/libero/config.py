@@ -65,7 +65,7 @@ class LiberoConfig:
     soft_reset: bool = False
     """Speed knob: reset the simulator in place instead of rebuilding the scene from XML (LIBERO's default) every episode."""
     cached_tasks: int = 1
-    """Task simulators an env instance keeps alive (each LIBERO task is its own scene; ~100 MB each)."""
+    """Task simulators an env instance keeps alive (each LIBERO task is its own scene: ~0.43 GB each, measured; see docs/performance.md)."""
 
     def __post_init__(self) -> None:
         if self.suite not in SUITE_MAX_STEPS:
