@@ -269,16 +269,17 @@ def serve(config_path: str, overrides: list[str], options: ServeOptions, plugins
         server = RobotServer(robot, options)
         host, port = server.address
         watcher = _SignalWatcher(server)
-        if early_estop.is_set():
-            server.estop("SIGUSR1 (local e-stop, during start-up)")
-        page = f"; operator page {server.operator_url}" if server.operator_url else ""
-        print(f"pushcut robot serve: serving robot (driver {config.driver}, {len(robot.tasks())} tasks) on "
-              f"{host}:{port}{' with TLS' if server.tls else ''}{page}", flush=True)
-        print("pushcut robot serve: e + Enter (or kill -USR1) = E-STOP, r + Enter = reset it, Enter = confirm the "
-              "next episode", flush=True)
-        if console:
-            threading.Thread(target=server.console, args=(sys.stdin,), daemon=True, name="pushcut-console").start()
-        try:
+        try:  # from here a SIGTERM (a SIGINT to this thread) may land anywhere: every one is a clean stop
+            if early_estop.is_set():
+                server.estop("SIGUSR1 (local e-stop, during start-up)")
+            page = f"; operator page {server.operator_url}" if server.operator_url else ""
+            print(f"pushcut robot serve: serving robot (driver {config.driver}, {len(robot.tasks())} tasks) on "
+                  f"{host}:{port}{' with TLS' if server.tls else ''}{page}", flush=True)
+            print("pushcut robot serve: e + Enter (or kill -USR1) = E-STOP, r + Enter = reset it, Enter = confirm "
+                  "the next episode", flush=True)
+            if console:
+                threading.Thread(target=server.console, args=(sys.stdin,), daemon=True,
+                                 name="pushcut-console").start()
             server.serve_forever()
         except KeyboardInterrupt:
             pass

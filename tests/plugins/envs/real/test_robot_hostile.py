@@ -238,8 +238,8 @@ def test_sigterm_stops_a_server_started_with_sigint_ignored(tmp_path):
     try:
         assert "serving robot" in proc.stdout.readline()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
-        assert records(tmp_path)[-1]["kind"] == "hold"
+        assert proc.wait(15) == 0, proc.stdout.read()
+        assert records(tmp_path)[-1]["kind"] == "hold", records(tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
