@@ -206,24 +206,49 @@ def sft(config: str, overrides: Sequence[str]) -> int:
 
 def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str], noise: float = 0.0) -> int:
     """Record scripted-expert demos of a registered env into an HDF5 file (``noise``: DART, see
-    :func:`pushcut.demos.record_expert_demo`)."""
+    :func:`pushcut.demos.record_expert_demo`). With ``rollout.*`` overrides (``rollout.python=`` a
+    simulator's venv, ``rollout.transport=socket rollout.addresses=[...]``) the env runs where they
+    say and the expert's actions come through the env transport; otherwise it is built here."""
     from pushcut.demos import record_demo_file
-    from pushcut.pluginmanager import get_plugin_manager
 
     if per_task < 1:
         raise ConfigError(f"--per-task must be >= 1, got {per_task}")
     if not (math.isfinite(noise) and noise >= 0):
         raise ConfigError(f"--noise must be a finite number >= 0 (env action units), got {noise}")
-    bad = [o for o in overrides if not o.startswith("env.")]
+    bad = [o for o in overrides if not o.startswith(("env.", "rollout."))]
     if bad:
-        raise ConfigError(f"`pushcut demos` takes env.key=value overrides only, got {bad}")
-    from pushcut.config import apply_overrides, build_dataclass
+        raise ConfigError(f"`pushcut demos` takes env.key=value and rollout.key=value overrides only, got {bad}")
+    from pushcut.config import apply_overrides
+
+    data = apply_overrides({}, overrides)
+    out = out or f"demos/{env}.hdf5"
+    if "rollout" in data:
+        return _demos_through_transport(env, per_task, out, data, noise)
+    from pushcut.config import build_dataclass
+    from pushcut.pluginmanager import get_plugin_manager
 
     entry = get_plugin_manager().envs.get(env)
-    options = build_dataclass(entry.config_class, apply_overrides({}, overrides).get("env", {}), "env")
+    options = build_dataclass(entry.config_class, data.get("env", {}), "env")
     with entry.build(options) as instance:
-        path, recorded = record_demo_file(instance, env, per_task, out or f"demos/{env}.hdf5", noise=noise)
+        path, recorded = record_demo_file(instance, env, per_task, out, noise=noise)
     print(f"wrote {len(recorded)} demos ({sum(len(d) for d in recorded)} steps) to {path}")
+    return 0
+
+
+def _demos_through_transport(env: str, per_task: int, out: str, data: dict, noise: float) -> int:
+    from pushcut.build import build_pool
+    from pushcut.config import resolve
+    from pushcut.demos import record_demo_file
+    from pushcut.envpool.slot import SlotEnv
+
+    rollout = {**data["rollout"], "envs_per_worker": 1}
+    if rollout.get("transport", "process") != "socket":
+        rollout["num_workers"] = 1
+    config = resolve({"env": {"type": env, **data.get("env", {})}, "rollout": rollout})
+    with build_pool(config) as pool:
+        path, recorded = record_demo_file(SlotEnv(pool), env, per_task, out, noise=noise)
+    print(f"wrote {len(recorded)} demos ({sum(len(d) for d in recorded)} steps) to {path} (env through the "
+          f"{config.rollout.transport} transport)")
     return 0
 
 

@@ -12,7 +12,9 @@ One file holds many demos::
 
 ``pushcut demos`` writes this layout from an env's scripted expert; ``pushcut
 sft`` reads it — the same reader reads LIBERO's own demo files, with the obs
-key names mapped by config.
+key names mapped by config. This module imports no torch: a simulator's own
+venv can record, and so can the trainer's through the env transport
+(:class:`pushcut.envpool.slot.SlotEnv`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pushcut.contracts import Env, Observation, TaskSpec
+from pushcut.envcontract import Env, Observation, TaskSpec
 from pushcut.errors import DataError
 
 

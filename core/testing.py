@@ -15,7 +15,8 @@ Subclass a suite in your own test file and provide its fixtures; every
 
 pushcut runs these same suites over every built-in plugin. The suites check
 the contract (shapes, determinism, log-prob consistency, save/load), not
-whether your policy is good or your simulator realistic.
+whether your policy is good or your simulator realistic. ``EnvContract`` and
+``RobotDriverContract`` import no torch: run them in a simulator's own venv.
 """
 
 from __future__ import annotations
@@ -28,21 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from pushcut.contracts import (
-    OBS_IMAGE,
-    OBS_STATE,
-    OBS_WRIST_IMAGE,
-    ActionSample,
-    Env,
-    EpisodeOutcome,
-    ObsBatch,
-    Policy,
-    StepResult,
-    SuccessDetector,
-    TaskSpec,
-)
+from pushcut.envcontract import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, Env, StepResult, TaskSpec
+
+try:  # the policy and success-detector suites need torch; the Env and robot-driver suites do not, so a
+    import torch  # simulator's own venv (no torch) can run them
+
+    from pushcut.contracts import ActionSample, EpisodeOutcome, ObsBatch, Policy, SuccessDetector
+except ImportError:
+    torch = None
 from pushcut.errors import EnvError
 from pushcut.pluginmanager import PluginManager, get_plugin_manager
 
@@ -171,6 +166,56 @@ class EnvContract:
         assert build_dataclass(type(config), to_dict(config), "env") == config, (
             "the env config must round-trip through plain data (to_dict -> build_dataclass)"
         )
+
+    def successful_actions(self, env: Env) -> tuple[str, int, np.ndarray] | None:
+        """``(task_id, init_state, actions)``: an action sequence that succeeds from that start
+        state, one action per step. Default: the env's scripted expert (``expert_action``) run
+        step by step; override it for an env without one (or return None to skip the check)."""
+        for task in env.tasks():
+            env.reset(task.task_id, task.train_init_states[0])
+            actions = []
+            try:
+                for _ in range(task.max_steps):
+                    action = np.asarray(env.expert_action(), dtype=np.float64)
+                    actions.append(action)
+                    result = env.step(action[None])
+                    if result.success:
+                        return task.task_id, task.train_init_states[0], np.stack(actions)
+                    if result.done:
+                        break
+            except NotImplementedError:
+                return None
+        return None
+
+    def test_early_stop_and_step_bookkeeping(self, env: Env) -> None:
+        """Replay a sequence known to succeed in chunks that run past the success: the chunk holding
+        the success step must stop right there (``steps`` = the actions it executed, ``success`` and
+        ``done`` set), and the steps must add up to where success came."""
+        found = self.successful_actions(env)
+        if found is None:
+            pytest.skip("no action sequence known to succeed: give the env an expert_action() or override "
+                        "successful_actions()")
+        task_id, init_state, actions = found
+        n = len(actions)
+        chunk = max(2, self.chunk)
+        if n % chunk == 0:  # the success step must land inside a chunk, with actions after it to skip
+            chunk += 1
+        padded = np.concatenate([actions, np.repeat(actions[-1:], chunk, axis=0)])
+        env.reset(task_id, init_state)
+        executed, result = 0, None
+        for start in range(0, len(padded), chunk):
+            result = env.step(padded[start:start + chunk], record=True)
+            assert 1 <= result.steps <= chunk and len(result.frames) == result.steps, (
+                f"a chunk of {chunk} reported {result.steps} steps and {len(result.frames)} frames")
+            executed += result.steps
+            if result.done:
+                break
+        assert result is not None and result.success and result.done, (
+            f"replaying {n} actions that succeeded one by one did not succeed in chunks of {chunk}")
+        assert executed == n, (f"success came after {n} actions one by one but the chunks reported {executed} "
+                               "executed steps: a chunk must stop at success and count exactly what it ran")
+        if "episode_steps" in result.info:
+            assert result.info["episode_steps"] == n, f"info['episode_steps'] is {result.info['episode_steps']}, not {n}"
 
     def test_render(self, env: Env) -> None:
         task = self._first_task(env)

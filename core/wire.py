@@ -41,7 +41,8 @@ TOKEN_ENV = "PUSHCUT_ENV_TOKEN"
 
 MESSAGE_TYPES = frozenset({
     "hello", "welcome", "refuse",            # handshake
-    "reset", "step", "render", "ping",       # requests
+    "reset", "step", "render", "expert",     # requests ("expert": the env's scripted expert's next action)
+    "ping",
     "result", "error", "pong", "beat",       # replies; "beat": still working on a request
     "close",
 })

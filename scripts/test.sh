@@ -20,5 +20,8 @@ export PUSHCUT_ENV_VENV_PYTHON="$PWD/.venv-env/bin/python"
 # RoboTwin 2.0 in its own venv (+ Mesa's lavapipe Vulkan driver), for tests/plugins/envs/robotwin (docs/robotwin.md).
 bash scripts/setup-robotwin.sh .venv-robotwin
 export PUSHCUT_ROBOTWIN_PYTHON="$PWD/.venv-robotwin/bin/python"
+# Meta-World 3.1 in its own venv (it pins mujoco 3.3.0; no torch), for tests/plugins/envs/metaworld (docs/metaworld.md).
+bash scripts/setup-metaworld.sh .venv-metaworld
+export PUSHCUT_METAWORLD_PYTHON="$PWD/.venv-metaworld/bin/python"
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 exec .venv/bin/python -m pytest -q "$@"

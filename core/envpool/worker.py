@@ -36,7 +36,7 @@ HEARTBEAT_S = 1.0
 """While a request runs, the worker sends a ``beat`` this often, so a peer tells a slow
 simulator from a dead or frozen one."""
 
-REQUESTS = ("reset", "step", "render")
+REQUESTS = ("reset", "step", "render", "expert")
 
 
 class Failure(str):
@@ -90,6 +90,8 @@ class EnvHost:
                 elif cmd == "reset":
                     task_id, init_state = args
                     out.append((local, env.reset(str(task_id), int(init_state))))
+                elif cmd == "expert":
+                    out.append((local, np.asarray(env.expert_action(), dtype=np.float64)))
                 else:
                     out.append((local, env.render()))
             except Exception as exc:  # reported per env

@@ -25,14 +25,16 @@ def test_every_builtin_plugin_is_covered():
     # real: EnvContract in tests/plugins/envs/real/test_robot_contract.py (sim driver);
     # human: SuccessDetectorContract in tests/plugins/rewards/test_human_judge.py (answered over HTTP).
     # robotwin: EnvContract in tests/plugins/envs/robotwin/test_robotwin_venv.py (the env runs in RoboTwin's venv).
-    assert set(manager.envs.names()) <= {"tabletop", "libero", "real", "robotwin"}
+    # metaworld: EnvContract run by pytest inside the Meta-World venv (no torch there), from
+    # tests/plugins/envs/metaworld/test_metaworld_venv.py.
+    assert set(manager.envs.names()) <= {"tabletop", "libero", "real", "robotwin", "metaworld"}
     # tinyvla: PolicyContract (log-densities, with and without adapters) in tests/plugins/policies/test_tinyvla.py.
     assert set(manager.policies.names()) <= {"tiny", "openvla", "tinyvla"}
     assert set(manager.success_detectors.names()) == {"env_success", "human"}
     everything = set(manager.envs.unavailable) | {
         n for r in (manager.envs, manager.policies, manager.success_detectors) for n in r.names()}
     assert everything == {"tabletop", "libero", "tiny", "openvla", "env_success", "real", "human", "tinyvla",
-                          "robotwin"}
+                          "robotwin", "metaworld"}
 
 
 class TestTabletopEnv(EnvContract):

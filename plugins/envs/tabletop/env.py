@@ -21,7 +21,7 @@ from pushcut.envcontract import (
 from pushcut.errors import EnvError
 from pushcut.plugins.envs.tabletop.config import TabletopConfig
 from pushcut.plugins.envs.tabletop.experts import Expert, make_expert
-from pushcut.plugins.envs.tabletop.render import SceneRenderer
+from pushcut.mjrender import SceneRenderer
 from pushcut.plugins.envs.tabletop.scene import Layout, TabletopScene
 from pushcut.plugins.envs.tabletop.tasks import TASK_IDS, TASKS, Task
 
@@ -153,7 +153,7 @@ class TabletopEnv(Env):
     def _render(self, camera: str, size: int) -> np.ndarray:
         if self._renderer is None:
             max_size = max(self.config.image_size, self.config.video_size)
-            self._renderer = SceneRenderer(self.scene.model, max_size, self.config.gl_backend)
+            self._renderer = SceneRenderer(self.scene.model, max_size, self.config.gl_backend, who="tabletop")
         return self._renderer.render(self.scene.data, self.scene.camera_ids[camera], size)
 
     def _spec(self, task_id: str) -> TaskSpec:

@@ -1,9 +1,10 @@
-"""Offscreen rendering for the tabletop env, tuned for many tiny frames.
+"""Offscreen rendering for MuJoCo env plugins (the tabletop, Meta-World), tuned for many tiny frames.
 
 We drive MuJoCo's renderer directly (``MjrContext`` + ``mjr_render``) instead
 of ``mujoco.Renderer`` because one env needs frames of two sizes from two
 cameras (64 px observations, 128 px videos) and should hold a single GL
 context for all of them; the offscreen buffer is sized to the largest frame.
+This module imports MuJoCo: only an env plugin's simulator side imports it.
 
 Backend choice (``gl_backend``): ``egl`` (headless, GPU when there is one, Mesa
 llvmpipe otherwise) or ``osmesa`` (pure software). ``auto`` takes ``$MUJOCO_GL``
@@ -36,11 +37,11 @@ _current: object | None = None
 is not a concern: env workers are single-threaded)."""
 
 
-def _gl_context_class(backend: str) -> Any:
+def _gl_context_class(backend: str, who: str) -> Any:
     loaded = os.environ.get("PYOPENGL_PLATFORM", "").strip().lower()
     if loaded and loaded != backend:
         raise EnvError(
-            f"tabletop: gl_backend {backend!r} requested, but this process already uses the {loaded!r} OpenGL "
+            f"{who}: gl_backend {backend!r} requested, but this process already uses the {loaded!r} OpenGL "
             f"platform (PYOPENGL_PLATFORM={loaded}) and one process can use only one: set gl_backend to "
             f"{loaded!r} or 'auto', or start Python with MUJOCO_GL={backend} and PYOPENGL_PLATFORM unset"
         )
@@ -48,7 +49,7 @@ def _gl_context_class(backend: str) -> Any:
         return importlib.import_module(f"mujoco.{backend}").GLContext
     except (ImportError, AttributeError, OSError) as exc:
         raise EnvError(
-            f"tabletop: cannot load the {backend!r} OpenGL backend ({exc}); install its system library "
+            f"{who}: cannot load the {backend!r} OpenGL backend ({exc}); install its system library "
             f"(egl: apt install libegl1, osmesa: apt install libosmesa6) or pick the other one with "
             f"gl_backend / MUJOCO_GL"
         ) from exc
@@ -57,8 +58,10 @@ def _gl_context_class(backend: str) -> Any:
 class SceneRenderer:
     """Renders RGB frames of a model from its fixed cameras, reusing one GL context."""
 
-    def __init__(self, model: mujoco.MjModel, max_size: int, backend: str = "auto") -> None:
+    def __init__(self, model: mujoco.MjModel, max_size: int, backend: str = "auto", who: str = "env") -> None:
         self.backend = resolve_backend(backend)
+        self.who = who
+        """The env's name, for errors."""
         self._model = model
         # The offscreen framebuffer is allocated at MjrContext creation from these.
         model.vis.global_.offwidth = max_size
@@ -66,7 +69,7 @@ class SceneRenderer:
         model.vis.quality.offsamples = 0
         self._gl: Any = None
         self._mjr: mujoco.MjrContext | None = None
-        context_class = _gl_context_class(self.backend)
+        context_class = _gl_context_class(self.backend, who)
         try:
             self._gl = context_class(max_size, max_size)
             self._make_current(force=True)
@@ -75,11 +78,11 @@ class SceneRenderer:
             raise
         except Exception as exc:  # GL failures surface as assorted PyOpenGL / RuntimeError types
             raise EnvError(
-                f"tabletop: could not create an offscreen OpenGL context with backend {self.backend!r}: {exc}. "
+                f"{who}: could not create an offscreen OpenGL context with backend {self.backend!r}: {exc}. "
                 f"Try gl_backend='osmesa' (software) or check the EGL driver."
             ) from exc
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._mjr)
-        self._scene = mujoco.MjvScene(model, maxgeom=200)
+        self._scene = mujoco.MjvScene(model, maxgeom=max(200, 2 * model.ngeom))
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                      mujoco.mjtRndFlag.mjRND_SKYBOX, mujoco.mjtRndFlag.mjRND_FOG):
             self._scene.flags[flag] = 0
@@ -97,9 +100,9 @@ class SceneRenderer:
     def render(self, data: mujoco.MjData, camera_id: int, size: int) -> np.ndarray:
         """An RGB (size, size, 3) uint8 frame from fixed camera ``camera_id``."""
         if self._mjr is None:
-            raise EnvError("tabletop: render() called after close()")
+            raise EnvError(f"{self.who}: render() called after close()")
         if size > self._max_size:
-            raise EnvError(f"tabletop: frame size {size} exceeds the renderer's buffer ({self._max_size})")
+            raise EnvError(f"{self.who}: frame size {size} exceeds the renderer's buffer ({self._max_size})")
         self._make_current()
         self._camera.fixedcamid = camera_id
         mujoco.mjv_updateScene(self._model, data, self._option, None, self._camera,
