@@ -38,5 +38,16 @@ def build_collector(config: RunConfig, pool: EnvPool, policy: Policy) -> Rollout
 
 
 def build_pool(config: RunConfig) -> EnvPool:
-    """The env worker pool for the configured env and transport (workers start or connect here)."""
-    return pool_from_config(config, get_plugin_manager())
+    """The env worker pool for the configured env and transport (workers start or connect here).
+    An env whose simulator (its registered ``requires``) this Python lacks is refused in one line
+    only when its workers would run on this Python; elsewhere their own venv must have it."""
+    manager = get_plugin_manager()
+    entry = manager.envs.get(config.env.type)
+    here = config.rollout.transport == "inline" or (config.rollout.transport == "process" and not config.rollout.python)
+    if here and entry.missing():
+        from pushcut.errors import ConfigError
+
+        raise ConfigError(f"env {config.env.type!r} needs {entry.missing()!r}, which this Python cannot import: install "
+                          f"it here, or run the env in a venv that has it with rollout.python=PATH/bin/python (or "
+                          f"rollout.transport=socket to a `pushcut env serve` there)")
+    return pool_from_config(config, manager)

@@ -38,7 +38,10 @@ def plugins(as_json: bool = False) -> int:
             origin = "built-in" if info.distribution == "pushcut" else info.distribution
             if info.status == "loaded":
                 what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.registered.items() if names)
-                print(f"{info.name:<16} {origin:<22} {what or '(registered nothing)'}")
+                away = [f"{e.name} needs {e.missing()!r}, not in this Python: build it elsewhere (rollout.python, "
+                        "a server)" for e in manager.envs if e.plugin == info.name and e.missing()]
+                print(f"{info.name:<16} {origin:<22} {what or '(registered nothing)'}"
+                      + (f"  [{'; '.join(away)}]" if away else ""))
             else:
                 print(f"{info.name:<16} {origin:<22} {info.status.upper()}: {info.reason}")
         if not manager.autoload:
@@ -190,8 +193,19 @@ def _print_eval(report: dict) -> None:
     print(f"{'task':<32} {'success':>8} {'episodes':>9}" + ("   failures by furthest stage" if staged else ""))
     for task, row in report["per_task"].items():
         stages = format_stages(row["failures_by_stage"]) if "failures_by_stage" in row else ""
-        print(f"{task:<32} {row['success_rate']:>8.2f} {row['episodes']:>9d}   {stages}".rstrip())
+        mark = f"  ({row['failed']} lost)" if row.get("failed") else ""
+        print(f"{task:<32} {row['success_rate']:>8.2f} {row['episodes']:>9d}{mark}   {stages}".rstrip())
     print(f"{'mean':<32} {report['success_rate']:>8.2f} {report['episodes']:>9d}")
+    lost = report.get("failed", 0)
+    if lost:  # never only as fewer episodes in the table
+        reasons: dict[str, int] = {}
+        for row in report["per_task"].values():
+            for reason, n in row.get("lost", {}).items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        worst = max(reasons, key=reasons.get) if reasons else "unknown"
+        print(f"WARNING: {lost} episode(s) were lost and are not in the success rates (tasks marked 'lost'); "
+              f"most often: {worst} ({reasons.get(worst, 0)}x). See eval.json per_task.*.lost; an env worker "
+              "killed for memory shows here: lower rollout.envs_per_worker", file=sys.stderr)
 
 
 def sft(config: str, overrides: Sequence[str]) -> int:

@@ -126,6 +126,9 @@ def summarize(episodes: list[Episode], stages: Mapping[str, tuple[str, ...]] | N
                 row["failures_by_stage"][stage] = row["failures_by_stage"].get(stage, 0) + 1
         else:
             row["failed"] += 1
+            lost = row.setdefault("lost", {})  # why, as the pool said it (which worker, what happened)
+            reason = (ep.failure or "unknown")[:300]
+            lost[reason] = lost.get(reason, 0) + 1
     for row in per_task.values():
         row["success_rate"] = row["successes"] / row["episodes"] if row["episodes"] else float("nan")
     rates = [r["success_rate"] for r in per_task.values() if r["episodes"]]

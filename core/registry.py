@@ -27,6 +27,21 @@ class Entry(Generic[T]):
     factory: Callable[[Any], T]
     plugin: str
     """Name of the plugin that registered it."""
+    requires: str = ""
+    """A module the *built* component needs (an env's simulator), not needed to register or validate it:
+    the trainer registers an env whose simulator lives in another venv and checks this only where
+    the env is built (see :meth:`missing`)."""
+
+    def missing(self) -> str:
+        """``requires`` when this Python cannot import it, else ``""``."""
+        import importlib.util
+
+        if not self.requires:
+            return ""
+        try:
+            return "" if importlib.util.find_spec(self.requires) is not None else self.requires
+        except (ImportError, ValueError):
+            return self.requires
 
     def build(self, config: Any) -> T:
         if not isinstance(config, self.config_class):
@@ -45,9 +60,10 @@ class Registry(Generic[T]):
         self.unavailable: dict[str, str] = {}
         """Plugin name → why it is unavailable and how to fix it (filled by the plugin manager)."""
 
-    def add(self, name: str, config_class: type, factory: Callable[[Any], T]) -> None:
+    def add(self, name: str, config_class: type, factory: Callable[[Any], T], requires: str = "") -> None:
         """Register ``factory`` under ``name``; ``config_class`` is the dataclass
-        its config is validated against. A name already taken is an error."""
+        its config is validated against. A name already taken is an error. ``requires``: a module
+        the built component needs (an env's simulator), checked only where it is built."""
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise PluginError(f"plugin {self.current_plugin!r}: invalid {self.kind} name {name!r} (use letters, digits, _ and -)")
         if not dataclasses.is_dataclass(config_class):
@@ -63,7 +79,7 @@ class Registry(Generic[T]):
                 f"{self.kind} name {name!r} is registered by two plugins, {other!r} and {self.current_plugin!r}: "
                 f"uninstall one of them or rename its {self.kind}"
             )
-        self._entries[name] = Entry(name, config_class, factory, self.current_plugin)
+        self._entries[name] = Entry(name, config_class, factory, self.current_plugin, requires)
 
     def get(self, name: str) -> Entry[T]:
         """The entry for ``name``; an unknown name is an error listing the names that exist."""

@@ -60,3 +60,18 @@ def test_the_eval_table_shows_stages_only_where_the_env_names_them(capsys):
 def test_task_stages_must_be_distinct_and_not_none(stages):
     with pytest.raises(ValueError, match="must be distinct"):
         TaskSpec("lift", "pick it up", 4, (0, 1), (2, 3), 10, stages=stages)
+
+
+def test_lost_episodes_are_a_warning_line_and_marked_rows_never_only_fewer_episodes(capsys):
+    killed = "env worker 1 crashed (exit -9, killed: out of memory?); restarted it"
+    episodes = [episode("pick", True), episode("pick", False), episode("pick", False, failure=killed),
+                episode("pick", False, failure=killed), episode("door", True)]
+    report = summarize(episodes)
+    assert report["failed"] == 2 and report["per_task"]["pick"]["lost"] == {killed: 2}
+    _print_eval(report)
+    out = capsys.readouterr()
+    pick_row = next(line for line in out.out.splitlines() if line.startswith("pick"))
+    door_row = next(line for line in out.out.splitlines() if line.startswith("door"))
+    assert "(2 lost)" in pick_row and "lost" not in door_row
+    (warning,) = [line for line in out.err.splitlines() if "lost" in line]
+    assert "2 episode(s) were lost" in warning and "killed" in warning and "envs_per_worker" in warning

@@ -32,4 +32,4 @@ def make_env(config: MetaworldConfig):
 
 @hookimpl
 def pushcut_register_envs(registry) -> None:
-    registry.add("metaworld", MetaworldConfig, make_env)
+    registry.add("metaworld", MetaworldConfig, make_env, requires="metaworld")

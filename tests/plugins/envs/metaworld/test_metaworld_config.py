@@ -78,3 +78,19 @@ def test_a_worker_without_metaworld_is_one_line_with_the_fix(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Meta-World is not installed" in out.stderr and "setup-metaworld.sh" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_envs_built_in_this_python_are_checked_for_the_simulator_here_only():
+    """The registry knows the simulator a built env needs; the trainer refuses only a pool whose
+    workers would run on this interpreter (which lacks it), naming both fixes."""
+    from pushcut.build import build_pool
+
+    if __import__("importlib").util.find_spec("metaworld") is not None:
+        pytest.skip("this venv has Meta-World")
+    entry = get_plugin_manager().envs.get("metaworld")
+    assert entry.requires == "metaworld" and entry.missing() == "metaworld"
+    for transport in (["rollout.transport=process"], ["rollout.transport=inline"]):
+        config = load_config(overrides=["env.type=metaworld", *transport])
+        with pytest.raises(ConfigError, match=r"needs 'metaworld'.*rollout.python=PATH/bin/python"):
+            build_pool(config)
+    assert get_plugin_manager().envs.get("tabletop").missing() == ""  # MuJoCo is here
