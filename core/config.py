@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -156,7 +157,7 @@ class RolloutConfig:
     address in ``rollout.addresses``; ``num_workers`` is then the number of addresses."""
     addresses: tuple[str, ...] = ()
     """host:port of each env server for transport=socket (see docs/remote-envs.md)."""
-    python: str = ""
+    python: str = field(default="", metadata={"path": "link"})
     """Interpreter of process workers, e.g. another venv's bin/python for a simulator with its own pins; empty = this one."""
     startup_timeout_s: float = 300.0
     """A process worker that has not built its envs within this many seconds is an error."""
@@ -164,9 +165,9 @@ class RolloutConfig:
     """Seconds to connect to an env server and finish its hello (transport=socket)."""
     connect_attempts: int = 3
     """Connection attempts per env server, at start and after each failure, before it counts as down."""
-    token_file: str = ""
+    token_file: str = field(default="", metadata={"path": True})
     """File holding the env servers' token; empty = $PUSHCUT_ENV_TOKEN (needed for servers off loopback)."""
-    tls_ca: str = ""
+    tls_ca: str = field(default="", metadata={"path": True})
     """PEM certificate (or CA) to verify env servers over TLS; empty = plain TCP."""
     max_frame_mb: float = 64.0
     """Largest message accepted from an env server, in MiB (a bigger frame is refused)."""
@@ -176,7 +177,7 @@ class RolloutConfig:
     """GPUs each env actor reserves (a simulator that renders on a GPU; transport=ray)."""
     ray_resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources each env actor needs, e.g. {sim_node: 1} to pin actors to some nodes (transport=ray)."""
-    ray_python: str = ""
+    ray_python: str = field(default="", metadata={"path": "link"})
     """Interpreter of each env actor (Ray's runtime_env py_executable): another venv's bin/python; empty = the cluster's."""
     ray_runtime_env: dict[str, Any] = field(default_factory=dict)
     """Extra Ray runtime_env of each env actor (env_vars, working_dir, ...; transport=ray)."""
@@ -749,11 +750,13 @@ RUN_CONFIG_FILE = CONFIG_FILE
 
 
 def _path_fields(config: Any, prefix: str = ""):
-    """(object, field name, dotted key) of every path field in a resolved config, plugin options included."""
+    """(object, field name, dotted key, link) of every path field in a resolved config, plugin options
+    included; ``link``: metadata ``{"path": "link"}``, a path whose symlinks must be kept (a venv's
+    ``bin/python`` links to the base interpreter: resolving it would leave the venv)."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.metadata.get("path"):
-            yield config, f.name, prefix + f.name
+            yield config, f.name, prefix + f.name, f.metadata["path"] == "link"
         elif isinstance(value, PluginChoice) and dataclasses.is_dataclass(value.options):
             yield from _path_fields(value.options, f"{prefix}{f.name}.")
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -761,24 +764,30 @@ def _path_fields(config: Any, prefix: str = ""):
 
 
 def _map_paths(config: RunConfig, fn, skip: Sequence[str] = ()) -> RunConfig:
-    """A copy of ``config`` with ``fn`` applied to every non-empty path (one string, or each of a
-    list), except the fields whose dotted keys are in ``skip``."""
+    """A copy of ``config`` with ``fn(path, link)`` applied to every non-empty path (one string, or
+    each of a list), except the fields whose dotted keys are in ``skip``."""
     config = copy.deepcopy(config)
-    for obj, name, key in _path_fields(config):
+    for obj, name, key, link in _path_fields(config):
         value = getattr(obj, name)
         if key in skip:
             continue
         if isinstance(value, (list, tuple)):
-            setattr(obj, name, type(value)(fn(v) if v else v for v in value))
+            setattr(obj, name, type(value)(fn(v, link) if v else v for v in value))
         elif value:
-            setattr(obj, name, fn(value))
+            setattr(obj, name, fn(value, link))
     return config
 
 
-def _relative_to_run(path: str, run_dir: Path) -> str:
-    absolute = Path(path).expanduser().resolve()
+def _absolute(path: str | Path, link: bool = False) -> Path:
+    """``path`` made absolute; with ``link`` its symlinks are kept (see :func:`_path_fields`)."""
+    expanded = Path(path).expanduser()
+    return Path(os.path.abspath(expanded)) if link else expanded.resolve()
+
+
+def _relative_to_run(path: str, run_dir: Path, link: bool = False) -> str:
+    absolute = _absolute(path, link)
     try:
-        return str(absolute.relative_to(run_dir.resolve()))
+        return str(absolute.relative_to(_absolute(run_dir, link)))
     except ValueError:
         return str(absolute)
 
@@ -803,7 +812,7 @@ def load_run_config(run_dir: str | Path, overrides: Sequence[str] = (), manager:
     data = apply_overrides(read_yaml(saved), overrides)
     data["run_dir"] = str(run_dir)
     config = resolve(data, manager)
-    return _map_paths(config, lambda p: p if Path(p).is_absolute() else str(run_dir / p), skip=tuple(keys))
+    return _map_paths(config, lambda p, link: p if Path(p).is_absolute() else str(run_dir / p), skip=tuple(keys))
 
 
 def check_continues(config: RunConfig, run_dir: str | Path, allowed: Sequence[str] = RESUME_SAFE,
@@ -826,7 +835,7 @@ def check_continues(config: RunConfig, run_dir: str | Path, allowed: Sequence[st
 def _absolute_paths(config: RunConfig) -> RunConfig:
     """``config`` with every path absolute and ``run_dir`` absolute: two configs of one run compare equal
     wherever they were loaded from."""
-    config = _map_paths(config, lambda p: str(Path(p).expanduser().resolve()))
+    config = _map_paths(config, lambda p, link: str(_absolute(p, link)))
     config.run_dir = str(Path(config.run_dir).expanduser().resolve())
     return config
 
@@ -836,7 +845,7 @@ def save_config(config: RunConfig, run_dir: str | Path) -> Path:
     directory where they point inside it, absolute elsewhere (see :func:`load_run_config`)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    portable = _map_paths(config, lambda p: _relative_to_run(p, run_dir))
+    portable = _map_paths(config, lambda p, link: _relative_to_run(p, run_dir, link))
     portable.run_dir = "."
     target = run_dir / RUN_CONFIG_FILE
     tmp = target.with_suffix(".yaml.tmp")

@@ -1,0 +1,44 @@
+"""Interpreter and credential paths in a run directory's config.yaml: stored like the other run
+paths (absolute, or relative to the run directory when inside it), so a run can be evaluated or
+resumed from any working directory; a venv's python keeps its link (resolving it leaves the venv)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from pushcut.config import load_config, load_run_config, save_config
+
+
+def test_rollout_python_is_saved_absolute_with_its_venv_link_kept(tmp_path, monkeypatch):
+    venv = tmp_path / "sim-venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").symlink_to(sys.executable)  # what every venv's bin/python is: a link to the base
+    (tmp_path / "token").write_text("t")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(overrides=["rollout.python=sim-venv/bin/python", "rollout.token_file=token",
+                                    f"run_dir={tmp_path / 'runs' / 'a'}"])
+    save_config(config, config.run_dir)
+    saved = yaml.safe_load((tmp_path / "runs" / "a" / "config.yaml").read_text())
+    assert saved["rollout"]["python"] == str(venv / "python")  # absolute, not resolved to the base interpreter
+    assert saved["rollout"]["token_file"] == str(tmp_path / "token")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # `pushcut eval DIR` from another directory
+    loaded = load_run_config(tmp_path / "runs" / "a")
+    assert Path(loaded.rollout.python) == venv / "python" and os.path.isfile(loaded.rollout.python)
+
+
+def test_an_interpreter_inside_the_run_directory_travels_with_it(tmp_path):
+    run = tmp_path / "run"
+    (run / "venv" / "bin").mkdir(parents=True)
+    (run / "venv" / "bin" / "python").symlink_to(sys.executable)
+    config = load_config(overrides=[f"rollout.python={run / 'venv' / 'bin' / 'python'}", f"run_dir={run}"])
+    save_config(config, run)
+    assert yaml.safe_load((run / "config.yaml").read_text())["rollout"]["python"] == "venv/bin/python"
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    assert load_run_config(moved).rollout.python == str(moved / "venv" / "bin" / "python")
