@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -78,15 +79,22 @@ def _annotate(text: str, resolved) -> str:
         value = getattr(resolved, f_name)
         cls = type(value.options) if f_name in PLUGIN_SECTIONS else type(value)
         docs[f_name] = field_docs(cls)
-    out, section = [], ""
+    out, section, sub = [], "", ""
     for line in text.splitlines():
         key = line.strip().split(":")[0]
         indent = len(line) - len(line.lstrip())
         if indent == 0:
             section = key
             doc = docs.get("", {}).get(key)
-        else:
+        elif indent == 2:
+            sub = key
             doc = docs.get(section, {}).get(key)
+            value = getattr(resolved, section, None)
+            nested = getattr(value, key, None) if section not in PLUGIN_SECTIONS else None
+            if dataclasses.is_dataclass(nested):  # a section inside a section, e.g. algo.critic
+                docs[f"{section}.{key}"] = field_docs(type(nested))
+        else:
+            doc = docs.get(f"{section}.{sub}", {}).get(key)
         out.append(f"{line}  # {doc}" if doc and ":" in line else line)
     return "\n".join(out) + "\n"
 

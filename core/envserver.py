@@ -313,7 +313,6 @@ def build_host(config_path: str, overrides: list[str], envs: int, plugins: list[
     works), resolved through this process's own registry plus ``plugins`` (import references)."""
     from pushcut.config import apply_overrides, build_dataclass, read_yaml, to_dict
     from pushcut.errors import ConfigError
-    from pushcut.envpool.spec import load_ref
     from pushcut.pluginmanager import PluginManager, get_plugin_manager
 
     if envs < 1:
@@ -326,16 +325,7 @@ def build_host(config_path: str, overrides: list[str], envs: int, plugins: list[
         raise ConfigError(f"{config_path} needs an env: section with a type, e.g. env: {{type: tabletop}}")
     section = dict(section)
     name = section.pop("type")
-    if plugins:
-        manager = PluginManager(autoload=False)
-        for ref in plugins:
-            try:
-                obj = load_ref(ref)
-            except (ImportError, AttributeError) as exc:
-                raise ConfigError(f"--plugin {ref!r} cannot be imported ({exc}); name a module or module:attr") from None
-            manager.register(obj() if isinstance(obj, type) else obj, name=ref)
-    else:
-        manager = get_plugin_manager()
+    manager = PluginManager.from_refs(plugins) if plugins else get_plugin_manager()
     entry = manager.envs.get(name)
     options = build_dataclass(entry.config_class, section, "env")
     built = []

@@ -45,6 +45,17 @@ class PluginInfo:
     """kind → names this plugin registered."""
 
 
+def load_ref(ref: str) -> Any:
+    """The object an import reference names (``module`` or ``module:attr.path``)."""
+    import importlib
+
+    module_name, _, attr = ref.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
 class PluginManager:
     """Typed wrapper around pluggy: registries plus event-hook calls."""
 
@@ -104,6 +115,31 @@ class PluginManager:
             f"plugin {info.name!r} ({info.source}, from {info.distribution}) failed to import: {info.reason}; "
             f"fix or uninstall {info.distribution}, or set {DISABLE_AUTOLOAD_ENV}=1 to skip third-party plugins"
         )
+
+    @classmethod
+    def from_refs(cls, refs: Any, autoload: bool = False) -> PluginManager:
+        """A manager holding the plugins that import references name (``module`` or ``module:attr``;
+        a class is instantiated), each registered under its reference, plus pushcut's entry points when
+        ``autoload``. A reference that does not import is a :class:`ConfigError` naming it (the
+        ``--plugin`` options of ``pushcut env serve`` / ``robot serve``, Ray workers, env specs)."""
+        from pushcut.errors import ConfigError
+
+        manager = cls(autoload=autoload)
+        if autoload:
+            manager.load_entry_points()
+        for ref in refs:
+            try:
+                obj = load_ref(ref)
+            except (ImportError, AttributeError) as exc:
+                raise ConfigError(f"plugin {ref!r} cannot be imported ({exc}); name a module or module:attr") from None
+            manager.register(obj() if isinstance(obj, type) else obj, name=ref)
+        return manager
+
+    def source_of(self, kind: str, name: str) -> str:
+        """The plugin that registered ``name`` in the ``kind`` registry ("policy", "env", "success
+        detector"); a lookup error listing the names that exist otherwise."""
+        registry = {r.kind: r for r in self.registries()}[kind]
+        return registry.get(name).plugin
 
     def register(self, plugin: object, name: str) -> None:
         """Register an in-process plugin (a module or object with hookimpls), e.g. in tests."""

@@ -47,7 +47,7 @@ def pushcut_register_commands(subparsers) -> None:
 
 
 def _robot_serve(args) -> int:
-    from pushcut.envserver import ServeOptions
+    from pushcut.serving import ServeOptions
     from pushcut.plugins.envs.real.server import serve
 
     options = ServeOptions(host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)

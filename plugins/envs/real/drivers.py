@@ -122,7 +122,7 @@ class SimDriver(_DeltaKinematics, RobotDriver):
         self._stops = 0
 
     def connect(self) -> RobotSpec:
-        from pushcut.config import build_dataclass
+        from pushcut.configio import build_dataclass
         from pushcut.pluginmanager import get_plugin_manager
 
         section = dict(self.config.env)

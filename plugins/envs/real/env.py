@@ -28,7 +28,7 @@ ESTOP_FIX = ("a person must reset it at the robot: type r + Enter in the `pushcu
 
 def build_driver(config: RealEnvConfig, manager=None) -> RobotDriver:
     """The driver ``config.driver`` names, built from ``config.driver_options`` through the registry."""
-    from pushcut.config import build_dataclass
+    from pushcut.configio import build_dataclass
 
     entry = robot_driver_registry(manager).get(config.driver)
     return entry.factory(build_dataclass(entry.config_class, config.driver_options, "env.driver_options"))

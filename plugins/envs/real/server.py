@@ -20,11 +20,10 @@ from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 from typing import Any, TextIO
 
-from pushcut.envpool.worker import EnvHost
-from pushcut.envserver import EnvServer, ServeOptions, is_loopback
 from pushcut.errors import ConfigError, EnvError
 from pushcut.plugins.envs.real.config import RealEnvConfig
 from pushcut.plugins.envs.real.env import RobotEnv
+from pushcut.serving import EnvHost, EnvServer, ServeOptions, is_loopback, load_token
 from pushcut.webguard import GuardedHandler, open_page, page_url
 
 ENV_NAME = "real"
@@ -33,25 +32,20 @@ ENV_NAME = "real"
 
 def load_robot_config(config_path: str, overrides: list[str]) -> RealEnvConfig:
     """The ``env:`` section (``type: real``) of ``config_path``, ``env.key=value`` overrides after it, validated."""
-    from pushcut.config import apply_overrides, build_dataclass, read_yaml
+    from pushcut.configio import load_section
 
-    bad = [o for o in overrides if not o.startswith("env.")]
-    if bad:
-        raise ConfigError(f"`pushcut robot serve` takes env.key=value overrides only, got {bad}")
-    data = apply_overrides(read_yaml(config_path) or {}, overrides)
-    section = data.get("env")
-    if not isinstance(section, dict) or section.get("type") != ENV_NAME:
-        raise ConfigError(f"{config_path} needs an env: section with type: {ENV_NAME} (driver, driver_options, "
-                          "safety, ...); see configs/real_sim.yaml and docs/real-robot.md")
-    section = {k: v for k, v in section.items() if k != "type"}
-    return build_dataclass(RealEnvConfig, section, "env")
+    if any(not o.startswith("env.") for o in overrides):
+        raise ConfigError(f"`pushcut robot serve` takes env.key=value overrides only, got "
+                          f"{[o for o in overrides if not o.startswith('env.')]}")
+    return load_section(config_path, "env", overrides, type_=ENV_NAME, config_class=RealEnvConfig,
+                        hint="driver, driver_options, safety, ...; see configs/real_sim.yaml and docs/real-robot.md")
 
 
 class RobotServer(EnvServer):
     """An :class:`EnvServer` holding one :class:`RobotEnv`, plus the operator's controls."""
 
     def __init__(self, robot: RobotEnv, options: ServeOptions, log: Callable[[str], None] | None = None) -> None:
-        from pushcut.config import to_dict
+        from pushcut.configio import to_dict
 
         options.busy_wait_s = 0.0  # a robot in use refuses a second trainer at once
         options.idle_timeout_s = robot.config.session_idle_timeout_s
@@ -240,8 +234,6 @@ def serve(config_path: str, overrides: list[str], options: ServeOptions, plugins
           token_file: str = "", console: bool = True) -> int:
     """``pushcut robot serve``: connect the robot, listen, serve until interrupted; the robot holds
     and the driver closes on the way out."""
-    from pushcut.wire import load_token
-
     options.token = options.token or load_token(token_file)
     options.check()
     config = load_robot_config(config_path, list(overrides))
@@ -251,16 +243,9 @@ def serve(config_path: str, overrides: list[str], options: ServeOptions, plugins
     signal.signal(signal.SIGUSR1, lambda *_: early_estop.set())
     manager = None
     if plugins:
-        from pushcut.envpool.spec import load_ref
         from pushcut.pluginmanager import PluginManager
 
-        manager = PluginManager(autoload=False)
-        for ref in plugins:
-            try:
-                obj = load_ref(ref)
-            except (ImportError, AttributeError) as exc:
-                raise ConfigError(f"--plugin {ref!r} cannot be imported ({exc}); name a module or module:attr") from None
-            manager.register(obj() if isinstance(obj, type) else obj, name=ref)
+        manager = PluginManager.from_refs(plugins)
     from pushcut.plugins.envs.real.env import build_driver
 
     robot = RobotEnv(config, build_driver(config, manager))

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: Any):
-    from pushcut.config import apply_overrides, build_dataclass, read_yaml
+    from pushcut.configio import apply_overrides, build_dataclass, read_yaml
     from pushcut.plugins.envs.robotwin.config import RobotwinConfig
 
     data = apply_overrides(read_yaml(args.config) if args.config else {}, args.overrides)

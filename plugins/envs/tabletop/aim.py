@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pushcut.build import build_policy
-    from pushcut.config import load_config
+    from pushcut.configio import load_config
 
     try:
         config = load_config(args.config, [])

@@ -61,7 +61,7 @@ def _export(args: Any) -> int:
     import json
     from pathlib import Path
 
-    from pushcut.config import apply_overrides, build_dataclass
+    from pushcut.configio import apply_overrides, build_dataclass
     from pushcut.errors import ConfigError
     from pushcut.plugins.policies.tinyvla.original_policy import OriginalTinyVLAPolicy
 
