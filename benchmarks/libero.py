@@ -146,6 +146,8 @@ def _raw_worker(conn, assets: str, suite: str, size: int, wrist: bool) -> None:
     envs: list = []
 
     def frames(env) -> list:
+        # several envs share this thread: make this env's GL context current, or it renders with another's
+        env.env.sim._render_context_offscreen.gl_ctx.make_current()
         return [np.ascontiguousarray(env.env.sim.render(camera_name=c, width=size, height=size)[::-1, ::-1])
                 for c in cameras]
 
