@@ -181,6 +181,8 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
         progress.close()
     finally:
         pool.close()
+        if "collector" in locals():
+            collector.detector.close()
     report["checkpoint"] = str(weights)
     report["videos"] = [str(v) for v in videos]
     write_report(report, paths.eval_json)

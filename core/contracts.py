@@ -306,3 +306,7 @@ class SuccessDetector(abc.ABC):
         and counted, never scored as a failure. The default calls :meth:`judge` on each;
         override it to ask for all verdicts at once and wait for them together."""
         return [bool(self.judge(e)) for e in episodes]
+
+    def close(self) -> None:
+        """Release what the detector holds (a web page, a model); called once where the run's env
+        pool closes. Does nothing by default."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -156,6 +156,10 @@ class Env(abc.ABC):
     processes, so write a single, sequential env. Instances are created by the
     registered factory from your config dataclass, in the worker process.
     """
+
+    deterministic: ClassVar[bool] = True
+    """Same reset + same actions give the same observations (a simulator). A real robot sets it
+    False: ``EnvContract`` then skips its determinism checks instead of failing them."""
 
     @abc.abstractmethod
     def tasks(self) -> list[TaskSpec]:

@@ -444,6 +444,7 @@ class Trainer:
         start_step = 0
         summary: dict[str, Any] = {"status": "failed"}
         progress = None
+        collector = None
         pool = build_pool(cfg)
         self.manager.pm.register(self.tensorboard, name=f"tensorboard-{id(self)}")
         try:
@@ -497,6 +498,8 @@ class Trainer:
             if progress is not None:
                 progress.close()
             pool.close()
+            if collector is not None:
+                collector.detector.close()  # e.g. the human judge's page
             self.manager.run_end(self.run_dir, summary)
             self.manager.pm.unregister(self.tensorboard)
 

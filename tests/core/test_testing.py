@@ -80,3 +80,28 @@ def test_the_env_suite_imports_without_torch():
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+class Jittery(Mutated):
+    """The tabletop seen through a camera with sensor noise: never the same frame twice."""
+
+    def __init__(self, inner, deterministic: bool) -> None:
+        super().__init__(inner, "none")
+        self.deterministic = deterministic
+        self.rng = np.random.default_rng(0)
+
+    def reset(self, task_id, init_state):
+        obs = dict(self.inner.reset(task_id, init_state))
+        obs["image"] = np.clip(obs["image"].astype(int) + self.rng.integers(-2, 3, obs["image"].shape), 0, 255
+                               ).astype(np.uint8)
+        return obs
+
+
+def test_the_env_contract_demands_determinism_only_of_envs_that_promise_it():
+    from pushcut.plugins.envs.tabletop import TabletopConfig, TabletopEnv
+
+    with TabletopEnv(TabletopConfig(image_size=32, video_size=32, tasks=("press_button",))) as inner:
+        with pytest.raises(AssertionError, match="same observation"):
+            EnvContract().test_reset_is_deterministic(Jittery(inner, deterministic=True))
+        with pytest.raises(pytest.skip.Exception, match="deterministic is False"):
+            EnvContract().test_reset_is_deterministic(Jittery(inner, deterministic=False))

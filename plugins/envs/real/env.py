@@ -37,6 +37,9 @@ def build_driver(config: RealEnvConfig, manager=None) -> RobotDriver:
 class RobotEnv(Env):
     """One robot. ``driver`` defaults to the one ``config.driver`` names."""
 
+    deterministic = False
+    """A real robot does not repeat itself (the sim driver does, but the env makes no such promise)."""
+
     def __init__(self, config: RealEnvConfig | None = None, driver: RobotDriver | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         self.config = config or RealEnvConfig()
