@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="RL (GRPO) training from a config")
     _add_config_args(p)
+    p = sub.add_parser("plan", help="GPU memory a run needs per GPU (weights, gradients, optimizer, activations, rollout)")
+    _add_config_args(p)
+    p.add_argument("--gpu-memory", type=float, default=None, metavar="GiB",
+                   help="plan for GPUs of this size (default: the visible GPU's)")
+    p.add_argument("--world", type=int, default=None, help="GPUs the learners use (default: train.learners)")
+    p.add_argument("--strategy", choices=("replicate", "fsdp2"), default="replicate",
+                   help="replicate: every rank holds the whole model (today's learners); fsdp2: sharded (planned)")
+    p.add_argument("--offload", action="store_true", help="optimizer states in CPU memory")
     p = sub.add_parser("sft", help="cold-start behaviour cloning on demonstrations")
     _add_config_args(p)
     p = sub.add_parser("eval", help="evaluate a run directory or checkpoint on held-out states (greedy; eval.temperature=T samples)")
@@ -156,6 +164,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return commands.config_show(args.config, args.overrides, with_docs=args.doc)
     if args.command == "train":
         return commands.train(args.config, args.overrides)
+    if args.command == "plan":
+        return commands.plan(args.config, args.overrides, args.gpu_memory, args.world, args.strategy, args.offload)
     if args.command == "sft":
         return commands.sft(args.config, args.overrides)
     if args.command == "eval":

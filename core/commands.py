@@ -115,12 +115,58 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _plan_for(cfg, gpu_gib: float | None, world: int | None, strategy: str, offload: bool):
+    from pushcut.plan import plan, policy_shape
+
+    if gpu_gib is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("no GPU is visible here: pass --gpu-memory GiB to plan for one (e.g. 80)")
+        gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    world = world or (cfg.train.learners if cfg.train.backend == "ray" else 1)
+    shape = policy_shape(cfg)
+    options = cfg.policy.options
+    num_images = getattr(options, "num_images", 1) or 1
+    seq = 256 * num_images + 100 if cfg.policy.type == "openvla" else 64
+    dtype = getattr(options, "dtype", "float32")
+    p = plan(shape, world=world, strategy=strategy, dtype_bytes=2 if dtype in ("bfloat16", "float16") else 4,
+             lora_rank=getattr(options, "lora_rank", 0) or 0, offload=offload,
+             micro_batch=min(cfg.train.micro_batch_size, 8) if cfg.policy.type == "openvla" else 8, seq_len=seq,
+             checkpointing=bool(getattr(options, "gradient_checkpointing", True)),
+             rollout_batch=cfg.rollout.num_workers * cfg.rollout.envs_per_worker, gpu_gib=gpu_gib)
+    return p, shape, world
+
+
+def plan(config: str, overrides: Sequence[str], gpu_gib: float | None, world: int | None, strategy: str,
+         offload: bool) -> int:
+    """``pushcut plan``: print the per-GPU memory a run needs; exit 2 with the fix when it does not fit."""
+    from pushcut.plan import advice, format_plan
+
+    cfg = _config_or_run_dir(config, overrides)
+    p, shape, world = _plan_for(cfg, gpu_gib, world, strategy, offload)
+    print(format_plan(p, shape, world, strategy))
+    if not p.fits:
+        print(f"pushcut: error: {advice(p, world, strategy, getattr(cfg.policy.options, 'lora_rank', 0), offload)}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
 def train(config: str, overrides: Sequence[str]) -> int:
-    """RL from a config file, or resume a run directory."""
+    """RL from a config file, or resume a run directory. On a GPU, a run the memory planner says
+    cannot fit is refused before it starts, with what to change."""
     from pushcut.trainer import Trainer
 
     _setup_logging()
     resolved = _config_or_run_dir(config, overrides)
+    if resolved.train.device.startswith("cuda"):
+        from pushcut.plan import advice
+
+        p, _, world = _plan_for(resolved, None, None, "replicate", False)
+        if not p.fits:
+            raise ConfigError(f"this run cannot fit: {advice(p, world, 'replicate', getattr(resolved.policy.options, 'lora_rank', 0), False)} "
+                              f"(pushcut plan shows the breakdown)")
     summary = Trainer(resolved).run()
     print(json.dumps(summary, indent=2))
     return 0
