@@ -33,6 +33,12 @@ from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyP
 from pushcut.trainer import Trainer, update_policy  # noqa: E402
 
 RTOL, ATOL = 1e-5, 1e-6
+RUN_RTOL, RUN_ATOL = 1e-4, 5e-5
+"""For whole runs (three iterations): the two ranks' gradient sums reach the all-reduce in another
+float summation order than the single process's, and AdamW divides by the square root of the second
+moment, so an element whose gradients are all near zero moves by up to lr x O(1) on a difference of
+rounding; rewards, advantages and metrics stay exactly equal (assert_same_run). Measured: one element
+of 288 off by 1.3e-5 after three iterations."""
 
 BASE = [
     "env.type=reach", "policy.type=bins", "algo.temperature=1.0", "train.lr=0.03", "train.batch_size=4",
@@ -195,7 +201,7 @@ def test_ray_backend_run_equals_the_single_process_run(cluster, manager, local_r
     assert all(r["rollout/stale_versions"] == 0 for r in updates)
     a, b = final_state(local_dir, 3), final_state(tmp_path / "ray", 3)
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(b[k], a[k], rtol=RUN_RTOL, atol=RUN_ATOL)
 
 
 def test_resume_on_another_number_of_learners(cluster, manager, local_run, tmp_path):
@@ -206,7 +212,7 @@ def test_resume_on_another_number_of_learners(cluster, manager, local_run, tmp_p
     assert_same_run(lines, reference)
     a, b = final_state(local_dir, 3), final_state(tmp_path / "run", 3)
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(b[k], a[k], rtol=RUN_RTOL, atol=RUN_ATOL)
 
 
 # --------------------------------------------------------------------------- faults and bad input
