@@ -37,7 +37,7 @@ import torch
 from pushcut.config import AlgoConfig, RunConfig, TrainConfig, build_dataclass, to_dict
 from pushcut.contracts import Policy
 from pushcut.envpool.ray import check_free, connect, import_ray
-from pushcut.envpool.spec import import_ref, load_ref
+from pushcut.envpool.spec import import_ref
 from pushcut.errors import ConfigError, PushcutError
 from pushcut.rollout import EpisodeBatch
 from pushcut.trainer import Trainer, collect_batch, update_policy
@@ -127,10 +127,7 @@ class LearnerRank:
         sys.path[:0] = [p for p in path if p not in sys.path and os.path.isdir(p)]
         from pushcut.pluginmanager import PluginManager
 
-        manager = PluginManager(autoload=not spec["plugins"])
-        for ref in spec["plugins"]:
-            obj = load_ref(ref)
-            manager.register(obj() if isinstance(obj, type) else obj, name=ref)
+        manager = PluginManager.from_refs(spec["plugins"], autoload=not spec["plugins"])
         entry = manager.policies.get(spec["policy"])
         self.config = RunConfig(algo=build_dataclass(AlgoConfig, spec["algo"], "algo"),
                                 train=build_dataclass(TrainConfig, spec["train"], "train"), seed=spec["seed"])

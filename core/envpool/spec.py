@@ -20,6 +20,7 @@ from typing import Any
 
 from pushcut.envcontract import Env
 from pushcut.errors import EnvError
+from pushcut.pluginmanager import load_ref
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,6 @@ def import_ref(obj: Any) -> str:
     return f"{module}:{qualname}"
 
 
-def load_ref(ref: str) -> Any:
-    """The object an import reference names (``module`` or ``module:attr.path``)."""
-    module_name, _, attr = ref.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in filter(None, attr.split(".")):
-        obj = getattr(obj, part)
-    return obj
 
 
 def resolve_factory(spec: EnvSpec, plugins: Sequence[str] | None = None) -> tuple[Callable[[Any], Env], Any]:
@@ -110,13 +104,7 @@ def resolve_factory(spec: EnvSpec, plugins: Sequence[str] | None = None) -> tupl
     from pushcut.pluginmanager import PluginManager, get_plugin_manager
 
     refs = spec.plugins if plugins is None else tuple(plugins)
-    if refs:
-        manager = PluginManager(autoload=False)
-        for ref in refs:
-            obj = load_ref(ref)
-            manager.register(obj() if isinstance(obj, type) else obj, name=ref)
-    else:
-        manager = get_plugin_manager()
+    manager = PluginManager.from_refs(refs) if refs else get_plugin_manager()
     entry = manager.envs.get(spec.name)
     options = spec.options if isinstance(spec.options, dict) else {}
     return entry.factory, build_dataclass(entry.config_class, options, "env")

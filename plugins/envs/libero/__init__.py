@@ -30,19 +30,14 @@ Actions, 7 per step: OSC_POSE deltas (6, in [-1, 1]) and the gripper. With
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from pushcut import hookimpl
 
-# The plugin is "unavailable" (with its install command) unless its optional
-# dependencies are installed; checked without importing them, since importing
-# libero before its config file exists prompts on stdin.
-for _module in ("libero", "robosuite", "bddl"):
-    if importlib.util.find_spec(_module) is None:
-        raise ModuleNotFoundError(f"No module named {_module!r}", name=_module)
-
-from pushcut.plugins.envs.libero.config import SUITE_MAX_STEPS, SUITES, LiberoConfig  # noqa: E402
+# Registering the env imports only its config (never libero itself, whose import prompts on stdin
+# before its config file exists): a trainer whose LIBERO envs run in another venv registers and
+# validates them without it; `requires` names it for where the env is built (pushcut[libero]).
+from pushcut.plugins.envs.libero.config import SUITE_MAX_STEPS, SUITES, LiberoConfig
 
 __all__ = ["SUITES", "SUITE_MAX_STEPS", "LiberoConfig", "LiberoEnv"]
 
@@ -64,4 +59,4 @@ def make_env(config: LiberoConfig):
 
 @hookimpl
 def pushcut_register_envs(registry) -> None:
-    registry.add("libero", LiberoConfig, make_env)
+    registry.add("libero", LiberoConfig, make_env, requires="libero")

@@ -43,16 +43,13 @@ Rendering backend: ``gl_backend`` / ``$MUJOCO_GL`` (see :mod:`.render`).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import Any
 
 from pushcut import hookimpl
 from pushcut.plugins.envs.tabletop.config import TASK_IDS, TabletopConfig
 
 # Registering the env imports only its config: a trainer whose envs run elsewhere (another
-# venv, a server) need not import MuJoCo. Without MuJoCo the plugin is listed as unavailable.
-if importlib.util.find_spec("mujoco") is None:
-    raise ModuleNotFoundError("No module named 'mujoco'", name="mujoco")
+# venv, a server) need not import MuJoCo; `requires` names it for where the env is built.
 
 _LAZY = {"TabletopEnv": "env", "ExpertDemo": "experts", "make_expert": "experts", "run_expert": "experts",
          "TASKS": "tasks"}
@@ -74,4 +71,4 @@ def make_env(config: TabletopConfig):
 
 @hookimpl
 def pushcut_register_envs(registry) -> None:
-    registry.add("tabletop", TabletopConfig, make_env)
+    registry.add("tabletop", TabletopConfig, make_env, requires="mujoco")
