@@ -114,6 +114,13 @@ class HelloLineEnv(Env):
             frames=frames,
         )
 
+    def expert_action(self) -> np.ndarray:
+        """A scripted expert: head for the target at full speed (no overshoot). Optional: it lets
+        ``pushcut demos`` record demonstrations and ``EnvContract`` check early stop."""
+        if self._target is None:
+            raise EnvError("hello_line: expert_action() before reset()")
+        return np.array([np.clip((self._target - self._x) / self.config.step_size, -1.0, 1.0)], dtype=np.float32)
+
     def render(self) -> np.ndarray:
         n = self.config.image_size
         img = np.full((n, n, 3), 32, dtype=np.uint8)
