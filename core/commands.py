@@ -217,6 +217,7 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
         raise CheckpointError(f"run directory {str(run_dir)!r} has no checkpoint yet{hint}")
     policy = build_policy(cfg, weights).eval()
     pool = build_pool(cfg)
+    collector = None
     try:
         collector = build_collector(cfg, pool, policy)
         progress = Progress(1, "eval")
@@ -227,7 +228,7 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
         progress.close()
     finally:
         pool.close()
-        if "collector" in locals():
+        if collector is not None:
             collector.detector.close()
     report["checkpoint"] = str(weights)
     report["videos"] = [str(v) for v in videos]

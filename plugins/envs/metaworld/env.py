@@ -96,6 +96,8 @@ class MetaworldEnv(Env):
         self._tasks = [TaskSpec(name, INSTRUCTIONS[name], NUM_VARIATIONS, train, evaluate, self.config.max_steps)
                        for name in self.config.task_names]
         self._envs: dict[str, Any] = {}
+        self._expert_of: dict[str, Any] = {}
+        """Task → its scripted policy (stateless; built once, like the task's env)."""
         self._expert: Any = None
         self._env: Any = None
         self._task = ""
@@ -124,7 +126,9 @@ class MetaworldEnv(Env):
         env.set_task(variations(self.config.variation_source, self.config.seed, task_id)[int(init_state)])
         self._raw, _ = env.reset()
         self._env, self._task, self._init_state, self._steps = env, task_id, int(init_state), 0
-        self._expert = self._experts[task_id]()
+        if task_id not in self._expert_of:
+            self._expert_of[task_id] = self._experts[task_id]()
+        self._expert = self._expert_of[task_id]
         return self._observation()
 
     def step(self, actions: np.ndarray, record: bool = False) -> StepResult:
