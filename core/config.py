@@ -181,6 +181,12 @@ class RolloutConfig:
     """Interpreter of each env actor (Ray's runtime_env py_executable): another venv's bin/python; empty = the cluster's."""
     ray_runtime_env: dict[str, Any] = field(default_factory=dict)
     """Extra Ray runtime_env of each env actor (env_vars, working_dir, ...; transport=ray)."""
+    inference: str = "driver"
+    """Who samples the rollouts' actions: driver (this process's policy) or learners (each learner rank, its share).
+
+    ``learners`` is veRL's hybrid engine: with ``train.backend=ray`` every rank builds
+    ``num_workers / train.learners`` env workers of its own and samples for them with its
+    current (gathered) weights, so no weights travel to this process (docs/scaling.md)."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 0 or self.envs_per_worker < 1:
@@ -217,7 +223,12 @@ class RolloutConfig:
             raise ConfigError(f"rollout.connect_attempts must be >= 1, got {self.connect_attempts}")
         if self.pipeline and self.num_workers < 2:
             raise ConfigError(f"rollout.pipeline needs rollout.num_workers >= 2 (two lanes), got {self.num_workers}")
+        if self.inference not in INFERENCE:
+            raise ConfigError(f"rollout.inference must be one of {', '.join(INFERENCE)}, got {self.inference!r}")
 
+
+INFERENCE = ("driver", "learners")
+"""``rollout.inference`` choices: where rollout actions are sampled."""
 
 TRANSPORTS = ("process", "inline", "socket", "ray")
 """``rollout.transport`` choices (see :mod:`pushcut.envpool`)."""
@@ -227,7 +238,13 @@ _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}")
 
 
 BACKENDS = ("local", "ray")
-"""``train.backend`` choices (see :mod:`pushcut.distributed`)."""
+"""``train.backend`` choices (see :mod:`pushcut.learner`)."""
+
+STRATEGIES = ("replicate", "fsdp2")
+"""``train.strategy`` choices: every learner rank holds the whole model, or FSDP2 shards it."""
+
+PRECISIONS = ("float32", "bf16-mixed")
+"""``train.precision`` choices of sharded learners."""
 
 EVAL_SPLITS = ("eval", "train")
 """``eval.split`` choices: the held-out initial states, or the ones RL and demos draw from."""
@@ -292,6 +309,14 @@ class TrainConfig:
     """Learner ranks (torch.distributed, gloo on CPU / NCCL on CUDA); > 1 needs train.backend=ray."""
     learner_num_cpus: float = 1.0
     """CPUs each learner rank reserves (train.backend=ray)."""
+    strategy: str = "replicate"
+    """How learner ranks hold the model: replicate (each the whole model) or fsdp2 (sharded; train.backend=ray)."""
+    precision: str = "float32"
+    """fsdp2 parameters and compute: float32, or bf16-mixed (bf16 weights and compute, fp32 gradient reduction)."""
+    offload: bool = False
+    """fsdp2: keep parameter shards and optimizer state in CPU memory between uses (less GPU memory, slower)."""
+    activation_checkpointing: bool = False
+    """fsdp2: recompute each shard unit's activations in the backward pass instead of keeping them."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "max_sample_rounds", "ppo_epochs", "minibatch_size",
@@ -314,6 +339,18 @@ class TrainConfig:
                               "train.backend=ray")
         if self.learner_num_cpus < 0:
             raise ConfigError(f"train.learner_num_cpus must be >= 0, got {self.learner_num_cpus}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.strategy == "fsdp2" and self.backend != "ray":
+            raise ConfigError("train.strategy=fsdp2 shards the model over learner ranks: it needs train.backend=ray "
+                              "(train.learners=1 is fine)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        fsdp_only = [k for k in ("offload", "activation_checkpointing") if getattr(self, k)]
+        if self.precision != "float32":
+            fsdp_only.append("precision")
+        if fsdp_only and self.strategy != "fsdp2":
+            raise ConfigError(f"train.{fsdp_only[0]} is only read with train.strategy=fsdp2 (it is {self.strategy!r})")
 
 
 @dataclass
@@ -441,6 +478,10 @@ class RunConfig:
     """Directory for config, metrics, checkpoints, videos."""
     seed: int = 0
     """Seed for torch, numpy and start-state sampling."""
+
+    def __post_init__(self) -> None:
+        if self.rollout.inference == "learners" and self.train.backend != "ray":
+            raise ConfigError("rollout.inference=learners samples on the learner ranks: it needs train.backend=ray")
 
 
 # --------------------------------------------------------------------------- building
@@ -707,7 +748,8 @@ RESUME_SAFE = (
     "rollout.python", "rollout.startup_timeout_s", "rollout.connect_timeout_s", "rollout.connect_attempts",
     "rollout.token_file", "rollout.tls_ca", "rollout.max_frame_mb", "rollout.ray_num_cpus", "rollout.ray_num_gpus",
     "rollout.ray_resources", "rollout.ray_python", "rollout.ray_runtime_env", "train.backend", "train.learners",
-    "train.learner_num_cpus", "eval", "sft",
+    "train.learner_num_cpus", "train.strategy", "train.offload", "train.activation_checkpointing",
+    "rollout.inference", "eval", "sft",
 )
 """Keys (or whole sections) a run may change when it continues: how long it runs, how often it
 evaluates and saves, on what hardware, and how it is evaluated; never what it learns from or how."""

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pushcut.config import STRATEGIES  # train.strategy's choices: replicate | fsdp2
+
 GIB = 2**30
-STRATEGIES = ("replicate", "fsdp2")
-"""``replicate``: every learner rank holds the whole model (today's Ray learners); ``fsdp2``: sharded."""
 
 
 @dataclass
