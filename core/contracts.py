@@ -248,6 +248,13 @@ class Policy(torch.nn.Module, abc.ABC):
         :class:`pushcut.errors.CheckpointError` naming what was expected and found
         when ``directory`` holds something else."""
 
+    def shard_units(self) -> list[torch.nn.Module]:
+        """The repeated blocks a sharded learner (``train.strategy=fsdp2``) shards one by one,
+        gathering one unit's weights at a time: a transformer's decoder layers, a ViT's blocks.
+        Parameters outside every unit form one more unit with the policy itself. Empty (the
+        default): the whole policy is one unit, gathered whole for each forward."""
+        return []
+
     # Optional capability, not declared here so that having it can be detected:
     # ``values(obs) -> (B,)`` and ``value_parameters()``, see :class:`ValueHead`.
 
