@@ -30,7 +30,7 @@ import yaml
 
 from pushcut.errors import ConfigError, PushcutError
 from pushcut.rundir import CONFIG_FILE
-from pushcut.sampling import SAMPLERS
+from pushcut.sampling import CURRICULA, SAMPLERS
 
 # --------------------------------------------------------------------------- sections
 
@@ -285,6 +285,18 @@ class TrainConfig:
     running rollout success), so fewer rollouts go to groups that dynamic sampling then drops;
     ``band`` does the same per (task, start state), from each state's own recent success,
     exploring unseen states first (docs/algorithms.md)."""
+    curriculum: str = "none"
+    """``reverse``: tasks the policy rarely solves start part-way along their demos, moving back (docs/algorithms.md)."""
+    curriculum_demos: str = field(default="", metadata={"path": True})
+    """Demo file with simulator states for ``curriculum=reverse`` (``pushcut demos``); empty = sft.demos."""
+    curriculum_threshold: float = 0.5
+    """Running success from the current start at which a task's start moves back, in (0, 1)."""
+    curriculum_step: float = 0.2
+    """How far back (share of the demo's length) the start moves each time, in (0, 1]."""
+    curriculum_initial: float = 0.8
+    """Where an enrolled task starts: this share of the way along its demos, in [0, 1]."""
+    curriculum_apply_below: float = 0.3
+    """Tasks whose success from the real initial states is below this enrol, in (0, 1)."""
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold."""
     eval_every: int = 10
@@ -328,6 +340,14 @@ class TrainConfig:
         if self.start_sampling not in SAMPLERS:
             raise ConfigError(f"train.start_sampling must be one of {', '.join(SAMPLERS)}, "
                               f"got {self.start_sampling!r}")
+        if self.curriculum not in CURRICULA:
+            raise ConfigError(f"train.curriculum must be one of {', '.join(CURRICULA)}, got {self.curriculum!r}")
+        for name in ("curriculum_threshold", "curriculum_apply_below"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be in (0, 1), got {getattr(self, name)}")
+        if not 0 < self.curriculum_step <= 1 or not 0 <= self.curriculum_initial <= 1:
+            raise ConfigError(f"train.curriculum_step must be in (0, 1] and train.curriculum_initial in [0, 1], "
+                              f"got {self.curriculum_step} and {self.curriculum_initial}")
         if self.lr_warmup_steps < 0:
             raise ConfigError(f"train.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
         if self.grad_clip <= 0:

@@ -34,8 +34,10 @@ from pushcut.envcontract import (  # noqa: F401  (the torch-free half of the con
     ActionSpec,
     Env,
     Observation,
+    RestoresState,
     StepResult,
     TaskSpec,
+    can_restore_state,
     check_action_chunk,
     split_init_states,
 )

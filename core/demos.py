@@ -8,6 +8,9 @@ One file holds many demos::
         obs/image              (L, H, W, 3) uint8   (LIBERO: obs/agentview_rgb)
         obs/wrist_image        (L, H, W, 3) uint8   (LIBERO: obs/eye_in_hand_rgb)
         obs/state              (L, D) float32       (LIBERO: obs/ee_states + obs/gripper_states …)
+        states                 (L, S) float64       the simulator state before each action, when the env
+                                                    restores states (pushcut.envcontract.RestoresState);
+                                                    LIBERO's files hold its flattened MuJoCo states here
         rewards, dones         (L,)
 
 ``pushcut demos`` writes this layout from an env's scripted expert; ``pushcut
@@ -27,8 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pushcut.envcontract import Env, Observation, TaskSpec
+from pushcut.envcontract import Env, Observation, TaskSpec, can_restore_state
 from pushcut.errors import DataError
+
+SIM_STATES = "states"
+"""A demo group's dataset of simulator states, (L, S): robomimic's and LIBERO's name."""
 
 
 @dataclass
@@ -46,6 +52,9 @@ class Demo:
     wrist_images: np.ndarray | None = None
     """(L, H, W, 3) uint8"""
     init_state: int = -1
+    sim_states: np.ndarray | None = None
+    """(L, S) float64: the env's simulator state before each action (see
+    :class:`pushcut.envcontract.RestoresState`), or None when the env does not offer it"""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -65,10 +74,13 @@ def record_expert_demo(env: Env, task: TaskSpec, init_state: int, max_steps: int
     rng = np.random.default_rng([zlib.crc32(task.task_id.encode()), init_state])
     frames: list[Observation] = []
     actions: list[np.ndarray] = []
+    sim_states: list[np.ndarray] | None = [] if can_restore_state(env) else None
     success = False
     for _ in range(max_steps or task.max_steps):
         action = np.asarray(env.expert_action(), dtype=np.float32)
         frames.append(obs)
+        if sim_states is not None:
+            sim_states.append(np.asarray(env.get_state(), dtype=np.float64))
         actions.append(action)
         executed = action + rng.normal(0.0, noise, action.shape).astype(np.float32) if noise else action
         result = env.step(executed[None])
@@ -78,7 +90,7 @@ def record_expert_demo(env: Env, task: TaskSpec, init_state: int, max_steps: int
             break
     stack = lambda key: np.stack([o[key] for o in frames]) if key in frames[0] else None  # noqa: E731
     demo = Demo(task.task_id, task.instruction, stack("image"), np.stack(actions), stack("state"),
-                stack("wrist_image"), init_state)
+                stack("wrist_image"), init_state, None if sim_states is None else np.stack(sim_states))
     return demo, success
 
 
@@ -151,6 +163,8 @@ def write_demos(path: str | Path, demos: Sequence[Demo], env_name: str = "", noi
                 obs.create_dataset("wrist_image", data=d.wrist_images, compression="gzip")
             if d.states is not None:
                 obs.create_dataset("state", data=d.states.astype(np.float32))
+            if d.sim_states is not None:
+                g.create_dataset(SIM_STATES, data=np.asarray(d.sim_states, dtype=np.float64))
             rewards = np.zeros(len(d), np.float32)
             rewards[-1] = 1.0
             g.create_dataset("rewards", data=rewards)
@@ -235,6 +249,39 @@ def read_demos(path: str | Path, keys: DemoKeys | None = None, instruction: str 
                 init_state=_init_state_index(g.attrs.get("init_state", -1)),
             ))
     return demos
+
+
+def read_demo_states(paths: str | Path | Sequence[str | Path]) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """The simulator states of every demo in ``paths``, by task: ``{task_id: [(init_state, (L, S)
+    float64), ...]}`` (the init-state index the demo started from, -1 if unknown), in file and demo order (what the reverse curriculum starts episodes from). Reads no images.
+    A file whose demos carry no ``states`` is a :class:`DataError` saying how to get them."""
+    import h5py
+
+    out: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"demo file {str(path)!r} does not exist (record some with `pushcut demos`)")
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise DataError(f"{str(path)!r} is not an HDF5 file: {exc}") from None
+        with f:
+            names = sorted((n for n in f.get("data", {}) if n.startswith("demo_")), key=lambda n: int(n.split("_")[1]))
+            if not names:
+                raise DataError(f"{str(path)!r}: no data/demo_N groups (robomimic/LIBERO layout)")
+            for name in names:
+                g = f["data"][name]
+                if SIM_STATES not in g:
+                    raise DataError(f"{path}: data/{name} has no simulator states ('{SIM_STATES}'): the reverse "
+                                    "curriculum starts episodes from them; re-record the demos with `pushcut demos` "
+                                    "(in-process, on an env that restores states, e.g. tabletop)")
+                states = np.asarray(g[SIM_STATES], dtype=np.float64)
+                if states.ndim != 2 or not len(states):
+                    raise DataError(f"{path}: data/{name}/{SIM_STATES} must be (L, S), found {states.shape}")
+                out.setdefault(str(g.attrs.get("task_id", path.stem)), []).append(
+                    (_init_state_index(g.attrs.get("init_state", -1)), states))
+    return out
 
 
 def _init_state_index(value: object) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -199,3 +199,34 @@ class Env(abc.ABC):
         state of the episode started by the last :meth:`reset`. Envs that provide
         one can record demonstrations with ``pushcut demos``."""
         raise NotImplementedError(f"{type(self).__name__} has no scripted expert")
+
+
+@runtime_checkable
+class RestoresState(Protocol):
+    """An optional Env capability: save and restore the full simulator state, so an episode can
+    start part-way along a recorded demonstration (the reverse curriculum,
+    ``train.curriculum=reverse``). An env has it when it defines both methods; the core checks
+    with :func:`can_restore_state` (a worker tells its pool in its ``welcome``).
+
+    The state is the env's own flat float64 vector (for a MuJoCo env: ``mj_getState`` of the
+    integration state, plus whatever of the model the env changes per initial state); the core
+    never looks inside it. ``pushcut demos`` stores it at every step of a demo (dataset
+    ``data/demo_i/states``, LIBERO's own name for it), and the pool sends it back to a worker
+    as a typed array in the ``reset`` request. Built in: tabletop, libero.
+    """
+
+    def get_state(self) -> np.ndarray:
+        """The current simulator state as a 1-D float64 array (what :meth:`restore_state` takes)."""
+        ...
+
+    def restore_state(self, task_id: str, state: np.ndarray) -> Observation:
+        """Start a new episode of ``task_id`` at ``state`` (recorded by :meth:`get_state` in an episode
+        of that task) and return its observation, equal to the one observed when it was recorded.
+        The episode's step count restarts at 0 (it gets the task's full step budget). An EnvError
+        naming what was expected when ``state`` does not fit this env."""
+        ...
+
+
+def can_restore_state(env: object) -> bool:
+    """True when ``env`` offers the :class:`RestoresState` capability."""
+    return isinstance(env, RestoresState)

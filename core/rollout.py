@@ -70,6 +70,8 @@ class Episode:
     """Why the episode is unusable (env crash, worker timeout, NaN); None if fine."""
     frames: list[np.ndarray] = field(default_factory=list)
     final_info: dict[str, Any] = field(default_factory=dict)
+    start: StartState | None = field(default=None, repr=False)
+    """Where it started; with a ``sim_state`` (the reverse curriculum) part-way along a demo."""
     _rows: list[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)
 
     @property
@@ -273,8 +275,11 @@ class RolloutCollector:
         for s in starts:
             if s.task_id not in self.tasks:
                 raise EnvError(f"unknown task {s.task_id!r}; the env offers: {', '.join(sorted(self.tasks))}")
+        if any(s.sim_state is not None for s in starts) and not self.pool.restores_state:
+            raise EnvError("a start state carries a recorded simulator state, but this pool's envs cannot restore "
+                           "one (no restore_state, see pushcut.envcontract.RestoresState)")
         episodes = [
-            Episode(s.task_id, self.tasks[s.task_id].instruction, s.init_state, group_offset + i)
+            Episode(s.task_id, self.tasks[s.task_id].instruction, s.init_state, group_offset + i, start=s)
             for i, s in enumerate(starts)
             for _ in range(group_size)
         ]
@@ -367,7 +372,7 @@ class RolloutCollector:
                 lane.free.remove(slot)
                 lane.active[slot] = k
                 episodes[k].slot = slot
-                assignments[slot] = (episodes[k].task_id, episodes[k].init_state)
+                assignments[slot] = _reset_args(episodes[k])
             t = time.perf_counter()
             results = self.pool.reset(assignments)
             stats.env_s += time.perf_counter() - t
@@ -466,6 +471,15 @@ class RolloutCollector:
         if episodes[k].failure is None:
             episodes[k].failure = reason
         finish(k)
+
+
+def _reset_args(ep: Episode) -> tuple:
+    """The pool's reset request for an episode: (task, init state), plus the recorded simulator state
+    when it starts from one (sent as a typed array, see :meth:`EnvPool.reset`)."""
+    state = ep.start.sim_state if ep.start is not None else None
+    if state is None:
+        return ep.task_id, ep.init_state
+    return ep.task_id, ep.init_state, np.asarray(state, dtype=np.float64)
 
 
 class _Lane:

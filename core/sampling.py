@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,10 +22,16 @@ from pushcut.errors import ConfigError, EnvError
 
 @dataclass(frozen=True)
 class StartState:
-    """Where an episode starts: a task and one of its stored initial states."""
+    """Where an episode starts: a task and one of its stored initial states, or (the reverse
+    curriculum) a simulator state recorded along one of the task's demonstrations."""
 
     task_id: str
     init_state: int
+    sim_state: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """A recorded simulator state (1-D float64) to start from instead of ``init_state``; the env
+    restores it (:class:`pushcut.envcontract.RestoresState`). ``init_state`` is then the demo's own."""
+    demo: DemoStart | None = field(default=None, compare=False)
+    """Which demo step ``sim_state`` is (None for a real initial state)."""
 
 
 class Outcome(Protocol):
@@ -69,6 +75,15 @@ class StartStateSampler(abc.ABC):
 
     adaptive: bool = False
     """True when :meth:`task_weights` changes with the outcomes (then the trainer logs it)."""
+
+    def begin(self, collector: Any, at_start: dict[str, float] | None) -> None:
+        """Called once before a fresh run's first iteration (not on resume), with the collector and
+        the step-0 evaluation's metrics (None when ``train.eval_at_start`` is off). Does nothing by
+        default; the reverse curriculum enrols its tasks here."""
+
+    def metrics(self) -> dict[str, float]:
+        """What the trainer logs of the sampler after each rollout (none by default)."""
+        return {}
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]: ...
@@ -330,6 +345,123 @@ class ReverseCurriculum:
         self.rng.bit_generator.state = state["rng"]
         self.start_fraction = {t: float(v) for t, v in state["start_fraction"].items()}
         self.success = {t: float(v) for t, v in state["success"].items()}
+
+
+ENROL_STATES = 10
+"""Train initial states per task that the reverse curriculum's enrolment measures greedily (one
+episode each) when the run has no step-0 evaluation to read."""
+
+
+class CurriculumSampler(StartStateSampler):
+    """``base`` (any start-state sampler) with the reverse curriculum on top: a start ``base`` draws
+    for a task the curriculum holds (:meth:`ReverseCurriculum.active`) becomes a start part-way
+    along one of that task's demos (a :class:`StartState` carrying the recorded simulator state);
+    the outcomes of those episodes move the curriculum, the others feed ``base``.
+
+    Enrolment (:meth:`begin`, once at the start of a fresh run): a task enrols when its success
+    from the real initial states is below ``apply_below``: the step-0 evaluation's
+    ``eval/success/<task>`` when there is one, else a greedy episode from each of its first
+    :data:`ENROL_STATES` train initial states."""
+
+    def __init__(self, base: StartStateSampler, curriculum: ReverseCurriculum,
+                 demos: dict[str, list[tuple[int, np.ndarray]]]) -> None:
+        self.base, self.curriculum, self.demos = base, curriculum, demos
+        self.pairs, self.states_of = base.pairs, base.states_of
+        self.seed, self.group_size = base.seed, base.group_size
+        self.adaptive = base.adaptive
+        self.started = False
+        self.enrolment: dict[str, float] = {}
+        """Success from the real start that each task's enrolment read."""
+
+    def begin(self, collector: Any, at_start: dict[str, float] | None) -> None:
+        if self.started:
+            return
+        tasks = list(self.curriculum.demo_lengths)
+        if at_start is not None and all(f"eval/success/{t}" in at_start for t in tasks):
+            rates = {t: float(at_start[f"eval/success/{t}"]) for t in tasks}
+        else:
+            starts = [p for t in tasks for p in self.states_of.get(t, [])[:ENROL_STATES]]
+            batch, _ = collector.collect(starts, 1, 0.0)
+            done = [ep for ep in batch if ep.ok]
+            rates = {t: float(np.mean([ep.success for ep in done if ep.task_id == t]))
+                     for t in tasks if any(ep.task_id == t for ep in done)}
+        self.enrolment = rates
+        self.curriculum.enroll(rates)
+        self.started = True
+
+    def draw(self, n: int) -> list[StartState]:
+        out = []
+        for start in self.base.draw(n):
+            if self.curriculum.active(start.task_id):
+                demo = self.curriculum.draw(start.task_id, 1)[0]
+                init_state, states = self.demos[start.task_id][demo.demo]
+                start = StartState(start.task_id, init_state if init_state >= 0 else start.init_state,
+                                   states[demo.step], demo)
+            out.append(start)
+        return out
+
+    def observe(self, episodes: Iterable[Outcome]) -> None:
+        episodes = list(episodes)
+        from_demos = [ep for ep in episodes if getattr(getattr(ep, "start", None), "demo", None) is not None]
+        for task in sorted({ep.task_id for ep in from_demos}):
+            self.curriculum.observe(task, [bool(ep.success) for ep in from_demos if ep.task_id == task and ep.ok])
+        self.base.observe([ep for ep in episodes if getattr(getattr(ep, "start", None), "demo", None) is None])
+
+    def task_weights(self) -> dict[str, float]:
+        return self.base.task_weights()
+
+    def metrics(self) -> dict[str, float]:
+        out = {**self.base.metrics(), **self.curriculum.metrics()}
+        out.update({f"curriculum/{t}/success": v for t, v in sorted(self.curriculum.success.items())})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base": self.base.state_dict(), "curriculum": self.curriculum.state_dict(),
+                "started": self.started, "enrolment": dict(self.enrolment)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "curriculum" not in state:
+            raise EnvError("the checkpoint's sampler state has no reverse curriculum: resume with the "
+                           "train.curriculum the run started with")
+        self.base.load_state_dict(state["base"])
+        self.curriculum.load_state_dict(state["curriculum"])
+        self.started = bool(state["started"])
+        self.enrolment = {t: float(v) for t, v in state.get("enrolment", {}).items()}
+
+
+CURRICULA = ("none", "reverse")
+"""``train.curriculum`` values."""
+
+
+def with_curriculum(sampler: StartStateSampler, config: Any, pool: Any) -> StartStateSampler:
+    """``sampler`` with the curriculum ``config.train.curriculum`` names (a :class:`RunConfig`'s), or
+    ``sampler`` itself for ``none``. ``reverse`` needs a pool whose envs restore states (``pool.
+    restores_state``) and demo files with simulator states (``train.curriculum_demos``, else
+    ``sft.demos``); either missing is one :class:`ConfigError` / DataError line."""
+    train = config.train
+    if train.curriculum == "none":
+        return sampler
+    if train.curriculum not in CURRICULA:
+        raise ConfigError(f"train.curriculum must be one of {', '.join(CURRICULA)}, got {train.curriculum!r}")
+    if not getattr(pool, "restores_state", False):
+        raise ConfigError(f"train.curriculum=reverse needs an env that restores recorded simulator states "
+                          f"(get_state/restore_state, see pushcut.envcontract.RestoresState); env.type="
+                          f"{config.env.type} has none: use an env that does (tabletop, libero) or train.curriculum=none")
+    paths = [train.curriculum_demos] if train.curriculum_demos else list(getattr(config.sft, "demos", ()) or ())
+    if not paths:
+        raise ConfigError("train.curriculum=reverse needs demos with simulator states: set train.curriculum_demos="
+                          "PATH (record them with `pushcut demos ENV`)")
+    from pushcut.demos import read_demo_states
+
+    tasks = set(sampler.states_of)
+    demos = {t: v for t, v in read_demo_states(paths).items() if t in tasks}
+    if not demos:
+        raise ConfigError(f"train.curriculum=reverse: the demo file(s) {', '.join(map(str, paths))} hold no demo "
+                          f"of the env's tasks ({', '.join(sorted(tasks))})")
+    curriculum = ReverseCurriculum({t: [len(s) for _, s in v] for t, v in demos.items()}, config.seed,
+                                   threshold=train.curriculum_threshold, step=train.curriculum_step,
+                                   initial=train.curriculum_initial, apply_below=train.curriculum_apply_below)
+    return CurriculumSampler(sampler, curriculum, demos)
 
 
 SAMPLERS: dict[str, type[StartStateSampler]] = {"uniform": UniformSampler, "mixed": MixedSampler, "band": BandSampler}

@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pushcut.envcontract import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, Env, StepResult, TaskSpec
+from pushcut.envcontract import (
+    OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, Env, StepResult, TaskSpec, can_restore_state,
+)
 
 try:  # the policy and success-detector suites need torch; the Env and robot-driver suites do not, so a
     import torch  # simulator's own venv (no torch) can run them
@@ -223,6 +225,32 @@ class EnvContract:
                                "executed steps: a chunk must stop at success and count exactly what it ran")
         if "episode_steps" in result.info:
             assert result.info["episode_steps"] == n, f"info['episode_steps'] is {result.info['episode_steps']}, not {n}"
+
+    def test_restore_state_round_trip(self, env: Env) -> None:
+        """Optional capability (``get_state`` / ``restore_state``): a state recorded mid-episode, restored
+        after the episode ran on, gives back the observation seen when it was recorded, and the same
+        actions from there give the same result as they did then."""
+        if not can_restore_state(env):
+            pytest.skip(f"{type(env).__name__} does not restore simulator states (optional capability)")
+        self._needs_determinism(env)
+        task = self._first_task(env)
+        env.reset(task.task_id, task.train_init_states[0])
+        first = env.step(self._actions(env, seed=2))
+        if first.done:
+            pytest.skip("the episode ended within the first chunk")
+        state = np.asarray(env.get_state())
+        assert state.ndim == 1 and state.dtype.kind == "f" and np.isfinite(state).all(), (
+            f"get_state() must return a 1-D finite float array, got {state.dtype} {state.shape}")
+        then = env.step(self._actions(env, seed=3))
+        env.reset(task.task_id, task.train_init_states[-1])  # somewhere else entirely
+        back = env.restore_state(task.task_id, state.copy())
+        _check_observation(back, "restore_state()")
+        assert _same_obs(back, first.observation), "restore_state() must give the observation seen when the state was recorded"
+        again = env.step(self._actions(env, seed=3))
+        assert _same_obs(again.observation, then.observation) and again.success == then.success, (
+            "the same actions after restore_state() must give the same result as after the recorded state")
+        with pytest.raises((ValueError, EnvError)):
+            env.restore_state(task.task_id, np.zeros(len(state) + 3))
 
     def test_render(self, env: Env) -> None:
         task = self._first_task(env)

@@ -48,7 +48,7 @@ from pushcut.pluginmanager import PluginManager, get_plugin_manager
 from pushcut.plots import plot_run
 from pushcut.rollout import EpisodeBatch, RolloutCollector
 from pushcut.rundir import CHECKPOINT_POLICY, RunDir
-from pushcut.sampling import StartStateSampler, make_sampler
+from pushcut.sampling import StartStateSampler, make_sampler, with_curriculum
 
 log = logging.getLogger("pushcut")
 
@@ -110,6 +110,7 @@ def collect_batch(
         "time/rollout_policy_s": policy_s,
         "time/rollout_env_s": env_s,
     })
+    metrics.update(sampler.metrics())  # e.g. curriculum/<task>/start_fraction
     if sampler.adaptive:  # where the next iteration's rollouts will go
         for task, weight in sampler.task_weights().items():
             metrics[f"rollout/draw_weight/{task}"] = weight
@@ -450,6 +451,7 @@ class Trainer:
         try:
             collector = build_collector(cfg, pool, policy)
             sampler = make_sampler(t.start_sampling, pool.tasks(), cfg.seed, cfg.algo.group_size)
+            sampler = with_curriculum(sampler, cfg, pool)  # train.curriculum=reverse: demo starts on hard tasks
             ckpt, state = self._resume_point(policy) if t.resume else (None, None)
             if ckpt is not None:
                 try:
@@ -465,8 +467,8 @@ class Trainer:
             self.metrics_file.truncate_after(start_step if start_step else -1)
             self.manager.run_start(self.run_dir, to_dict(cfg), "train")
             progress = Progress(t.iterations, "train", start_step)
-            if start_step == 0 and t.eval_at_start:
-                self._evaluate(collector, 0, progress)
+            if start_step == 0:
+                sampler.begin(collector, self._evaluate(collector, 0, progress) if t.eval_at_start else None)
             for step in range(start_step + 1, t.iterations + 1):
                 record = self._iteration(step, collector, sampler, policy, optimizer, generator, reference, progress)
                 is_last = step == t.iterations

@@ -7,6 +7,11 @@ arrays travel as a msgpack extension (type :data:`NDARRAY_EXT`) holding
 message is a map with a type ``"t"`` from :data:`MESSAGE_TYPES` (anything else
 is refused) and, for requests and their replies, an ``"id"``.
 
+A ``reset`` request's items are ``[env index, task id, init state]``, or with a fourth
+field, a recorded simulator state (a 1-D float64 array, as a typed buffer): the env then
+starts the episode there (``restore_state``, offered when the worker's ``welcome`` says
+``restores_state``).
+
 This module imports numpy, msgpack and the torch-free env contract only: it
 runs inside a simulator's own virtualenv.
 """

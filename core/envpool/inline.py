@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from pushcut.envcontract import Env
+from pushcut.envcontract import Env, can_restore_state
 from pushcut.envpool.spec import EnvSpec, build_envs
 from pushcut.envpool.transport import Channel, Reply, Transport, WorkerInfo
 from pushcut.envpool.worker import EnvHost
@@ -25,7 +25,8 @@ class InlineChannel(Channel):
         self.host = EnvHost(envs)
         self.label = f"inline worker {index}"
         env = envs[0]
-        self.info = WorkerInfo("", len(envs), env.tasks(), env.action_spec, os.getpid())
+        self.info = WorkerInfo("", len(envs), env.tasks(), env.action_spec, os.getpid(),
+                               restores_state=all(can_restore_state(e) for e in envs))
         self._reply: Reply | None = None
 
     def request(self, req_id: int, cmd: str, items: list[list[Any]]) -> None:

@@ -306,8 +306,15 @@ class EnvPool:
     def _per_slot(self, cmd: str, items: Mapping[int, tuple]) -> dict[int, Any]:
         return self.collect(self.submit(cmd, items))
 
-    def reset(self, assignments: Mapping[int, tuple[str, int]]) -> dict[int, Observation | SlotFailure]:
-        """Reset each slot to (task_id, init_state)."""
+    @property
+    def restores_state(self) -> bool:
+        """True when every worker's envs restore recorded simulator states, so :meth:`reset` may
+        start a slot at one (see :class:`pushcut.envcontract.RestoresState`)."""
+        return all(ch.info.restores_state for ch in self._channels)
+
+    def reset(self, assignments: Mapping[int, tuple]) -> dict[int, Observation | SlotFailure]:
+        """Reset each slot to (task_id, init_state), or to (task_id, init_state, state): a recorded
+        simulator state (a 1-D float array, sent as a typed array) where the episode starts instead."""
         return self._per_slot("reset", assignments)
 
     def render(self, slots: list[int]) -> dict[int, np.ndarray | SlotFailure]:

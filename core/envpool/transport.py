@@ -44,6 +44,9 @@ class WorkerInfo:
     pid: int | None = None
     heartbeat_s: float = 0.0
     """How often the worker sends a ``beat`` while busy; 0: it sends none."""
+    restores_state: bool = False
+    """Its envs restore recorded simulator states (:class:`~pushcut.envcontract.RestoresState`), so a
+    ``reset`` may carry one."""
 
 
 @dataclass
@@ -166,7 +169,8 @@ def check_welcome(msg: dict[str, Any], spec: EnvSpec, num_envs: int, label: str,
             raise EnvError(f"{label} serves {env!r} with other options than the config: {'; '.join(diff)}; "
                            "serve it with the run's env section or change the config to match")
     info = WorkerInfo(env, int(msg.get("num_envs", 0)), tasks_from_wire(msg.get("tasks", [])),
-                      action_spec_from_wire(msg.get("action_spec")), msg.get("pid"), float(msg.get("heartbeat_s", 0)))
+                      action_spec_from_wire(msg.get("action_spec")), msg.get("pid"), float(msg.get("heartbeat_s", 0)),
+                      bool(msg.get("restores_state", False)))
     if info.num_envs < num_envs:
         raise EnvError(f"{label} holds {info.num_envs} envs, the pool wants {num_envs} per worker: start it with "
                        f"--envs {num_envs} or set rollout.envs_per_worker={info.num_envs}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pushcut.envcontract import Env
+from pushcut.envcontract import Env, can_restore_state
 from pushcut.envpool.spec import EnvSpec, build_envs
 from pushcut.errors import EnvError
 from pushcut.wire import (
@@ -58,7 +58,8 @@ class EnvHost:
         env = self.envs[0]
         return {"env": self.name, "num_envs": len(self.envs), "tasks": tasks_to_wire(env.tasks()),
                 "action_spec": action_spec_to_wire(env.action_spec), "pid": os.getpid(),
-                "heartbeat_s": HEARTBEAT_S, "options": self.options}
+                "heartbeat_s": HEARTBEAT_S, "options": self.options,
+                "restores_state": all(can_restore_state(e) for e in self.envs)}
 
     def check_items(self, cmd: str, items: Any) -> None:
         """A :class:`ProtocolError` unless ``items`` is a list of ``[env index, ...]`` lists naming
@@ -87,9 +88,12 @@ class EnvHost:
                 if cmd == "step":
                     actions, record = args
                     out.append((local, env.step(np.asarray(actions), record=bool(record))))
-                elif cmd == "reset":
-                    task_id, init_state = args
-                    out.append((local, env.reset(str(task_id), int(init_state))))
+                elif cmd == "reset":  # [local, task, init state] or [..., recorded simulator state]
+                    task_id, init_state, *state = args
+                    if state:
+                        out.append((local, _restore(env, str(task_id), state[0])))
+                    else:
+                        out.append((local, env.reset(str(task_id), int(init_state))))
                 elif cmd == "expert":
                     out.append((local, np.asarray(env.expert_action(), dtype=np.float64)))
                 else:
@@ -104,6 +108,16 @@ class EnvHost:
                 env.close()
             except Exception:
                 pass
+
+
+def _restore(env: Env, task_id: str, state: Any) -> Any:
+    """``env.restore_state`` for a reset request that carries a recorded simulator state."""
+    if not can_restore_state(env):
+        raise EnvError(f"{type(env).__name__} cannot restore a recorded simulator state (it has no "
+                       "get_state/restore_state, see pushcut.envcontract.RestoresState)")
+    if not isinstance(state, np.ndarray) or state.ndim != 1 or state.dtype.kind not in "iuf":
+        raise EnvError(f"a reset's simulator state must be a 1-D numeric array, got {type(state).__name__}")
+    return env.restore_state(task_id, state)
 
 
 def result_to_wire(cmd: str, value: Any) -> Any:

@@ -117,6 +117,33 @@ class TabletopEnv(Env):
         result.info[INFO_STAGE] = spec.stages[self._stage] if self._stage >= 0 else NO_STAGE
         return result
 
+    def get_state(self) -> np.ndarray:
+        """The simulator state (see :class:`pushcut.envcontract.RestoresState`): the episode's init
+        state index, then :meth:`TabletopScene.get_state` (static bodies + MuJoCo integration state)."""
+        return np.concatenate([[float(self._init_state)], self.scene.get_state()])
+
+    def restore_state(self, task_id: str, state: np.ndarray) -> Observation:
+        """A new episode of ``task_id`` at a state :meth:`get_state` recorded; its step count starts at
+        0, its stage at none (then whatever the restored scene already shows)."""
+        spec = self._spec(task_id)
+        state = np.asarray(state, dtype=np.float64).reshape(-1)
+        expected = 1 + self.scene.state_size()
+        if len(state) != expected or not np.isfinite(state).all():
+            raise EnvError(f"tabletop: a restored state must be {expected} finite floats (what get_state() "
+                           f"returns for this scene), got {len(state)}; record the demos with this pushcut's tabletop")
+        init_state = int(state[0])
+        if not 0 <= init_state < spec.num_init_states:
+            init_state = 0  # a state recorded from outside the stored ones: its layout only feeds stage reports
+        self._task = TASKS[task_id]
+        self._init_state = init_state
+        self._layout = self._task.layout(init_state, self.config.jitter)
+        self.scene.set_state(state[1:])
+        self._steps = 0
+        self._success = bool(self._task.success(self.scene))
+        self._stage = self._task.furthest_stage(self.scene, self._layout, -1)
+        self._expert = None
+        return self.observe()
+
     def expert_action(self) -> np.ndarray:
         """The scripted expert's next action (4,) for the current episode (see
         :mod:`.experts`); its noise is ``config.expert_noise``, seeded by the init state."""

@@ -138,6 +138,35 @@ class TabletopScene:
         mujoco.mj_step(m, d, nstep=SETTLE_SUBSTEPS)
         self._sync_poses()
 
+    STATIC_BODIES = ("plate", "target", "button_base", "cabinet")
+    """Bodies a layout moves (the model's ``body_pos``): part of the state with the physics."""
+
+    def state_size(self) -> int:
+        """Length of :meth:`get_state`'s vector."""
+        return 3 * len(self.STATIC_BODIES) + mujoco.mj_stateSize(self.model, mujoco.mjtState.mjSTATE_INTEGRATION)
+
+    def get_state(self) -> np.ndarray:
+        """The full state, float64: the static bodies' positions, then MuJoCo's integration state
+        (time, qpos, qvel, act, warm start, ctrl, applied forces: ``mj_getState``). The servo targets
+        are the ctrl, so they come back with it."""
+        physics = np.empty(mujoco.mj_stateSize(self.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+        mujoco.mj_getState(self.model, self.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+        bodies = self.model.body_pos[[self._body[b] for b in self.STATIC_BODIES]].reshape(-1)
+        return np.concatenate([bodies, physics])
+
+    def set_state(self, state: np.ndarray) -> None:
+        """Restore what :meth:`get_state` returned (the length is the caller's to check)."""
+        m, d = self.model, self.data
+        n = 3 * len(self.STATIC_BODIES)
+        m.body_pos[:] = self._default_body_pos
+        m.body_pos[[self._body[b] for b in self.STATIC_BODIES]] = np.asarray(state[:n]).reshape(-1, 3)
+        mujoco.mj_resetData(m, d)
+        mujoco.mj_setState(m, d, np.ascontiguousarray(state[n:], dtype=np.float64), mujoco.mjtState.mjSTATE_INTEGRATION)
+        self.target_pos = d.ctrl[:3].copy()
+        self.finger_target = float(d.ctrl[3])
+        # positions, cameras and contacts of the restored qpos, as a step leaves them
+        mujoco.mj_forward(m, d)
+
     def step(self, action: np.ndarray) -> None:
         """One env step: ``action`` = (dx, dy, dz, gripper), each in [-1, 1]."""
         a = np.clip(action, -1.0, 1.0)
