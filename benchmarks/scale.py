@@ -43,7 +43,7 @@ def env_rate(transport, workers: int, envs: int, step_ms: float, rounds: int) ->
 def learner_rate(args, manager, learners: int, repeats: int) -> tuple[float, float]:
     from pushcut.build import build_collector
     from pushcut.config import load_config
-    from pushcut.distributed import LearnerGroup
+    from pushcut.distributed import RayLearners
     from pushcut.envpool import EnvPool
     from pushcut.sampling import make_sampler
     from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv
@@ -52,28 +52,31 @@ def learner_rate(args, manager, learners: int, repeats: int) -> tuple[float, flo
     cfg = load_config(None, ["env.type=reach", "policy.type=bins", f"policy.hidden={args.hidden}",
                              "algo.temperature=1.0", "train.batch_size=8", "train.minibatch_size=64",
                              "train.micro_batch_size=64", "train.backend=ray", f"train.learners={learners}",
-                             f"train.learner_num_cpus={args.learner_cpus}", f"train.device={args.device}"], manager)
+                             f"train.learner_num_cpus={args.learner_cpus}", f"train.device={args.device}",
+                             f"train.strategy={args.strategy}"], manager)
     policy = BinPolicy(BinPolicyConfig(hidden=args.hidden))
     with EnvPool(ReachEnv, ReachConfig(), num_workers=1, envs_per_worker=16, transport="inline") as pool:
         batch, _ = collect_batch(build_collector(cfg, pool, policy), make_sampler("uniform", pool.tasks(), 0, 8),
                                  cfg, None)
     rows = sum(ep.num_chunks for ep in batch)
-    group = LearnerGroup(cfg, policy.to(args.device), torch.optim.AdamW(policy.parameters()), manager)
+    group = RayLearners(cfg, policy.to(args.device), torch.optim.AdamW(policy.parameters()), None, manager)
     try:
         gen = torch.Generator().manual_seed(0)
-        group.update(batch, gen, None, 0)  # warm: weights pushed, kernels loaded
+        group.update(batch, gen, rollout_version=0)  # warm: weights pushed, kernels loaded
         t0 = time.perf_counter()
         for i in range(repeats):
-            group.update(batch, gen, None, i + 1)
+            group.update(batch, gen, rollout_version=i + 1)
         elapsed = time.perf_counter() - t0
     finally:
-        group.shutdown()
+        group.close()
     return rows * repeats / elapsed, rows * repeats / elapsed / learners
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--strategy", default="replicate", choices=["replicate", "fsdp2"],
+                        help="how the learner ranks hold the model (train.strategy)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--envs", type=int, default=4)
     parser.add_argument("--step-ms", type=float, default=2.0)

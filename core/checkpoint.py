@@ -1,8 +1,10 @@
 """Atomic checkpoints with exact resume.
 
 ``<run_dir>/checkpoints/step_000010/`` holds ``policy/`` (written by
-``Policy.save``) and ``trainer.pt`` (optimizer, RNG states, sampler position,
-step). It is written under a temporary name and renamed into place, so a kill
+``Policy.save``), ``trainer.pt`` (optimizer, RNG states, sampler position,
+step) and, from sharded learners, ``learner/`` (their model and optimizer shards,
+``torch.distributed.checkpoint``; any world size reads them back). It is
+written under a temporary name and renamed into place, so a kill
 at any moment leaves either the previous checkpoint or the new one — never a
 half-written one. ``manifest.json``, written last, lists every file with its
 size and SHA-256: a checkpoint damaged later (a truncated copy, a bad disk) is
@@ -20,14 +22,14 @@ import random
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from pushcut.contracts import Policy
 from pushcut.errors import CheckpointError
-from pushcut.rundir import CHECKPOINT_MANIFEST, CHECKPOINT_POLICY, CHECKPOINT_STATE, STEP_DIR, RunDir, step_name
+from pushcut.rundir import CHECKPOINT_MANIFEST, CHECKPOINT_STATE, STEP_DIR, RunDir, step_name
 
 MANIFEST_FILE = CHECKPOINT_MANIFEST
 log = logging.getLogger(__name__)
@@ -52,8 +54,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def save_checkpoint(run_dir: Path, step: int, policy: Policy, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically and prune all but the ``keep`` newest."""
+def save_checkpoint(run_dir: Path, step: int, write: Callable[[Path], dict[str, Any]], state: dict[str, Any],
+                    keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically and prune all but the ``keep`` newest. ``write(directory)``
+    puts the learner's files there (``policy/``, a sharded state) and returns its entries of
+    ``trainer.pt`` (:meth:`pushcut.learner.Learner.save`); ``state`` holds the driver's own."""
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = RunDir(run_dir).checkpoint(step)
@@ -61,8 +66,8 @@ def save_checkpoint(run_dir: Path, step: int, policy: Policy, state: dict[str, A
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    policy.save(tmp / CHECKPOINT_POLICY)
-    torch.save({**state, "step": step, "rng": rng_state()}, tmp / CHECKPOINT_STATE)
+    learner_state = write(tmp)
+    torch.save({**state, **learner_state, "step": step, "rng": rng_state()}, tmp / CHECKPOINT_STATE)
     write_manifest(tmp)
     if final.exists() and verify_checkpoint(final) is not None:  # a damaged one that resume skipped: keep it aside
         kept = root / f"{final.name}.damaged-{int(time.time())}"

@@ -1,46 +1,68 @@
-"""Learner ranks: the trainer's update on ``train.learners`` torch.distributed ranks (Ray actors).
+"""Learner ranks on Ray: :class:`RayLearners`, the ``train.backend=ray`` side of the learner seam.
 
-``train.backend=ray`` keeps the run's loop in this (driver) process — rollouts
-with the policy here, checkpoints, evaluation, metrics — and moves the update
-(:func:`pushcut.trainer.update_policy`, unchanged) onto ``W`` learner ranks. Every
-rank holds the whole policy and optimizer and walks the same shuffled minibatches
-(one generator state, handed out with each update). :class:`Shards` gives rank
-``r`` its contiguous share of each minibatch's (episode, chunk) rows; the
-aggregation weights are still computed over the whole minibatch, so the ranks'
-losses add up to the single-process minibatch loss. Gradients are summed with
-one ``all_reduce`` per dtype before the usual clip + AdamW step, which every rank
-then applies identically. The update therefore equals the single-process one up
-to the order of float additions (the test bounds the difference).
+``train.learners`` torch.distributed ranks (gloo on CPU, NCCL on CUDA, one GPU each) run
+the update (:func:`pushcut.learner.update_policy`, unchanged) as Ray actors. Every rank walks
+the same shuffled minibatches (one generator state, handed out with each update) and takes
+its contiguous share of each minibatch's (episode, chunk) rows (:class:`~pushcut.learner.Shards`);
+the aggregation weights are computed over the whole minibatch, so the ranks' losses add up
+to the single-process minibatch loss and the update equals the single-process one up to
+the order of float additions.
 
-After each update rank 0's trainable weights are copied into the driver's policy,
-so every rollout uses the newest weights (``actor/weight_version`` counts updates,
-``rollout/stale_versions`` how many versions the rollout policy lagged: 0 here).
-The optimizer state a checkpoint holds is rank 0's, in the single-process format:
-a run resumes on any number of ranks, or with ``train.backend=local``.
+How the ranks hold the model (``train.strategy``):
 
-Backends: gloo on CPU, NCCL when ``train.device`` is CUDA (one GPU per rank).
-Ranks replicate the model (DDP-style); sharding it (FSDP2) is not implemented.
+* ``replicate`` — each rank the whole model and optimizer; gradients are summed with one
+  ``all_reduce`` per dtype before the clip + AdamW step every rank applies identically.
+* ``fsdp2`` — ``torch.distributed.fsdp.fully_shard`` over the policy's
+  :meth:`~pushcut.contracts.Policy.shard_units` (then the rest): each rank keeps ``1/W`` of
+  the parameters, gradients and AdamW moments; a unit's weights are gathered for its
+  forward and backward and freed after; gradients are reduce-scattered (averaged, so each
+  rank's loss is scaled by ``W`` to make them the sum); clipping sees the global norm.
+  ``train.precision=bf16-mixed`` keeps bf16 weights and compute with fp32 gradient
+  reduction; ``train.offload`` keeps shards and optimizer state in CPU memory;
+  ``train.activation_checkpointing`` recomputes each unit's activations in the backward.
+
+Who samples the rollouts (``rollout.inference``):
+
+* ``driver`` — the driver's policy; after each update rank 0 sends the trainable weights
+  back (sharded: gathered first), so the rollouts use the newest weights
+  (``rollout/stale_versions`` 0).
+* ``learners`` — veRL's hybrid engine: each rank starts its share of ``rollout.num_workers``
+  env workers and, for its share of each round's start states, samples with its own
+  weights (sharded: every unit gathered once for the whole collection, then freed). No
+  weights travel to the driver; :class:`LearnerCollector` gives the trainer the collector
+  it expects.
+
+Checkpoints: ``replicate`` ranks hand rank 0's optimizer state to the driver in the
+single-process format; ``fsdp2`` ranks write their shards with
+``torch.distributed.checkpoint`` into the checkpoint's ``learner/`` directory (read back at
+any world size, or by ``train.backend=local``: :func:`pushcut.learner.load_sharded_optimizer`)
+and rank 0 writes ``policy/`` from the gathered weights. Ranks write into the run
+directory themselves: across nodes it must be on a shared filesystem.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import logging
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from pushcut.config import AlgoConfig, RunConfig, TrainConfig, build_dataclass, to_dict
-from pushcut.contracts import Policy
-from pushcut.envpool.ray import check_free, connect, import_ray
+from pushcut.config import RunConfig, resolve, to_dict
+from pushcut.contracts import Policy, TaskSpec
+from pushcut.envpool.ray import check_free, connect
 from pushcut.envpool.spec import import_ref
-from pushcut.errors import ConfigError, PushcutError
-from pushcut.rollout import EpisodeBatch
-from pushcut.trainer import Trainer, collect_batch, update_policy
+from pushcut.errors import CheckpointError, ConfigError, PushcutError
+from pushcut.learner import SHARDED_DIR, ChunkTargets, Learner, Shards, update_policy
+from pushcut.rollout import EpisodeBatch, RolloutStats
+from pushcut.rundir import CHECKPOINT_POLICY
+from pushcut.sampling import StartState
 
 log = logging.getLogger("pushcut")
 
@@ -48,77 +70,91 @@ PROCESS_GROUP_TIMEOUT_S = 1800.0
 """A collective that waits longer than this (a rank lost mid-update) raises instead of hanging."""
 
 
-@dataclass
-class Shards:
-    """Rank ``rank`` of ``world`` inside :func:`~pushcut.trainer.update_policy` (its ``shards``)."""
+# --------------------------------------------------------------------------- sharding
 
-    rank: int
-    world: int
 
-    def take(self, rows: Sequence[Any]) -> list[Any]:
-        """This rank's contiguous share of a minibatch's rows (shares differ by at most one)."""
-        n = len(rows)
-        return list(rows[self.rank * n // self.world:(self.rank + 1) * n // self.world])
+def shard_policy(policy: Policy, precision: str = "float32", offload: bool = False,
+                 activation_checkpointing: bool = False) -> Policy:
+    """FSDP2 over ``policy``: each of its :meth:`~pushcut.contracts.Policy.shard_units`, then
+    the policy itself (every parameter left over). ``act``, ``log_probs`` and ``values`` go
+    through FSDP's forward hooks like ``forward``, so calling them gathers what they use."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-    def reduce_step(self, params: list[torch.nn.Parameter], finite: bool, loss: float) -> tuple[bool, float]:
-        """Sum the gradients over ranks (a rank with no rows adds zeros); the minibatch is finite
-        only if it is on every rank; the loss is the sum of the ranks' shares."""
-        import torch.distributed as dist
+    options: dict[str, Any] = {}
+    if precision == "bf16-mixed":
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if offload:
+        options["offload_policy"] = CPUOffloadPolicy()
+    for unit in policy.shard_units():
+        if activation_checkpointing:
+            _checkpoint_activations(unit)
+        fully_shard(unit, **options)
+    fully_shard(policy, **options)
+    for method in ("act", "log_probs", "values"):
+        if callable(getattr(policy, method, None)):
+            register_fsdp_forward_method(policy, method)
+    return policy
 
-        by_kind: dict[tuple[torch.dtype, torch.device], list[torch.nn.Parameter]] = {}
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            by_kind.setdefault((p.grad.dtype, p.grad.device), []).append(p)
-        for group in by_kind.values():  # one collective per dtype, not one per tensor
-            flat = torch.cat([p.grad.reshape(-1) for p in group])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            offset = 0
-            for p in group:
-                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-                offset += p.numel()
-        device = params[0].device
-        stats = torch.tensor([0.0 if finite else 1.0, loss], dtype=torch.float64, device=device)
-        dist.all_reduce(stats, op=dist.ReduceOp.SUM)
-        return bool(stats[0] == 0), float(stats[1])
 
-    def reduce_sums(self, sums: dict[str, float], tokens: float) -> float:
-        """Sum the per-token statistics (in place) and the token count over ranks. ``pg_loss`` is
-        already a sum of whole-minibatch losses (identical on every rank) and is left as it is."""
-        import torch.distributed as dist
+def _checkpoint_activations(unit: torch.nn.Module) -> None:
+    """Recompute ``unit``'s forward in the backward pass instead of keeping its activations."""
+    from torch.utils.checkpoint import checkpoint
 
-        keys = [k for k in sums if k != "pg_loss"]
-        values = torch.tensor([sums[k] for k in keys] + [tokens], dtype=torch.float64)
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        for k, v in zip(keys, values[:-1].tolist()):
-            sums[k] = v
-        return float(values[-1])
+    forward = unit.forward
+
+    def recomputed(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    unit.forward = recomputed  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def gathered(policy: Policy) -> Iterator[None]:
+    """Every FSDP unit of ``policy`` unsharded for the block (one all-gather each, the same on
+    every rank), so the rollouts' many forwards need no collective and ranks may make
+    different numbers of them; resharded after. A no-op for an unsharded policy."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in policy.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    for unit in units:
+        unit.set_reshard_after_forward(False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.set_reshard_after_forward(True)
+            unit.reshard()
 
 
 # --------------------------------------------------------------------------- what a rank builds
 
 
-def policy_plugins(manager: Any, name: str) -> tuple[str, ...]:
-    """Import references of the plugin that registered policy ``name``, for a rank's own registry
-    (as :meth:`pushcut.envpool.EnvSpec.from_registry` does for envs)."""
-    entry = manager.policies.get(name)
-    info = manager.infos.get(entry.plugin)
-    if info is not None and info.source != "<in-process>":
-        return (info.source,)
-    ref = import_ref(manager.pm.get_plugin(entry.plugin))
-    return (ref,) if ref else ()
+def plugin_refs(manager: Any, config: RunConfig) -> list[str]:
+    """Import references of the plugins that registered the run's policy, env and success
+    detector, for a rank's own registry (as :meth:`pushcut.envpool.EnvSpec.from_registry` does)."""
+    refs: list[str] = []
+    for registry, name in ((manager.policies, config.policy.type), (manager.envs, config.env.type),
+                           (manager.success_detectors, config.success.type)):
+        plugin = registry.get(name).plugin
+        info = manager.infos.get(plugin)
+        ref = info.source if info is not None and info.source != "<in-process>" else import_ref(
+            manager.pm.get_plugin(plugin))
+        if ref and ref not in refs:
+            refs.append(ref)
+    return refs
 
 
 def rank_spec(config: RunConfig, manager: Any) -> dict[str, Any]:
-    """What a learner rank needs, as plain data: the policy by registered name and options, the
-    plugins that register it, and the algo / train sections."""
-    return {"policy": config.policy.type, "options": to_dict(config.policy.options) if config.policy.options else {},
-            "plugins": list(policy_plugins(manager, config.policy.type)), "algo": to_dict(config.algo),
-            "train": to_dict(config.train), "seed": config.seed}
+    """What a learner rank needs, as plain data: the whole run config and the plugins it names."""
+    return {"config": to_dict(config), "plugins": plugin_refs(manager, config)}
 
 
 class LearnerRank:
-    """One learner rank (wrapped with ``ray.remote`` by :class:`LearnerGroup`)."""
+    """One learner rank (wrapped with ``ray.remote`` by :class:`RayLearners`)."""
 
     def __init__(self, spec: dict[str, Any], rank: int, world: int, path: list[str]) -> None:
         import os
@@ -127,22 +163,21 @@ class LearnerRank:
         sys.path[:0] = [p for p in path if p not in sys.path and os.path.isdir(p)]
         from pushcut.pluginmanager import PluginManager
 
-        manager = PluginManager.from_refs(spec["plugins"], autoload=not spec["plugins"])
-        entry = manager.policies.get(spec["policy"])
-        self.config = RunConfig(algo=build_dataclass(AlgoConfig, spec["algo"], "algo"),
-                                train=build_dataclass(TrainConfig, spec["train"], "train"), seed=spec["seed"])
+        self.manager = PluginManager.from_refs(spec["plugins"], autoload=not spec["plugins"])
+        self.config = resolve(spec["config"], self.manager)
         t = self.config.train
         torch.set_num_threads(t.torch_threads or max(1, int(t.learner_num_cpus)))
         self.device = "cuda" if t.device.startswith("cuda") else t.device
-        torch.manual_seed(spec["seed"])
-        self.policy: Policy = entry.build(build_dataclass(entry.config_class, spec["options"], "policy")).to(self.device)
+        torch.manual_seed(self.config.seed)
+        self.entry = self.manager.policies.get(self.config.policy.type)
+        self.policy: Policy = self.entry.build(self.config.policy.options).to(self.device)
         self.policy.eval()
-        self.optimizer = torch.optim.AdamW(list(self.policy.trainable_parameters()), lr=t.lr, betas=t.betas,
-                                           weight_decay=t.weight_decay)
+        self.shards = Shards(rank, world, sharded=t.strategy == "fsdp2")
+        self.optimizer: torch.optim.Optimizer | None = None
         self.reference: Policy | None = None
-        self.shards = Shards(rank, world)
-        self.generator = torch.Generator().manual_seed(spec["seed"])
+        self.generator = torch.Generator().manual_seed(self.config.seed)
         self.version = 0
+        self.collector: Any = None
 
     def address(self) -> tuple[str, int]:
         """This node's address and a free port, for the process group's rendezvous (rank 0)."""
@@ -154,19 +189,54 @@ class LearnerRank:
         return ray.util.get_node_ip_address(), port
 
     def join(self, host: str, port: int) -> None:
+        """Join the process group, shard the policy (fsdp2) and build the optimizer over what this rank holds."""
         import torch.distributed as dist
 
         backend = "nccl" if self.device.startswith("cuda") else "gloo"
         dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=self.shards.rank,
                                 world_size=self.shards.world,
                                 timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
+        t = self.config.train
+        if self.shards.sharded:
+            shard_policy(self.policy, t.precision, t.offload, t.activation_checkpointing)
+        self.optimizer = torch.optim.AdamW(list(self.policy.trainable_parameters()), lr=t.lr, betas=t.betas,
+                                           weight_decay=t.weight_decay)
 
-    def load(self, weights: dict[str, torch.Tensor], optimizer: dict[str, Any] | None,
-             reference: dict[str, torch.Tensor] | None, version: int) -> None:
-        """Start from the driver's weights (its init, init_from or resumed checkpoint)."""
-        self.policy.load_state_dict(weights)
-        if optimizer is not None:
-            self.optimizer.load_state_dict(optimizer)
+    def start_envs(self, num_workers: int) -> list[TaskSpec]:
+        """This rank's env workers (``rollout.inference=learners``) and a collector sampling with its weights."""
+        from pushcut.envpool import pool_from_config
+        from pushcut.rollout import RolloutCollector
+
+        config = dataclasses.replace(self.config, rollout=dataclasses.replace(self.config.rollout,
+                                                                              num_workers=num_workers))
+        pool = pool_from_config(config, self.manager)
+        detector = self.manager.success_detectors.get(config.success.type).build(config.success.options)
+        self.collector = RolloutCollector.for_policy(pool, self.policy, detector, config.rollout.max_steps,
+                                                     config.rollout.pipeline)
+        return pool.tasks()
+
+    def load(self, weights: dict[str, torch.Tensor] | None, optimizer: dict[str, Any] | None,
+             reference: dict[str, torch.Tensor] | None, version: int, checkpoint: str | None) -> None:
+        """Start from the driver's weights (its init, init_from or resumed checkpoint), or from a
+        sharded checkpoint's ``learner/`` (written at any world size)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        sharded = Path(checkpoint) / SHARDED_DIR if checkpoint else None
+        if self.shards.sharded and sharded is not None and sharded.is_dir():
+            self._load_sharded(sharded)
+        elif self.shards.sharded:
+            full = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.policy, weights, options=full)
+            if optimizer is not None:  # keyed by parameter name (the driver converted it)
+                set_optimizer_state_dict(self.policy, self.optimizer, optimizer, options=full)
+        else:
+            self.policy.load_state_dict(weights)
+            if optimizer is not None:
+                self.optimizer.load_state_dict(optimizer)
         if reference is not None:
             import copy
 
@@ -174,22 +244,98 @@ class LearnerRank:
             self.reference.load_state_dict(reference)
         self.version = version
 
-    def update(self, batch: EpisodeBatch, generator_state: torch.Tensor, send_weights: bool) -> dict[str, Any]:
+    def _load_sharded(self, directory: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        state = {"model": get_model_state_dict(self.policy),
+                 "optim": get_optimizer_state_dict(self.policy, self.optimizer)}
+        dcp.load(state, checkpoint_id=str(directory))
+        set_model_state_dict(self.policy, state["model"])
+        set_optimizer_state_dict(self.policy, self.optimizer, state["optim"])
+
+    def update(self, batch: EpisodeBatch, generator_state: torch.Tensor, sync: bool) -> dict[str, Any]:
+        """One update; rank 0 answers with the metrics and, with ``sync``, the trainable weights."""
         self.generator.set_state(generator_state)
         metrics = update_policy(self.policy, self.optimizer, batch, self.config, self.generator, self.reference,
                                 shards=self.shards)
         self.version += 1
         out: dict[str, Any] = {"metrics": metrics, "generator": self.generator.get_state(), "version": self.version}
-        if send_weights:
-            out["weights"] = trainable_state(self.policy)
+        if sync:
+            out["weights"] = self._trainable_state()
         return out
 
-    def optimizer_state(self) -> dict[str, Any]:
-        return _to_cpu(self.optimizer.state_dict())
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        """Name → CPU copy of each trainable parameter (sharded: gathered; a collective)."""
+        if not self.shards.sharded:
+            return trainable_state(self.policy)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        names = {name for name, p in self.policy.named_parameters() if p.requires_grad}
+        return {k: v for k, v in full.items() if k in names}
+
+    def collect(self, starts: list[StartState], group_size: int, temperature: float, record: list[int],
+                seed: int, group_offset: int) -> tuple[EpisodeBatch, RolloutStats]:
+        """Episodes from this rank's share of a round's start states, sampled with its weights."""
+        with gathered(self.policy), torch.random.fork_rng():
+            torch.manual_seed(seed)
+            if not starts:
+                return EpisodeBatch([], group_size), RolloutStats()
+            wanted = set(record)
+            return self.collector.collect(starts, group_size, temperature,
+                                          record=(lambda k: k in wanted) if wanted else None,
+                                          group_offset=group_offset)
+
+    def save(self, directory: str, write_policy: bool) -> dict[str, Any]:
+        """This rank's part of a checkpoint: fsdp2 shards into ``learner/`` (every rank) and, when
+        asked, ``policy/`` (rank 0, from the gathered weights); rank 0 answers with the trainer
+        state entries (replicate: its optimizer state)."""
+        import torch.distributed as dist
+
+        root = Path(directory)
+        out: dict[str, Any] = {}
+        if self.shards.sharded:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            dcp.save({"model": get_model_state_dict(self.policy),
+                      "optim": get_optimizer_state_dict(self.policy, self.optimizer)},
+                     checkpoint_id=str(root / SHARDED_DIR))
+            if write_policy:
+                full = get_model_state_dict(self.policy,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+                if self.shards.rank == 0:
+                    plain = self.entry.build(self.config.policy.options)
+                    plain.load_state_dict(full)
+                    plain.save(root / CHECKPOINT_POLICY)
+        else:
+            if self.shards.rank == 0:
+                out["optimizer"] = _to_cpu(self.optimizer.state_dict())
+                if write_policy:
+                    self.policy.save(root / CHECKPOINT_POLICY)
+        dist.barrier()
+        return out
+
+    def close_envs(self) -> None:
+        if self.collector is not None:
+            self.collector.pool.close()
+            self.collector.detector.close()
+            self.collector = None
 
     def leave(self) -> None:
         import torch.distributed as dist
 
+        self.close_envs()
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -230,35 +376,60 @@ def check_capacity(ray: Any, config: RunConfig) -> None:
     check_free(ray, cpus, 0.0, what)
 
 
-class LearnerGroup:
-    """The driver's handle on the ranks; stands in for the optimizer in :class:`~pushcut.trainer.Trainer`
-    (``state_dict`` / ``load_state_dict`` for checkpoints) and runs the update."""
+def check_learner_config(config: RunConfig) -> None:
+    """What the Ray learners cannot do, as one ConfigError line each, before any rank starts."""
+    t, r = config.train, config.rollout
+    if config.algo.kl_coef > 0 and t.strategy == "fsdp2":
+        raise ConfigError("algo.kl_coef > 0 needs a reference model, which train.strategy=fsdp2 does not shard yet: "
+                          "use train.strategy=replicate, or the recipe's algo.kl_coef=0")
+    if r.inference == "learners":
+        if getattr(t, "curriculum", "none") != "none":
+            raise ConfigError("train.curriculum restores demo states in the driver's env pool; with "
+                              "rollout.inference=learners there is none yet: use rollout.inference=driver")
+        if r.transport == "socket":
+            raise ConfigError("rollout.inference=learners starts env workers on each learner rank; "
+                              "rollout.transport=socket connects to fixed servers: use process or ray")
+        if r.num_workers < t.learners:
+            raise ConfigError(f"rollout.inference=learners gives each of the train.learners={t.learners} ranks its "
+                              f"own env workers: set rollout.num_workers >= {t.learners} (it is {r.num_workers})")
 
-    def __init__(self, config: RunConfig, policy: Policy, local_optimizer: torch.optim.Optimizer,
-                 manager: Any) -> None:
+
+class RayLearners(Learner):
+    """The driver's handle on ``train.learners`` ranks (``train.backend=ray``)."""
+
+    def __init__(self, config: RunConfig, policy: Policy, optimizer: torch.optim.Optimizer,
+                 reference: Policy | None, manager: Any) -> None:
         import os
         import sys
 
+        check_learner_config(config)
         t, r = config.train, config.rollout
+        self.config, self.policy, self.local, self.reference = config, policy, optimizer, reference
         env_cpus = r.num_workers * r.ray_num_cpus if r.transport == "ray" else 0.0
         self.ray = ray = connect("train.backend=ray", t.learners * t.learner_num_cpus + env_cpus)
         check_capacity(ray, config)
-        self.policy, self.local = policy, local_optimizer
         self.version = 0
         self._pushed = False
         self._optimizer_state: dict[str, Any] | None = None
+        self._checkpoint: Path | None = None
+        self._collector: LearnerCollector | None = None
         path = [p for p in sys.path if p and os.path.isdir(p)]
         spec = rank_spec(config, manager)
         gpus = 1 if t.device.startswith("cuda") else 0
         cls = ray.remote(LearnerRank)
         self.ranks = [cls.options(num_cpus=t.learner_num_cpus, num_gpus=gpus, max_restarts=0)
-                      .remote(spec, r, t.learners, path) for r in range(t.learners)]
+                      .remote(spec, k, t.learners, path) for k in range(t.learners)]
         try:
-            host, port = self._get([self.ranks[0].address.remote()], config.rollout.startup_timeout_s,
-                                   "start")[0]
-            self._get([r.join.remote(host, port) for r in self.ranks], config.rollout.startup_timeout_s, "join")
+            host, port = self._get([self.ranks[0].address.remote()], r.startup_timeout_s, "start")[0]
+            self._get([rank.join.remote(host, port) for rank in self.ranks], r.startup_timeout_s, "join")
+            if r.inference == "learners":
+                shares = [r.num_workers * (k + 1) // t.learners - r.num_workers * k // t.learners
+                          for k in range(t.learners)]
+                tasks = self._get([rank.start_envs.remote(n) for rank, n in zip(self.ranks, shares)],
+                                  r.startup_timeout_s, "start its env workers")[0]
+                self._collector = LearnerCollector(self, tasks)
         except BaseException:
-            self.shutdown()
+            self.close()
             raise
 
     def _get(self, refs: list[Any], timeout: float | None, what: str) -> list[Any]:
@@ -280,84 +451,149 @@ class LearnerGroup:
                                    "the run can continue from its last checkpoint (train.resume=true)") from None
         return ray.get(refs)
 
-    # the optimizer's face, for Trainer.run's checkpoints and resume
-    def state_dict(self) -> dict[str, Any]:
-        if not self._pushed:
-            return self.local.state_dict()
-        return self._get([self.ranks[0].optimizer_state.remote()], None, "send its optimizer state")[0]
+    @property
+    def sharded(self) -> bool:
+        return self.config.train.strategy == "fsdp2"
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.local.load_state_dict(state)  # a ValueError here when the state does not fit the policy
-        self._optimizer_state = state
-        self._pushed = False
-
-    def update(self, batch: EpisodeBatch, generator: torch.Generator, reference: Policy | None,
-               rollout_version: int) -> dict[str, float]:
-        """The update on every rank; the driver's policy and generator come back in sync with rank 0."""
+    def _push(self) -> None:
+        """The ranks start from the driver's weights and optimizer state, or a sharded checkpoint."""
+        if self._pushed:
+            return
         ray = self.ray
-        if not self._pushed:
-            weights = ray.put({k: v.detach().cpu() for k, v in self.policy.state_dict().items()})
-            ref_weights = None if reference is None else {k: v.cpu() for k, v in reference.state_dict().items()}
-            self._get([r.load.remote(weights, self._optimizer_state, ref_weights, self.version) for r in self.ranks],
-                      None, "load the driver's weights")
-            self._pushed = True
-        shared = ray.put(batch)
+        weights = ray.put({k: v.detach().cpu() for k, v in self.policy.state_dict().items()})
+        optimizer = self._optimizer_state
+        if optimizer is not None and self.sharded:  # the single-process format, keyed by parameter name
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+            optimizer = _to_cpu(get_optimizer_state_dict(self.policy, self.local))
+        ref_weights = None if self.reference is None else {k: v.cpu() for k, v in self.reference.state_dict().items()}
+        checkpoint = str(self._checkpoint) if self._checkpoint is not None else None
+        self._get([rank.load.remote(weights, optimizer, ref_weights, self.version, checkpoint) for rank in self.ranks],
+                  None, "load the driver's weights")
+        self._pushed = True
+
+    def update(self, batch: EpisodeBatch, generator: torch.Generator, targets: ChunkTargets | None = None,
+               actor: bool = True, rollout_version: int | None = None) -> dict[str, float]:
+        """The update on every rank; the driver's generator (and, with driver inference, its
+        policy) come back in sync with rank 0."""
+        if targets is not None or not actor:
+            raise ConfigError("PPO with a critic runs with train.backend=local only")
+        self._push()
+        sync = self.config.rollout.inference == "driver"
+        shared = self.ray.put(batch)
         state = generator.get_state()
-        outs = self._get([r.update.remote(shared, state, i == 0) for i, r in enumerate(self.ranks)], None, "update")
+        outs = self._get([rank.update.remote(shared, state, sync) for rank in self.ranks], None, "update")
         first = outs[0]
         generator.set_state(first["generator"])
-        with torch.no_grad():
-            params = dict(self.policy.named_parameters())
-            for name, value in first["weights"].items():
-                params[name].copy_(value.to(params[name].device))
+        if sync:
+            with torch.no_grad():
+                params = dict(self.policy.named_parameters())
+                for name, value in first["weights"].items():
+                    params[name].copy_(value.to(params[name].device))
         self.version = int(first["version"])
         metrics = dict(first["metrics"])
         metrics["actor/weight_version"] = float(self.version)
-        metrics["rollout/stale_versions"] = float(self.version - 1 - rollout_version)
+        if rollout_version is not None:
+            metrics["rollout/stale_versions"] = float(self.version - 1 - rollout_version)
         return metrics
 
-    def shutdown(self) -> None:
-        for r in getattr(self, "ranks", []):
+    def save(self, directory: Path) -> dict[str, Any]:
+        self._push()
+        on_driver = self.config.rollout.inference == "driver"  # the driver's policy holds the newest weights
+        if on_driver:
+            self.policy.save(directory / CHECKPOINT_POLICY)
+        outs = self._get([rank.save.remote(str(directory), not on_driver) for rank in self.ranks], None,
+                         "save its checkpoint shard")
+        if not (directory / CHECKPOINT_POLICY).is_dir():
+            raise CheckpointError(f"the learner ranks wrote no {CHECKPOINT_POLICY}/ into {directory}: across nodes "
+                                  "the run directory must be on a filesystem every rank shares")
+        return outs[0]
+
+    def load(self, checkpoint: Path, state: dict[str, Any]) -> None:
+        if "optimizer" in state:
             try:
-                self.ray.get(r.leave.remote(), timeout=10)
+                self.local.load_state_dict(state["optimizer"])  # a ValueError when it does not fit the policy
+            except ValueError as exc:
+                raise CheckpointError(f"cannot resume from {checkpoint}: the optimizer state does not fit this "
+                                      f"policy's trainable parameters ({exc}); use a new run_dir") from None
+            self._optimizer_state = state["optimizer"]
+            self._checkpoint = None
+        elif self.sharded:
+            self._optimizer_state, self._checkpoint = None, checkpoint
+        else:  # a sharded checkpoint continued by replicated ranks: its optimizer, converted here
+            from pushcut.learner import load_sharded_optimizer
+
+            load_sharded_optimizer(self.policy, self.local, checkpoint / SHARDED_DIR)
+            self._optimizer_state, self._checkpoint = self.local.state_dict(), None
+        self._pushed = False
+
+    def collector(self) -> LearnerCollector | None:
+        return self._collector
+
+    def collect(self, shares: Sequence[tuple[list[StartState], list[int], int]], group_size: int,
+                temperature: float, seed: int) -> list[tuple[EpisodeBatch, RolloutStats]]:
+        self._push()
+        return self._get([rank.collect.remote(starts, group_size, temperature, record, seed + k, offset)
+                          for k, (rank, (starts, record, offset)) in enumerate(zip(self.ranks, shares))],
+                         None, "roll out")
+
+    def close(self) -> None:
+        for rank in getattr(self, "ranks", []):
+            try:
+                self.ray.get(rank.leave.remote(), timeout=10)
             except Exception:
                 pass
             try:
-                self.ray.kill(r, no_restart=True)
+                self.ray.kill(rank, no_restart=True)
             except Exception:
                 pass
         self.ranks = []
 
 
-class RayTrainer(Trainer):
-    """:class:`~pushcut.trainer.Trainer` with the update on ``train.learners`` Ray learner ranks."""
+class _RankDetectors:
+    """The success detectors live on the ranks and close with their env workers."""
 
-    group: LearnerGroup | None = None
+    needs_frames = False
 
-    def _optimizer(self, policy: Policy) -> LearnerGroup:  # type: ignore[override]
-        local = super()._optimizer(policy)
-        self.group = LearnerGroup(self.config, policy, local, self.manager)
-        return self.group
+    def close(self) -> None:
+        pass
 
-    def run(self) -> dict[str, Any]:
-        import_ray("train.backend=ray")
-        try:
-            return super().run()
-        finally:
-            if self.group is not None:
-                self.group.shutdown()
 
-    def _iteration(self, step, collector, sampler, policy, optimizer, generator, reference, progress) -> dict[str, Any]:
-        rollout_version = optimizer.version  # the weights the driver's policy holds while it rolls out
-        batch, metrics = collect_batch(collector, sampler, self.config, progress)
-        record: dict[str, Any] = {"step": step, **metrics}
-        self.manager.after_rollout(self.run_dir, step, dict(metrics))
+class LearnerCollector:
+    """The trainer's collector when the learner ranks roll out (``rollout.inference=learners``):
+    each round's start states are split into contiguous shares, one per rank; each rank runs
+    its share on its own env workers with its own weights, seeded from this process's torch
+    random stream (so a resumed run repeats the uninterrupted one); the batches come back in
+    rank order with the groups numbered as one collection would number them."""
+
+    def __init__(self, learners: RayLearners, tasks: list[TaskSpec]) -> None:
+        self.learners = learners
+        self.tasks: dict[str, TaskSpec] = {t.task_id: t for t in tasks}
+        self.detector = _RankDetectors()
+
+    def collect(self, starts: Sequence[StartState], group_size: int, temperature: float,
+                record: Callable[[int], bool] | None = None, progress: Callable[[int, int], None] | None = None,
+                group_offset: int = 0) -> tuple[EpisodeBatch, RolloutStats]:
         t0 = time.perf_counter()
-        if batch is None:
-            log.warning("iteration %d: no group with mixed outcomes; no update", step)
-            record["actor/skipped_updates"] = 1.0
-        else:
-            progress.status(f"update on {len(batch)} episodes, {len(optimizer.ranks)} learner ranks")
-            record.update(optimizer.update(batch, generator, reference, rollout_version))
-        record["time/update_s"] = time.perf_counter() - t0
-        return record
+        world = len(self.learners.ranks)
+        n = len(starts)
+        shares = []
+        for k in range(world):
+            lo, hi = n * k // world, n * (k + 1) // world
+            wanted = [e - lo * group_size for e in range(lo * group_size, hi * group_size) if record and record(e)]
+            shares.append((list(starts[lo:hi]), wanted, group_offset + lo))
+        seed = int(torch.randint(0, 2**62, (1,)))
+        results = self.learners.collect(shares, group_size, temperature, seed)
+        batch = EpisodeBatch.concat([b for b, _ in results], group_size)
+        stats = RolloutStats(wall_s=time.perf_counter() - t0)
+        for _, s in results:
+            stats.episodes += s.episodes
+            stats.env_steps += s.env_steps
+            stats.policy_calls += s.policy_calls
+            stats.failed += s.failed
+            stats.policy_s = max(stats.policy_s, s.policy_s)  # the ranks run side by side
+            stats.env_s = max(stats.env_s, s.env_s)
+            stats.failures.extend(s.failures)
+        if progress is not None:
+            progress(len(batch), n * group_size)
+        return batch, stats

@@ -39,7 +39,7 @@ from pushcut.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pushcut.config import RunConfig, TrainConfig, check_continues, save_config, to_dict
+from pushcut.config import RunConfig, check_continues, save_config, to_dict
 from pushcut.contracts import INFO_COUNTERS, ObsBatch, Policy, TaskSpec, has_value_head
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.evaluate import eval_metrics, evaluate, stage_reach, write_report
@@ -47,6 +47,7 @@ from pushcut.events import MetricsFile, Progress, TensorBoardLogger
 from pushcut.pluginmanager import PluginManager, get_plugin_manager
 from pushcut.plots import plot_run
 from pushcut.rollout import EpisodeBatch, RolloutCollector
+from pushcut.learner import ChunkTargets, Learner, make_learner
 from pushcut.rundir import CHECKPOINT_POLICY, RunDir
 from pushcut.sampling import StartStateSampler, make_sampler, with_curriculum
 
@@ -121,20 +122,6 @@ def collect_batch(
     return batch.with_advantages(estimator(batch.rewards(), batch.group_index(), algo.eps)), metrics
 
 
-@dataclasses.dataclass(frozen=True)
-class ChunkTargets:
-    """PPO's per-chunk tensors of a batch, (N, C): N episodes padded to the longest one's C chunks.
-
-    ``advantages`` (the actor's, broadcast to each chunk's T elements), ``returns`` (the
-    critic's targets), ``values`` (the value head's at rollout time, the clip anchor of the
-    value loss) and ``mask`` (True on real chunks)."""
-
-    advantages: torch.Tensor
-    returns: torch.Tensor
-    values: torch.Tensor
-    mask: torch.Tensor
-
-
 def chunk_values(policy: Policy, batch: EpisodeBatch, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The value head's (N, C) values of every chunk's observation under the current weights
     (no gradient), and the (N, C) bool mask of real chunks."""
@@ -198,183 +185,18 @@ def rollout_metrics(batch: EpisodeBatch, tasks: dict[str, TaskSpec]) -> dict[str
     return metrics
 
 
-def update_policy(
-    policy: Policy,
-    optimizer: torch.optim.Optimizer,
-    batch: EpisodeBatch,
-    config: RunConfig,
-    generator: torch.Generator,
-    reference: Policy | None = None,
-    shards: Any = None,
-    targets: ChunkTargets | None = None,
-    actor: bool = True,
-) -> dict[str, float]:
-    """Steps 6–7 over one batch (with advantages): ``ppo_epochs`` passes of shuffled
-    minibatches of episodes, each split into micro-batches of chunk rows whose gradients
-    add up exactly to the minibatch loss (aggregation weights computed over the minibatch).
+@dataclasses.dataclass
+class RunState:
+    """What one iteration works with, and where the run is."""
 
-    ``shards`` (a :class:`pushcut.distributed.Shards`, on a learner rank) takes this rank's
-    share of each minibatch's rows and sums gradients and statistics over the ranks before
-    each step, so every rank applies the single-process update.
-
-    ``targets`` (PPO with a critic) gives every chunk row its own advantage and adds the
-    value loss (mean over the minibatch's chunks, times ``algo.critic.value_coef``); the value
-    head's gradients are clipped apart from the actor's. ``actor=False`` (the critic's
-    warm-up) trains the value head alone: no policy loss, and only value parameters step."""
-    algo, train = config.algo, config.train
-    policy_loss = algos.get_policy_loss(algo.policy_loss)
-    device = policy.device
-    if batch.advantages is None and targets is None:
-        raise ValueError("update_policy needs a batch with advantages (EpisodeBatch.with_advantages) "
-                         "or per-chunk targets (critic_targets)")
-    if targets is not None and shards is not None:
-        raise ValueError("PPO with a critic (per-chunk targets) does not run on learner ranks yet")
-    if not actor and targets is None:
-        raise ValueError("actor=False (critic warm-up) needs per-chunk targets")
-    params = [p for p in policy.trainable_parameters()]
-    value_params: list[torch.nn.Parameter] = []
-    value_loss = None
-    if targets is not None:
-        value_params = list(policy.value_parameters())
-        value_ids = {id(p) for p in value_params}
-        params = [p for p in params if id(p) not in value_ids]
-        value_loss = algos.get_value_loss(algo.critic.value_loss)
-    sums: dict[str, float] = {"pg_loss": 0.0, "clipfrac": 0.0, "ppo_kl": 0.0, "entropy": 0.0, "kl": 0.0,
-                              "value_loss": 0.0, "vf_clipfrac": 0.0}
-    grad_norms: list[float] = []
-    value_grad_norms: list[float] = []
-    value_rows = 0.0
-    tokens_seen = 0.0
-    steps = skipped = 0
-    t_len = batch.token_len
-    policy.train()
-    for _ in range(train.ppo_epochs):
-        order = torch.randperm(len(batch), generator=generator).tolist()
-        for start in range(0, len(order), train.minibatch_size):
-            mb = order[start:start + train.minibatch_size]
-            ep_weights = algos.aggregation_weights(batch.episode_mask(mb), algo.loss_agg_mode)
-            rows = batch.rows(mb)
-            if shards is not None:
-                rows = shards.take(rows)
-            optimizer.zero_grad(set_to_none=True)
-            mb_loss = mb_value_loss = 0.0
-            finite = True
-            for m0 in range(0, len(rows), train.micro_batch_size):
-                micro = rows[m0:m0 + train.micro_batch_size]
-                obs, sample, old, mask = batch.gather([(mb[i], r) for i, r in micro])
-                weights = torch.stack([ep_weights[i, r * t_len:(r + 1) * t_len] for i, r in micro]).to(device)
-                if targets is None:
-                    adv = batch.advantages[[mb[i] for i, _ in micro]].to(device)[:, None].expand(-1, t_len)
-                else:  # per chunk: each chunk's advantage broadcast to its T elements
-                    picks = ([mb[i] for i, _ in micro], [r for _, r in micro])
-                    adv = targets.advantages[picks].to(device)[:, None].expand(-1, t_len)
-                sample = {k: v.to(device) for k, v in sample.items()}
-                old, mask = old.to(device), mask.to(device)
-                scores = policy.log_probs(obs, sample, algo.temperature)
-                out = policy_loss(scores.log_probs, old, adv, mask, clip_ratio_low=algo.clip_ratio_low,
-                                  clip_ratio_high=algo.clip_ratio_high, clip_ratio_c=algo.clip_ratio_c)
-                loss = algos.weighted_loss(out.loss_mat, weights)
-                if not actor:
-                    loss = loss.detach() * 0.0
-                if targets is not None:
-                    new_values = scores.values if scores.values is not None else policy.values(obs)
-                    vl = value_loss(new_values.reshape(-1, 1),
-                                    targets.values[picks].to(device)[:, None],
-                                    targets.returns[picks].to(device)[:, None],
-                                    torch.ones(len(micro), 1, dtype=torch.bool, device=device),
-                                    cliprange_value=algo.critic.cliprange_value)
-                    # the mean over the minibatch's chunk rows, split exactly across micro-batches
-                    v_loss = vl.loss_mat.sum() / len(rows)
-                    loss = loss + algo.critic.value_coef * v_loss
-                    mb_value_loss += float(v_loss.detach())
-                    sums["vf_clipfrac"] += float(vl.vf_clipfrac) * len(micro)
-                    value_rows += len(micro)
-                n_tok = float(mask.sum())
-                if algo.entropy_coeff and scores.entropy is not None:
-                    loss = loss - algo.entropy_coeff * algos.weighted_loss(scores.entropy, weights)
-                if reference is not None:
-                    with torch.no_grad():
-                        ref = reference.log_probs(obs, sample, algo.temperature).log_probs
-                    kl = algos.kl_penalty(scores.log_probs, ref, algo.kl_type)
-                    loss = loss + algo.kl_coef * algos.weighted_loss(kl, weights)
-                    sums["kl"] += float(algos.masked_mean(kl.detach(), mask)) * n_tok
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
-                loss.backward()
-                mb_loss += float(loss.detach())
-                sums["clipfrac"] += float(out.pg_clipfrac) * n_tok
-                sums["ppo_kl"] += float(out.ppo_kl) * n_tok
-                if scores.entropy is not None:
-                    sums["entropy"] += float(algos.masked_mean(scores.entropy.detach(), mask)) * n_tok
-                tokens_seen += n_tok
-            if shards is not None:
-                finite, mb_loss = shards.reduce_step(params, finite, mb_loss)
-            if not actor:  # critic warm-up: only the value head steps
-                for p in params:
-                    p.grad = None
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip) if finite else torch.tensor(float("nan"))
-            if value_params and finite:
-                value_norm = torch.nn.utils.clip_grad_norm_(value_params, train.grad_clip)
-                if not torch.isfinite(value_norm):
-                    finite = False
-                else:
-                    value_grad_norms.append(float(value_norm))
-            if not actor and finite:
-                grad_norm = torch.zeros(())
-            if not finite or not torch.isfinite(grad_norm):
-                # never apply a NaN update: drop this minibatch, count it, keep the weights
-                optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-                log.warning("skipped a minibatch update: non-finite %s", "loss" if not finite else "gradient norm")
-                continue
-            warmup_lr(optimizer, train)
-            optimizer.step()
-            steps += 1
-            sums["pg_loss"] += mb_loss - algo.critic.value_coef * mb_value_loss if targets is not None else mb_loss
-            sums["value_loss"] += mb_value_loss
-            if actor:
-                grad_norms.append(float(grad_norm))
-    if shards is not None:
-        tokens_seen = shards.reduce_sums(sums, tokens_seen)
-    policy.eval()
-    tok = max(tokens_seen, 1.0)
-    metrics = {
-        "actor/pg_loss": sums["pg_loss"] / max(steps, 1),
-        "actor/pg_clipfrac": sums["clipfrac"] / tok,
-        "actor/ppo_kl": sums["ppo_kl"] / tok,
-        "actor/entropy": sums["entropy"] / tok,
-        "actor/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
-        "actor/optimizer_steps": float(steps),
-        "actor/lr": float(optimizer.param_groups[0]["lr"]),
-        "actor/skipped_updates": float(skipped),
-    }
-    if targets is None:
-        metrics["actor/advantage_abs_mean"] = float(batch.advantages.abs().mean())
-    else:
-        metrics.update({
-            "actor/advantage_abs_mean": float(algos.masked_mean(targets.advantages.abs(), targets.mask)),
-            "critic/value_loss": sums["value_loss"] / max(steps, 1),
-            "critic/vf_clipfrac": sums["vf_clipfrac"] / max(value_rows, 1.0),
-            "critic/grad_norm": float(np.mean(value_grad_norms)) if value_grad_norms else float("nan"),
-            "critic/warmup": float(not actor),
-        })
-        if not actor:
-            for key in ("actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/entropy"):
-                metrics[key] = float("nan")
-    if reference is not None:
-        metrics["actor/kl"] = sums["kl"] / tok
-    return metrics
-
-
-def warmup_lr(optimizer: torch.optim.Optimizer, train: TrainConfig) -> None:
-    """Set the learning rate of the coming step: linear warmup over ``train.lr_warmup_steps``
-    optimiser steps. The step count is AdamW's own, so a resumed run picks up where it was."""
-    if not train.lr_warmup_steps:
-        return
-    done = max((int(s["step"]) for s in optimizer.state.values() if "step" in s), default=0)
-    for group in optimizer.param_groups:  # a group with its own base_lr (the critic's) warms up to that
-        group["lr"] = group.get("base_lr", train.lr) * min(1.0, (done + 1) / train.lr_warmup_steps)
+    collector: RolloutCollector
+    sampler: StartStateSampler
+    learner: Learner
+    generator: torch.Generator
+    """Shuffles the update's minibatches (checkpointed)."""
+    step: int = 0
+    """The last iteration done (0 before the first)."""
+    progress: Progress | None = None
 
 
 class Trainer:
@@ -413,10 +235,6 @@ class Trainer:
         if algos.needs_values(cfg.algo.advantage) and t.backend != "local":
             raise ConfigError(f"algo.advantage={cfg.algo.advantage} (PPO with a critic) runs with train.backend=local "
                               f"only, not {t.backend!r}; use train.backend=local or a group estimator (grpo)")
-        if t.backend == "ray" and type(self) is Trainer:  # learner ranks on Ray, this process drives
-            from pushcut.distributed import RayTrainer
-
-            return RayTrainer(cfg, self.manager).run()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if list_checkpoints(self.run_dir):
             if not t.resume:
@@ -437,40 +255,38 @@ class Trainer:
                 f"value_parameters(), see pushcut.contracts.ValueHead); policy.type={cfg.policy.type!r} "
                 f"({type(policy).__name__}) has none: use algo.advantage=grpo, or a policy that has one (tiny, openvla)")
         policy.eval()
-        optimizer = self._optimizer(policy)
         reference = None
         if cfg.algo.kl_coef > 0:  # only then: the recipe runs without a reference model
             reference = copy.deepcopy(policy).requires_grad_(False)
         generator = torch.Generator().manual_seed(cfg.seed)
-        start_step = 0
         summary: dict[str, Any] = {"status": "failed"}
-        progress = None
-        collector = None
-        pool = build_pool(cfg)
+        progress = collector = learner = pool = None
         self.manager.pm.register(self.tensorboard, name=f"tensorboard-{id(self)}")
         try:
-            collector = build_collector(cfg, pool, policy)
-            sampler = make_sampler(t.start_sampling, pool.tasks(), cfg.seed, cfg.algo.group_size)
+            learner = make_learner(cfg, policy, self._optimizer(policy), reference, self.manager)
+            collector = learner.collector()  # rollout.inference=learners: the ranks sample
+            if collector is None:
+                pool = build_pool(cfg)
+                collector = build_collector(cfg, pool, policy)
+            sampler = make_sampler(t.start_sampling, list(collector.tasks.values()), cfg.seed, cfg.algo.group_size)
             sampler = with_curriculum(sampler, cfg, pool)  # train.curriculum=reverse: demo starts on hard tasks
+            run = RunState(collector, sampler, learner, generator)
             ckpt, state = self._resume_point(policy) if t.resume else (None, None)
             if ckpt is not None:
-                try:
-                    optimizer.load_state_dict(state["optimizer"])
-                except ValueError as exc:
-                    raise CheckpointError(f"cannot resume from {ckpt}: the optimizer state does not fit this "
-                                          f"policy's trainable parameters ({exc}); use a new run_dir") from None
+                learner.load(ckpt, state)
                 sampler.load_state_dict(state["sampler"])
                 generator.set_state(state["generator"])
                 set_rng_state(state["rng"])
-                start_step = int(state["step"])
-                log.info("resuming from %s (iteration %d)", ckpt, start_step)
-            self.metrics_file.truncate_after(start_step if start_step else -1)
+                run.step = int(state["step"])
+                log.info("resuming from %s (iteration %d)", ckpt, run.step)
+            self.metrics_file.truncate_after(run.step if run.step else -1)
             self.manager.run_start(self.run_dir, to_dict(cfg), "train")
-            progress = Progress(t.iterations, "train", start_step)
-            if start_step == 0:
+            progress = run.progress = Progress(t.iterations, "train", run.step)
+            if run.step == 0:
                 sampler.begin(collector, self._evaluate(collector, 0, progress) if t.eval_at_start else None)
-            for step in range(start_step + 1, t.iterations + 1):
-                record = self._iteration(step, collector, sampler, policy, optimizer, generator, reference, progress)
+            for step in range(run.step + 1, t.iterations + 1):
+                run.step = step
+                record = self._iteration(run)
                 is_last = step == t.iterations
                 if is_last or (t.eval_every and step % t.eval_every == 0):
                     record.update(self._evaluate(collector, step, progress, videos=is_last))
@@ -478,9 +294,8 @@ class Trainer:
                 self.metrics_file.append(record)
                 self.manager.after_update(self.run_dir, step, record)
                 if is_last or (t.save_every and step % t.save_every == 0):
-                    save_checkpoint(self.run_dir, step, policy, {
-                        "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
-                        "generator": generator.get_state(),
+                    save_checkpoint(self.run_dir, step, learner.save, {
+                        "sampler": sampler.state_dict(), "generator": generator.get_state(),
                     }, keep=t.keep_checkpoints)
                 progress.advance(step, _status(record))
             plot_run(self.run_dir, cfg.algo.temperature)
@@ -499,9 +314,12 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.close()
-            pool.close()
+            if pool is not None:
+                pool.close()
             if collector is not None:
                 collector.detector.close()  # e.g. the human judge's page
+            if learner is not None:
+                learner.close()
             self.manager.run_end(self.run_dir, summary)
             self.manager.pm.unregister(self.tensorboard)
 
@@ -525,24 +343,24 @@ class Trainer:
             )
         return None, None
 
-    def _iteration(self, step, collector, sampler, policy, optimizer, generator, reference, progress) -> dict[str, Any]:
-        batch, metrics = collect_batch(collector, sampler, self.config, progress)
-        record: dict[str, Any] = {"step": step, **metrics}
-        self.manager.after_rollout(self.run_dir, step, dict(metrics))
+    def _iteration(self, run: RunState) -> dict[str, Any]:
+        rollout_version = run.learner.version  # the weights the rollouts sample with
+        batch, metrics = collect_batch(run.collector, run.sampler, self.config, run.progress)
+        record: dict[str, Any] = {"step": run.step, **metrics}
+        self.manager.after_rollout(self.run_dir, run.step, dict(metrics))
         t0 = time.perf_counter()
         if batch is None:
-            log.warning("iteration %d: no group with mixed outcomes; no update", step)
+            log.warning("iteration %d: no group with mixed outcomes; no update", run.step)
             record["actor/skipped_updates"] = 1.0
         else:
             targets, actor = None, True
             if algos.needs_values(self.config.algo.advantage):
-                progress.status(f"values of {sum(ep.num_chunks for ep in batch)} chunks")
-                targets, critic_metrics = critic_targets(policy, batch, self.config)
+                run.progress.status(f"values of {sum(ep.num_chunks for ep in batch)} chunks")
+                targets, critic_metrics = critic_targets(run.learner.policy, batch, self.config)
                 record.update(critic_metrics)
-                actor = step > self.config.algo.critic.warmup_iterations
-            progress.status(f"update on {len(batch)} episodes")
-            record.update(update_policy(policy, optimizer, batch, self.config, generator, reference,
-                                        targets=targets, actor=actor))
+                actor = run.step > self.config.algo.critic.warmup_iterations
+            run.progress.status(f"update on {len(batch)} episodes")
+            record.update(run.learner.update(batch, run.generator, targets, actor, rollout_version))
         record["time/update_s"] = time.perf_counter() - t0
         return record
 

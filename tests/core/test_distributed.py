@@ -30,7 +30,8 @@ from pushcut.envpool.ray import RayTransport  # noqa: E402
 from pushcut.errors import ConfigError, EnvError  # noqa: E402
 from pushcut.testing import registered_plugin  # noqa: E402
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin  # noqa: E402
-from pushcut.trainer import Trainer, update_policy  # noqa: E402
+from pushcut.learner import update_policy  # noqa: E402
+from pushcut.trainer import Trainer  # noqa: E402
 
 RTOL, ATOL = 1e-5, 1e-6
 RUN_RTOL, RUN_ATOL = 1e-4, 5e-5
@@ -152,10 +153,12 @@ def test_env_actors_run_on_the_interpreter_the_config_names(cluster):
 # --------------------------------------------------------------------------- learner ranks
 
 
-def test_update_on_two_gloo_ranks_equals_update_policy(cluster, manager, tmp_path):
-    from pushcut.distributed import LearnerGroup
+@pytest.mark.parametrize("strategy", ["replicate", "fsdp2"])
+def test_update_on_two_gloo_ranks_equals_update_policy(cluster, manager, tmp_path, strategy):
+    from pushcut.distributed import RayLearners
 
-    cfg = load_config(None, [*BASE, "train.ppo_epochs=2", *RAY[2:], f"run_dir={tmp_path}"], manager)
+    cfg = load_config(None, [*BASE, "train.ppo_epochs=2", *RAY[2:], f"train.strategy={strategy}",
+                             f"run_dir={tmp_path}"], manager)
     with EnvPool(ReachEnv, ReachConfig(), num_workers=1, envs_per_worker=16, transport="inline") as pool:
         from pushcut.build import build_collector
         from pushcut.sampling import make_sampler
@@ -170,13 +173,14 @@ def test_update_on_two_gloo_ranks_equals_update_policy(cluster, manager, tmp_pat
     single.load_state_dict(policy.state_dict())
     opt = torch.optim.AdamW(single.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     want = update_policy(single, opt, batch, cfg, torch.Generator().manual_seed(5))
-    group = LearnerGroup(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr), manager)
+    group = RayLearners(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr), None, manager)
     try:
-        got = group.update(batch, torch.Generator().manual_seed(5), None, 0)
+        got = group.update(batch, torch.Generator().manual_seed(5), rollout_version=0)
         assert len(group.ranks) == 2
-        state = group.state_dict()
+        (tmp_path / "ckpt").mkdir()
+        state = group.save(tmp_path / "ckpt") if strategy == "replicate" else None
     finally:
-        group.shutdown()
+        group.close()
     assert want["actor/optimizer_steps"] >= 4  # several minibatches × 2 epochs, each split over micro-batches
     for key in want:
         assert got[key] == pytest.approx(want[key], rel=RTOL, abs=ATOL), key
@@ -186,33 +190,72 @@ def test_update_on_two_gloo_ranks_equals_update_policy(cluster, manager, tmp_pat
         torch.testing.assert_close(dict(policy.named_parameters())[name], p, rtol=RTOL, atol=ATOL)
         moved = max(moved, float((p.detach() - BinPolicy(BinPolicyConfig()).state_dict()[name]).abs().max()))
     assert moved > 1e-3  # the update did move the weights
-    ref = opt.state_dict()["state"]
-    for k, s in state["state"].items():  # rank 0's AdamW state is the single-process one
-        torch.testing.assert_close(s["exp_avg"], ref[k]["exp_avg"], rtol=RTOL, atol=ATOL)
+    if state is not None:
+        ref = opt.state_dict()["state"]
+        for k, s in state["optimizer"]["state"].items():  # rank 0's AdamW state is the single-process one
+            torch.testing.assert_close(s["exp_avg"], ref[k]["exp_avg"], rtol=RTOL, atol=ATOL)
 
 
-def test_ray_backend_run_equals_the_single_process_run(cluster, manager, local_run, tmp_path):
+@pytest.mark.parametrize("placement", [[], ["train.strategy=fsdp2"], ["train.strategy=fsdp2", "rollout.inference=learners"]],
+                         ids=["replicate", "fsdp2", "fsdp2-learners-roll-out"])
+def test_ray_backend_run_equals_the_single_process_run(cluster, manager, local_run, tmp_path, placement):
     local_dir, reference = local_run
-    summary, lines = run(manager, tmp_path / "ray", "train.iterations=3", *RAY)
+    overrides = RAY if "rollout.inference=learners" not in placement else \
+        [*RAY[2:], "rollout.transport=process"]  # each rank starts its own env worker
+    summary, lines = run(manager, tmp_path / "ray", "train.iterations=3", *overrides, *placement)
     assert summary["status"] == "completed"
-    assert_same_run(lines, reference)
     updates = [r for r in lines if r["step"] > 0]  # (step 0 is the evaluation before training)
     assert [r["actor/weight_version"] for r in updates] == [1.0, 2.0, 3.0]
     assert all(r["rollout/stale_versions"] == 0 for r in updates)
+    if "rollout.inference=learners" in placement:
+        # the ranks sample from their own random streams, so the episodes differ from the driver's; the
+        # greedy evaluation before any update does not sample, and must be the same episode for episode
+        evals = [k for k in reference[0] if k.startswith("eval/")]
+        assert evals and {k: lines[0][k] for k in evals} == {k: reference[0][k] for k in evals}
+        assert all(r["rollout/episodes"] >= 32 and r["rollout/episodes_failed"] == 0 for r in updates)
+        return
+    assert_same_run(lines, reference)
     a, b = final_state(local_dir, 3), final_state(tmp_path / "ray", 3)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=RUN_RTOL, atol=RUN_ATOL)
 
 
-def test_resume_on_another_number_of_learners(cluster, manager, local_run, tmp_path):
+@pytest.mark.parametrize("strategy", ["replicate", "fsdp2"])
+def test_resume_on_another_number_of_learners(cluster, manager, local_run, tmp_path, strategy):
     local_dir, reference = local_run
-    run(manager, tmp_path / "run", "train.iterations=2", *RAY)
-    # continue the 2-rank run on one learner in this process: the checkpoint holds rank 0's state
+    run(manager, tmp_path / "run", "train.iterations=2", *RAY, f"train.strategy={strategy}")
+    if strategy == "fsdp2":  # the shards of 2 ranks, written by torch.distributed.checkpoint, beside policy/
+        shards = tmp_path / "run/checkpoints/step_000002/learner"
+        assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+        assert "optimizer" not in torch.load(shards.parent / "trainer.pt", weights_only=False)
+    # continue the 2-rank run on one learner in this process: the checkpoint converts to the single-process format
     _, lines = run(manager, tmp_path / "run", "train.iterations=3", "rollout.transport=inline")
     assert_same_run(lines, reference)
     a, b = final_state(local_dir, 3), final_state(tmp_path / "run", 3)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=RUN_RTOL, atol=RUN_ATOL)
+
+
+def test_a_sharded_checkpoint_resumes_on_two_and_on_one_rank_and_a_torn_shard_falls_back(cluster, manager,
+                                                                                          local_run, tmp_path):
+    local_dir, reference = local_run
+    fsdp = [*RAY, "train.strategy=fsdp2"]
+    run(manager, tmp_path / "run", "train.iterations=2", *fsdp)
+    _, lines = run(manager, tmp_path / "run", "train.iterations=3", *fsdp)  # 2 ranks read 2 ranks' shards
+    assert_same_run(lines, reference)
+    for k, v in final_state(local_dir, 3).items():
+        torch.testing.assert_close(final_state(tmp_path / "run", 3)[k], v, rtol=RUN_RTOL, atol=RUN_ATOL)
+    # 1 sharded rank reads 2 ranks' shards
+    run(manager, tmp_path / "one", "train.iterations=2", *fsdp)
+    _, lines = run(manager, tmp_path / "one", "train.iterations=3", *fsdp, "train.learners=1")
+    assert_same_run(lines, reference)
+    # a torn shard: the newest checkpoint does not verify, the run goes back to the one before it
+    run(manager, tmp_path / "torn", "train.iterations=2", *fsdp)
+    shard = tmp_path / "torn/checkpoints/step_000002/learner/__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    _, lines = run(manager, tmp_path / "torn", "train.iterations=3", *fsdp)
+    assert [r["step"] for r in lines] == [0, 1, 2, 3]  # iteration 2 ran again from checkpoint 1
+    assert_same_run(lines, reference)
 
 
 # --------------------------------------------------------------------------- faults and bad input

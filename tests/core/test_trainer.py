@@ -20,7 +20,8 @@ from pushcut.errors import CheckpointError, ConfigError
 from pushcut.rundir import RunDir
 from pushcut.testing import registered_plugin
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin
-from pushcut.trainer import Trainer, warmup_lr
+from pushcut.learner import warmup_lr
+from pushcut.trainer import Trainer
 
 
 BASE = [

@@ -16,7 +16,8 @@ from pushcut.contracts import ObsBatch, Scores, has_value_head
 from pushcut.errors import ConfigError
 from pushcut.testing import registered_plugin
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv
-from pushcut.trainer import Trainer, chunk_values, collect_batch, critic_targets, update_policy
+from pushcut.learner import update_policy
+from pushcut.trainer import Trainer, chunk_values, collect_batch, critic_targets
 from pushcut.build import build_collector, build_policy, build_pool
 from pushcut.rundir import RunDir
 from pushcut.sampling import make_sampler
@@ -254,7 +255,7 @@ def test_interrupted_ppo_run_with_band_sampling_resumes_to_the_same_result(manag
 
 def test_lr_warmup_ramps_the_critic_to_its_own_rate():
     from pushcut.config import TrainConfig
-    from pushcut.trainer import warmup_lr
+    from pushcut.learner import warmup_lr
 
     actor, critic = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.AdamW([{"params": [actor], "lr": 1e-4, "base_lr": 1e-4},
