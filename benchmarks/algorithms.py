@@ -17,6 +17,11 @@ Arms:
 * ``grpo_band``: GRPO with the band start-state sampler (``train.start_sampling=band``).
 * ``ppo_gae_fast_critic`` (not run by default): ``ppo_gae`` with the critic's lr at 1e-2 and
   three warm-up iterations.
+* ``grpo_reverse``: GRPO with the reverse curriculum (``train.curriculum=reverse``) on the tasks the
+  SFT policy solves from under ``--apply-below`` of its train states (greedy, 20 per task, not
+  the demos' own), from
+  the very demos the SFT learned from, recorded again with their simulator states
+  (``ROOT/seedN/curriculum_demos.hdf5``).
 
 Every arm runs the same number of RL iterations; env steps differ with how many dynamic-sampling
 rounds each needs, so they are reported beside the success (the plot's x axis).
@@ -38,12 +43,29 @@ ARMS: dict[str, list[str]] = {
     "grpo_band": ["train.start_sampling=band"],
     # a variant of ppo_gae: a faster critic (10x the lr) with a longer warm-up
     "ppo_gae_fast_critic": ["algo.advantage=gae", "algo.critic.warmup_iterations=3", "algo.critic.lr=0.01"],
+    # + train.curriculum_demos and train.curriculum_apply_below, set per seed in main()
+    "grpo_reverse": ["train.curriculum=reverse"],
 }
 DEFAULT_ARMS = ["grpo", "ppo_gae", "grpo_band"]
 
 
 def quickstart_config() -> Path:
     return Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+
+
+def record_curriculum_demos(path: Path, log: Path) -> Path:
+    """The quickstart's demos (same env options, count and noise: the same expert episodes) recorded
+    again, now with the simulator state at every step, for the reverse curriculum."""
+    import yaml
+
+    if path.is_file():
+        return path
+    cfg = yaml.safe_load(quickstart_config().read_text())
+    env = [f"env.{k}={v}" for k, v in cfg["env"].items() if k != "type"]
+    sft = cfg.get("sft", {})
+    run([sys.executable, "-m", "pushcut.cli", "demos", cfg["env"]["type"], "--per-task",
+         str(sft.get("demos_per_task", 1)), "--noise", str(sft.get("demo_noise", 0.0)), "--out", str(path), *env], log)
+    return path
 
 
 def run(cmd: list[str], log: Path) -> float:
@@ -76,6 +98,7 @@ def read_run(run_dir: Path, sft_report: dict | None) -> dict:
         "groups_kept": sum(m["rollout/groups_kept"] for m in iters),
         "groups_total": sum(m["rollout/groups_total"] for m in iters),
         "curve": [(steps_at.get(r["step"], 0.0), r["success_rate"]) for r in ([sft] if sft_report else []) + reports],
+        "curriculum": {k: v for k, v in (iters[-1] if iters else {}).items() if k.startswith("curriculum/")},
     }
 
 
@@ -85,6 +108,10 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
     parser.add_argument("--iterations", type=int, default=72, help="RL iterations per arm (the quickstart: 72)")
     parser.add_argument("--root", type=Path, default=Path("runs/algorithms"))
+    parser.add_argument("--apply-below", type=float, default=0.1,
+                        help="grpo_reverse: enrol tasks whose greedy success from their real starts is below this")
+    parser.add_argument("--reverse", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="grpo_reverse: more overrides, e.g. train.curriculum_threshold=0.3")
     parser.add_argument("extra", nargs="*", help="overrides for every arm, e.g. eval.max_init_states=10")
     args = parser.parse_args()
     if args.arms[0] != "grpo":
@@ -105,9 +132,14 @@ def main() -> None:
         sft_report = json.loads(sorted((grpo_dir / "evals").glob("step_*.json"))[0].read_text())
         for arm in args.arms[1:]:
             run_dir = base / arm
+            overrides = list(ARMS[arm])
+            if arm == "grpo_reverse":
+                demos = record_curriculum_demos(base / "curriculum_demos.hdf5", base / "curriculum_demos.log")
+                overrides += [f"train.curriculum_demos={demos.resolve()}",
+                              f"train.curriculum_apply_below={args.apply_below}", *args.reverse]
             wall = run([sys.executable, "-m", "pushcut.cli", "train", str(quickstart_config()), f"run_dir={run_dir}",
                         *seeds, f"train.init_from={grpo_dir / 'sft' / 'policy'}", "train.eval_at_start=false",
-                        *common, *ARMS[arm]], base / f"{arm}.log")
+                        *common, *overrides], base / f"{arm}.log")
             out = read_run(run_dir, sft_report)
             out["wall_s"] = wall
             results.setdefault(arm, {})[str(seed)] = out
@@ -121,7 +153,8 @@ def write(args: argparse.Namespace, results: dict[str, dict[str, dict]]) -> str:
     complete = {arm: by_seed for arm, by_seed in results.items()
                 if set(by_seed) == set(results["grpo"])}  # arms with every seed so far
     (args.root / "algorithms.json").write_text(json.dumps(
-        {"iterations": args.iterations, "extra": args.extra, "results": results}, indent=2))
+        {"iterations": args.iterations, "extra": args.extra, "apply_below": args.apply_below,
+         "reverse": args.reverse, "results": results}, indent=2))
     table = markdown_table(complete)
     (args.root / "algorithms.md").write_text(table)
     plot(complete, args.root / "algorithms.png")

@@ -279,7 +279,8 @@ def read_demo_states(paths: str | Path | Sequence[str | Path]) -> dict[str, list
                 states = np.asarray(g[SIM_STATES], dtype=np.float64)
                 if states.ndim != 2 or not len(states):
                     raise DataError(f"{path}: data/{name}/{SIM_STATES} must be (L, S), found {states.shape}")
-                out.setdefault(str(g.attrs.get("task_id", path.stem)), []).append(
+                # LIBERO's own files name no task: <task>_demo.hdf5
+                out.setdefault(str(g.attrs.get("task_id", path.stem.removesuffix("_demo"))), []).append(
                     (_init_state_index(g.attrs.get("init_state", -1)), states))
     return out
 

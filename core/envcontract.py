@@ -213,6 +213,11 @@ class RestoresState(Protocol):
     never looks inside it. ``pushcut demos`` stores it at every step of a demo (dataset
     ``data/demo_i/states``, LIBERO's own name for it), and the pool sends it back to a worker
     as a typed array in the ``reset`` request. Built in: tabletop, libero.
+
+    An env whose observations after a step are not a function of the simulator state alone sets
+    ``restores_observation = False`` (LIBERO: robosuite reads body positions one physics substep
+    stale after a step, while a restore recomputes them): ``EnvContract`` then checks the state's
+    round trip instead of the observation's.
     """
 
     def get_state(self) -> np.ndarray:

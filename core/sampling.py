@@ -347,9 +347,10 @@ class ReverseCurriculum:
         self.success = {t: float(v) for t, v in state["success"].items()}
 
 
-ENROL_STATES = 10
+ENROL_STATES = 20
 """Train initial states per task that the reverse curriculum's enrolment measures greedily (one
-episode each) when the run has no step-0 evaluation to read."""
+episode each) when the run has no step-0 evaluation to read; the states its demos start from are
+left out (a policy cloned from those demos solves them more often than the others)."""
 
 
 class CurriculumSampler(StartStateSampler):
@@ -361,7 +362,7 @@ class CurriculumSampler(StartStateSampler):
     Enrolment (:meth:`begin`, once at the start of a fresh run): a task enrols when its success
     from the real initial states is below ``apply_below``: the step-0 evaluation's
     ``eval/success/<task>`` when there is one, else a greedy episode from each of its first
-    :data:`ENROL_STATES` train initial states."""
+    :data:`ENROL_STATES` train initial states that no demo starts from."""
 
     def __init__(self, base: StartStateSampler, curriculum: ReverseCurriculum,
                  demos: dict[str, list[tuple[int, np.ndarray]]]) -> None:
@@ -380,7 +381,9 @@ class CurriculumSampler(StartStateSampler):
         if at_start is not None and all(f"eval/success/{t}" in at_start for t in tasks):
             rates = {t: float(at_start[f"eval/success/{t}"]) for t in tasks}
         else:
-            starts = [p for t in tasks for p in self.states_of.get(t, [])[:ENROL_STATES]]
+            demo_starts = {(t, init) for t, demos in self.demos.items() for init, _ in demos}
+            starts = [p for t in tasks
+                      for p in [q for q in self.states_of.get(t, []) if (t, q.init_state) not in demo_starts][:ENROL_STATES]]
             batch, _ = collector.collect(starts, 1, 0.0)
             done = [ep for ep in batch if ep.ok]
             rates = {t: float(np.mean([ep.success for ep in done if ep.task_id == t]))
@@ -443,6 +446,9 @@ def with_curriculum(sampler: StartStateSampler, config: Any, pool: Any) -> Start
         return sampler
     if train.curriculum not in CURRICULA:
         raise ConfigError(f"train.curriculum must be one of {', '.join(CURRICULA)}, got {train.curriculum!r}")
+    if pool is None:
+        raise ConfigError("train.curriculum=reverse runs with rollout.inference=driver (the trainer's own env pool) "
+                          "only, not learner-side rollouts; set rollout.inference=driver or train.curriculum=none")
     if not getattr(pool, "restores_state", False):
         raise ConfigError(f"train.curriculum=reverse needs an env that restores recorded simulator states "
                           f"(get_state/restore_state, see pushcut.envcontract.RestoresState); env.type="

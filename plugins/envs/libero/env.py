@@ -178,7 +178,10 @@ class _Sim:
         sensor._pushcut_lazy = True  # type: ignore[attr-defined]
         return sensor
 
-    def reset(self, init_state: np.ndarray) -> dict[str, np.ndarray]:
+    def reset(self, init_state: np.ndarray, settle: bool = True) -> dict[str, np.ndarray]:
+        """Reset to a flattened MuJoCo state: a stored initial state, then the settle steps; or
+        (``settle=False``) a state recorded mid-episode, restored as it was (no-op steps would
+        open the gripper)."""
         self.env.seed(self.config.seed)
         self.render_cameras = ()  # nothing robosuite's reset observes is ever shown to a policy
         self.frames = {}
@@ -189,9 +192,10 @@ class _Sim:
             for robot in self.env.env.robots:
                 robot.gripper.current_action = np.zeros(robot.gripper.dof)
         self._wrap_sensors()
-        self.render_cameras = self.cameras if self.config.num_steps_wait == 0 else ()
+        wait = self.config.num_steps_wait if settle else 0
+        self.render_cameras = self.cameras if wait == 0 else ()
         raw = self.env.set_init_state(init_state)
-        for i in range(self.config.num_steps_wait):
+        for i in range(wait):
             self.render_cameras = self.cameras if i == self.config.num_steps_wait - 1 else ()
             raw, _, _, _ = self.env.step(NOOP_ACTION)
         return raw
@@ -281,6 +285,35 @@ class LiberoEnv(Env):
         self._sim = self._sim_for(task_id)
         self._raw = self._sim.reset(self._init_states[task_id][int(init_state)])
         self._init_state = int(init_state)
+        self._steps = 0
+        self._success = self._sim.success()
+        return self.observe()
+
+    restores_observation = False
+    """A restored state's observation differs slightly from the one seen when it was recorded:
+    robosuite's observation after a step reads body positions from the start of the last physics
+    substep, a restore recomputes them at the state (the physics state itself is restored exactly)."""
+
+    def get_state(self) -> np.ndarray:
+        """The flattened MuJoCo state (LIBERO's ``get_sim_state``, what its demo files store as
+        ``states``), see :class:`pushcut.envcontract.RestoresState`."""
+        if self._sim is None:
+            raise EnvError("libero: get_state() called before reset(task_id, init_state)")
+        return np.asarray(self._sim.env.get_sim_state(), dtype=np.float64).reshape(-1)
+
+    def restore_state(self, task_id: str, state: np.ndarray) -> Observation:
+        """A new episode of ``task_id`` at a flattened MuJoCo state recorded along one of its
+        episodes (``get_state``, or a LIBERO demo file's ``states``), without the settle steps;
+        its step count starts at 0."""
+        self._spec(task_id)
+        state = np.asarray(state, dtype=np.float64).reshape(-1)
+        expected = len(np.asarray(self._init_states[task_id][0]).reshape(-1))
+        if len(state) != expected or not np.isfinite(state).all():
+            raise EnvError(f"libero: a restored state of {task_id!r} must be {expected} finite floats (its flattened "
+                           f"MuJoCo state), got {len(state)}; record it from this task")
+        self._sim = self._sim_for(task_id)
+        self._raw = self._sim.reset(state, settle=False)
+        self._init_state = -1
         self._steps = 0
         self._success = self._sim.success()
         return self.observe()
