@@ -59,12 +59,12 @@ def one_seed(seed: int, args: argparse.Namespace, extra: list[str]) -> dict:
     root = Path(args.root) / f"seed{seed}"
     root.mkdir(parents=True, exist_ok=True)
     log = root / "log.txt"
-    common = [f"seed={seed}", f"policy.seed={seed}", f"rollout.python={args.python}", *extra]
+    common = [f"seed={seed}", f"policy.seed={seed}", f"rollout.transport.python={args.python}", *extra]
     times: dict[str, float] = {}
     full = root / f"demos_{max(args.demos)}.hdf5"
     if not full.exists():
         times["demos_s"] = cli("demos", "metaworld", "--per-task", str(max(args.demos)), "--out", str(full),
-                               f"rollout.python={args.python}", *[o for o in extra if o.startswith("env.")], log=log)
+                               f"rollout.transport.python={args.python}", *[o for o in extra if o.startswith("env.")], log=log)
     arms: dict[str, dict] = {}
     for k in sorted(args.demos):
         demos = root / f"demos_{k}.hdf5"

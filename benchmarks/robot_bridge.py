@@ -30,8 +30,8 @@ SAFETY = {"workspace_low": [-0.25, -0.22, 0.03], "workspace_high": [0.25, 0.2, 0
 
 
 def robot_options(image_size: int, hz: float) -> dict:
-    return {"driver": "sim", "control_hz": hz, "safety": SAFETY,
-            "driver_options": {"env": {"type": "tabletop", "image_size": image_size, "tasks": ["push_red_to_target"]}}}
+    return {"control_hz": hz, "safety": SAFETY,
+            "driver": {"type": "sim", "env": {"type": "tabletop", "image_size": image_size, "tasks": ["push_red_to_target"]}}}
 
 
 def time_chunks(pool: EnvPool, chunks: int, chunk: int, seed: int = 0) -> list[float]:

@@ -43,11 +43,11 @@ def build_pool(config: RunConfig) -> EnvPool:
     only when its workers would run on this Python; elsewhere their own venv must have it."""
     manager = get_plugin_manager()
     entry = manager.envs.get(config.env.type)
-    here = config.rollout.transport == "inline" or (config.rollout.transport == "process" and not config.rollout.python)
-    if here and entry.missing():
+    transport = config.rollout.transport.options
+    if transport is not None and transport.builds_envs_here() and entry.missing():
         from pushcut.errors import ConfigError
 
         raise ConfigError(f"env {config.env.type!r} needs {entry.missing()!r}, which this Python cannot import: install "
-                          f"it here, or run the env in a venv that has it with rollout.python=PATH/bin/python (or "
-                          f"rollout.transport=socket to a `pushcut env serve` there)")
+                          f"it here, or run the env in a venv that has it with rollout.transport.python=PATH/bin/python "
+                          f"(or rollout.transport=socket to a `pushcut env serve` there)")
     return pool_from_config(config, manager)

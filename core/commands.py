@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pushcut.config import (
-    PLUGIN_SECTIONS,
+    PluginChoice,
     RUN_CONFIG_FILE,
     dump_config,
     field_docs,
@@ -39,7 +39,7 @@ def plugins(as_json: bool = False) -> int:
             origin = "built-in" if info.distribution == "pushcut" else info.distribution
             if info.status == "loaded":
                 what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.registered.items() if names)
-                away = [f"{e.name} needs {e.missing()!r}, not in this Python: build it elsewhere (rollout.python, "
+                away = [f"{e.name} needs {e.missing()!r}, not in this Python: build it elsewhere (rollout.transport.python, "
                         "a server)" for e in manager.envs if e.plugin == info.name and e.missing()]
                 print(f"{info.name:<16} {origin:<22} {what or '(registered nothing)'}"
                       + (f"  [{'; '.join(away)}]" if away else ""))
@@ -77,7 +77,7 @@ def _annotate(text: str, resolved) -> str:
     for f_name, doc in field_docs(type(resolved)).items():
         docs.setdefault("", {})[f_name] = doc
         value = getattr(resolved, f_name)
-        cls = type(value.options) if f_name in PLUGIN_SECTIONS else type(value)
+        cls = type(value.options) if isinstance(value, PluginChoice) else type(value)
         docs[f_name] = field_docs(cls)
     out, section, sub = [], "", ""
     for line in text.splitlines():
@@ -90,7 +90,9 @@ def _annotate(text: str, resolved) -> str:
             sub = key
             doc = docs.get(section, {}).get(key)
             value = getattr(resolved, section, None)
-            nested = getattr(value, key, None) if section not in PLUGIN_SECTIONS else None
+            nested = getattr(value, key, None) if not isinstance(value, PluginChoice) else None
+            if isinstance(nested, PluginChoice):  # a registered choice inside a section, e.g. rollout.transport
+                nested = nested.options
             if dataclasses.is_dataclass(nested):  # a section inside a section, e.g. algo.critic
                 docs[f"{section}.{key}"] = field_docs(type(nested))
         else:
@@ -277,8 +279,8 @@ def sft(config: str, overrides: Sequence[str]) -> int:
 
 def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str], noise: float = 0.0) -> int:
     """Record scripted-expert demos of a registered env into an HDF5 file (``noise``: DART, see
-    :func:`pushcut.demos.record_expert_demo`). With ``rollout.*`` overrides (``rollout.python=`` a
-    simulator's venv, ``rollout.transport=socket rollout.addresses=[...]``) the env runs where they
+    :func:`pushcut.demos.record_expert_demo`). With ``rollout.*`` overrides (``rollout.transport.python=`` a
+    simulator's venv, ``rollout.transport=socket rollout.transport.addresses=[...]``) the env runs where they
     say and the expert's actions come through the env transport; otherwise it is built here."""
     from pushcut.demos import record_demo_file
 
@@ -312,14 +314,12 @@ def _demos_through_transport(env: str, per_task: int, out: str, data: dict, nois
     from pushcut.demos import record_demo_file
     from pushcut.envpool.slot import SlotEnv
 
-    rollout = {**data["rollout"], "envs_per_worker": 1}
-    if rollout.get("transport", "process") != "socket":
-        rollout["num_workers"] = 1
+    rollout = {**data["rollout"], "envs_per_worker": 1, "num_workers": 1}  # socket: one worker per address anyway
     config = resolve({"env": {"type": env, **data.get("env", {})}, "rollout": rollout})
     with build_pool(config) as pool:
         path, recorded = record_demo_file(SlotEnv(pool), env, per_task, out, noise=noise)
     print(f"wrote {len(recorded)} demos ({sum(len(d) for d in recorded)} steps) to {path} (env through the "
-          f"{config.rollout.transport} transport)")
+          f"{config.rollout.transport.type} transport)")
     return 0
 
 

@@ -18,7 +18,6 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,38 @@ import yaml
 from pushcut.errors import ConfigError, PushcutError
 from pushcut.rundir import CONFIG_FILE
 from pushcut.sampling import CURRICULA, SAMPLERS
+
+# --------------------------------------------------------------------------- registered choices
+
+
+@dataclass
+class PluginChoice:
+    """A field that picks a registered component: ``type`` names it, ``options`` is an instance of
+    that component's own config dataclass (in YAML: ``{type: NAME, ...its fields}``)."""
+
+    type: str
+    options: Any = None
+
+
+def choice(registry: str, default: str) -> Any:
+    """A config field that picks a component from the plugin manager's ``registry`` (``"envs"``,
+    ``"transports"``, ``"robot_drivers"``, ...), ``default`` when the config names none. Written as
+    ``{type: NAME, ...}``, or just ``NAME`` for its defaults; resolved and validated by
+    :func:`build_dataclass` through the chosen entry's config class."""
+    return field(default_factory=lambda: PluginChoice(default), metadata={"registry": registry})
+
+
+class TransportConfig:
+    """Base of every transport's config class (``rollout.transport: {type: NAME, ...}``)."""
+
+    def num_workers(self, requested: int) -> int:
+        """How many env workers the pool gets for ``rollout.num_workers=requested``."""
+        return requested
+
+    def builds_envs_here(self) -> bool:
+        """True when the envs run on this Python (then an env whose simulator it lacks is refused early)."""
+        return False
+
 
 # --------------------------------------------------------------------------- sections
 
@@ -150,37 +181,14 @@ class RolloutConfig:
     """A worker that does not answer within this many seconds is restarted and its episodes dropped."""
     pipeline: bool = False
     """Split the pool in two halves and step one while the policy serves the other."""
-    transport: str = "process"
-    """Where env workers run: process (spawned workers), inline (this process, debugging) or socket (env servers).
+    transport: PluginChoice = choice("transports", "process")
+    """Where env workers run: ``{type: process|inline|socket|ray, ...that transport's fields}`` (docs/remote-envs.md).
 
-    ``socket`` connects to running ``pushcut env serve`` processes, one worker per
-    address in ``rollout.addresses``; ``num_workers`` is then the number of addresses."""
-    addresses: tuple[str, ...] = ()
-    """host:port of each env server for transport=socket (see docs/remote-envs.md)."""
-    python: str = field(default="", metadata={"path": "link"})
-    """Interpreter of process workers, e.g. another venv's bin/python for a simulator with its own pins; empty = this one."""
+    A bare name (``rollout.transport=socket``) is that transport with its defaults; its fields
+    are ``rollout.transport.KEY`` (``rollout.transport.addresses=[host:port]``). ``socket``
+    connects to running ``pushcut env serve`` processes, one worker per address."""
     startup_timeout_s: float = 300.0
-    """A process worker that has not built its envs within this many seconds is an error."""
-    connect_timeout_s: float = 30.0
-    """Seconds to connect to an env server and finish its hello (transport=socket)."""
-    connect_attempts: int = 3
-    """Connection attempts per env server, at start and after each failure, before it counts as down."""
-    token_file: str = field(default="", metadata={"path": True})
-    """File holding the env servers' token; empty = $PUSHCUT_ENV_TOKEN (needed for servers off loopback)."""
-    tls_ca: str = field(default="", metadata={"path": True})
-    """PEM certificate (or CA) to verify env servers over TLS; empty = plain TCP."""
-    max_frame_mb: float = 64.0
-    """Largest message accepted from an env server, in MiB (a bigger frame is refused)."""
-    ray_num_cpus: float = 1.0
-    """CPUs each env actor reserves (rollout.transport=ray; see docs/scaling.md)."""
-    ray_num_gpus: float = 0.0
-    """GPUs each env actor reserves (a simulator that renders on a GPU; transport=ray)."""
-    ray_resources: dict[str, float] = field(default_factory=dict)
-    """Custom Ray resources each env actor needs, e.g. {sim_node: 1} to pin actors to some nodes (transport=ray)."""
-    ray_python: str = field(default="", metadata={"path": "link"})
-    """Interpreter of each env actor (Ray's runtime_env py_executable): another venv's bin/python; empty = the cluster's."""
-    ray_runtime_env: dict[str, Any] = field(default_factory=dict)
-    """Extra Ray runtime_env of each env actor (env_vars, working_dir, ...; transport=ray)."""
+    """A process worker, Ray env actor or learner rank that has not started within this many seconds is an error."""
     inference: str = "driver"
     """Who samples the rollouts' actions: driver (this process's policy) or learners (each learner rank, its share).
 
@@ -196,31 +204,10 @@ class RolloutConfig:
             )
         if self.step_timeout_s <= 0:
             raise ConfigError(f"rollout.step_timeout_s must be > 0, got {self.step_timeout_s}")
-        if self.transport not in TRANSPORTS:
-            raise ConfigError(f"rollout.transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
-        if self.transport == "socket":
-            if not self.addresses:
-                raise ConfigError("rollout.transport=socket needs rollout.addresses=[host:port, ...] "
-                                  "(the pushcut env serve processes to connect to)")
-            bad = [a for a in self.addresses if not _ADDRESS.fullmatch(a.strip())]
-            if bad:
-                raise ConfigError(f"rollout.addresses: {bad[0]!r} must look like host:port, e.g. 127.0.0.1:7171")
-            self.num_workers = len(self.addresses)
-        elif self.addresses:
-            raise ConfigError(f"rollout.addresses is only read with rollout.transport=socket (it is {self.transport!r})")
-        if self.python and self.transport != "process":
-            raise ConfigError(f"rollout.python is only read with rollout.transport=process (it is {self.transport!r})")
-        if self.ray_python and self.transport != "ray":
-            raise ConfigError(f"rollout.ray_python is only read with rollout.transport=ray (it is {self.transport!r}); "
-                              "use rollout.python for process workers")
-        if self.ray_num_cpus < 0 or self.ray_num_gpus < 0:
-            raise ConfigError(f"rollout.ray_num_cpus and rollout.ray_num_gpus must be >= 0, got {self.ray_num_cpus} "
-                              f"and {self.ray_num_gpus}")
-        for name in ("startup_timeout_s", "connect_timeout_s", "max_frame_mb"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"rollout.{name} must be > 0, got {getattr(self, name)}")
-        if self.connect_attempts < 1:
-            raise ConfigError(f"rollout.connect_attempts must be >= 1, got {self.connect_attempts}")
+        if isinstance(self.transport.options, TransportConfig):
+            self.num_workers = self.transport.options.num_workers(self.num_workers)
+        if not self.startup_timeout_s > 0:
+            raise ConfigError(f"rollout.startup_timeout_s must be > 0, got {self.startup_timeout_s}")
         if self.pipeline and self.num_workers < 2:
             raise ConfigError(f"rollout.pipeline needs rollout.num_workers >= 2 (two lanes), got {self.num_workers}")
         if self.inference not in INFERENCE:
@@ -229,11 +216,6 @@ class RolloutConfig:
 
 INFERENCE = ("driver", "learners")
 """``rollout.inference`` choices: where rollout actions are sampled."""
-
-TRANSPORTS = ("process", "inline", "socket", "ray")
-"""``rollout.transport`` choices (see :mod:`pushcut.envpool`)."""
-
-_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):\d{1,5}")
 
 
 
@@ -462,27 +444,14 @@ class SFTConfig:
 
 
 @dataclass
-class PluginChoice:
-    """A plugin section: ``type`` selects the registered component, ``options`` is
-    an instance of that plugin's own config dataclass."""
-
-    type: str
-    options: Any = None
-
-
-PLUGIN_SECTIONS = {"policy": "policies", "env": "envs", "success": "success_detectors"}
-"""Run-config section → plugin-manager registry attribute."""
-
-
-@dataclass
 class RunConfig:
     """A whole run: which plugins, the recipe, and where results go."""
 
-    policy: PluginChoice = field(default_factory=lambda: PluginChoice("tiny"))
+    policy: PluginChoice = choice("policies", "tiny")
     """The policy plugin (``type``) and its options."""
-    env: PluginChoice = field(default_factory=lambda: PluginChoice("tabletop"))
+    env: PluginChoice = choice("envs", "tabletop")
     """The env plugin (``type``) and its options."""
-    success: PluginChoice = field(default_factory=lambda: PluginChoice("env_success"))
+    success: PluginChoice = choice("success_detectors", "env_success")
     """The success-detector plugin (``type``) and its options."""
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     """The RL recipe."""
@@ -545,15 +514,27 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-MOVED_KEYS = {"policy.device": "train.device"}
-"""Keys that moved: old dotted name → where the setting lives now."""
+_TRANSPORT_KEYS = {
+    "addresses": "socket", "connect_timeout_s": "socket", "connect_attempts": "socket", "token_file": "socket",
+    "tls_ca": "socket", "max_frame_mb": "socket", "python": "process", "ray_num_cpus": "ray", "ray_num_gpus": "ray",
+    "ray_resources": "ray", "ray_python": "ray", "ray_runtime_env": "ray",
+}
+
+MOVED_KEYS = {
+    "policy.device": "train.device (one device setting places the policy for rollouts and learning)",
+    **{f"rollout.{key}": f"rollout.transport.{key.removeprefix('ray_')} (with rollout.transport.type={transport}; "
+                         f"in YAML rollout: {{transport: {{type: {transport}, {key.removeprefix('ray_')}: ...}}}})"
+       for key, transport in _TRANSPORT_KEYS.items()},
+}
+"""Keys that moved: old dotted name → where the setting lives now (and why). A config class may list
+its own as a ``moved_keys`` class attribute (field name → where it lives now)."""
 
 
-def _unknown_key(path: str, key: str, valid: Sequence[str]) -> ConfigError:
+def _unknown_key(path: str, key: str, valid: Sequence[str], cls: type | None = None) -> ConfigError:
     where = f"{path}.{key}" if path else key
-    if where in MOVED_KEYS:
-        return ConfigError(f"config key {where!r} has moved: set {MOVED_KEYS[where]} (one device setting places "
-                           "the policy for rollouts and learning)")
+    moved = MOVED_KEYS.get(where) or getattr(cls, "moved_keys", {}).get(key)
+    if moved:
+        return ConfigError(f"config key {where!r} has moved: set {moved}")
     msg = f"unknown config key {where!r}; valid keys{' in ' + repr(path) if path else ''}: {', '.join(sorted(valid))}"
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     if close:
@@ -561,8 +542,9 @@ def _unknown_key(path: str, key: str, valid: Sequence[str]) -> ConfigError:
     return ConfigError(msg)
 
 
-def coerce(value: Any, tp: Any, path: str) -> Any:
-    """Convert a YAML value to type ``tp`` or raise a ConfigError naming ``path``."""
+def coerce(value: Any, tp: Any, path: str, manager: Any | None = None) -> Any:
+    """Convert a YAML value to type ``tp`` or raise a ConfigError naming ``path`` (``manager``: the
+    plugin manager that nested registered choices resolve through)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -587,7 +569,7 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return build_dataclass(tp, value, path)
+        return build_dataclass(tp, value, path, manager)
     if origin in (tuple, list, Sequence) or tp in (tuple, list):
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r} ({type(value).__name__})")
@@ -633,16 +615,30 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported config type {_type_name(tp)} (value {value!r})")
 
 
-def build_dataclass(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
+def build_dataclass(cls: type, data: Mapping[str, Any], path: str = "", manager: Any | None = None) -> Any:
     """Instantiate dataclass ``cls`` from a mapping, type-checking every field.
-    Unknown keys are errors naming the valid keys and the closest match."""
+    Unknown keys are errors naming the valid keys and the closest match. A field made with
+    :func:`choice` resolves through ``manager``'s registry (default: the process-wide manager),
+    given or not: its default is resolved too."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields:
-            raise _unknown_key(path, str(key), list(fields))
-        kwargs[key] = coerce(value, hints[key], f"{path}.{key}" if path else key)
+            raise _unknown_key(path, str(key), list(fields), cls)
+        where = f"{path}.{key}" if path else key
+        if "registry" in fields[key].metadata:
+            kwargs[key] = _resolve_field(value, fields[key], where, manager)
+        else:
+            kwargs[key] = coerce(value, hints[key], where, manager)
+    for name, f in fields.items():
+        if name in kwargs:
+            continue
+        if "registry" in f.metadata:
+            kwargs[name] = _resolve_field(None, f, f"{path}.{name}" if path else name, manager)
+        elif f.default_factory is not dataclasses.MISSING and _holds_choices(hints[name]):  # e.g. rollout.transport
+            kwargs[name] = build_dataclass(hints[name], to_dict(f.default_factory()), f"{path}.{name}" if path else name,
+                                           manager)
     missing = [
         name for name, f in fields.items()
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -657,6 +653,44 @@ def build_dataclass(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{path or cls.__name__}: {exc}") from None
+
+
+def _holds_choices(tp: Any) -> bool:
+    """True when dataclass ``tp`` has a :func:`choice` field, itself or in a section inside it."""
+    if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+        return False
+    hints = typing.get_type_hints(tp)
+    return any("registry" in f.metadata or _holds_choices(hints[f.name]) for f in dataclasses.fields(tp))
+
+
+def _resolve_field(value: Any, f: dataclasses.Field, path: str, manager: Any | None) -> PluginChoice:
+    return resolve_choice(value, f.metadata["registry"], f.default_factory().type, path, manager)
+
+
+def resolve_choice(value: Any, registry: str, default: str, path: str, manager: Any | None = None) -> PluginChoice:
+    """The :class:`PluginChoice` that ``value`` (``NAME``, ``{type: NAME, ...its fields}``, a
+    PluginChoice, or None for ``default``) picks from ``manager``'s ``registry`` (``"transports"``),
+    its options validated by the chosen entry's config class."""
+    if isinstance(value, PluginChoice):
+        if value.options is not None:
+            return value
+        value = value.type
+    if value is None:
+        value = {}
+    if isinstance(value, str):
+        value = {"type": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a mapping with a 'type' key, got {value!r}")
+    raw = dict(value)
+    type_name = raw.pop("type", default)
+    if not isinstance(type_name, str):
+        raise ConfigError(f"{path}.type: expected a plugin name string, got {type_name!r}")
+    if manager is None:
+        from pushcut.pluginmanager import get_plugin_manager
+
+        manager = get_plugin_manager()
+    entry = manager.registry(registry).get(type_name)
+    return PluginChoice(type_name, build_dataclass(entry.config_class, raw, path, manager))
 
 
 def to_dict(obj: Any) -> Any:
@@ -714,6 +748,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
+            if isinstance(child, str):  # a registered choice by name (transport: socket) is {type: socket}
+                child = node[part] = {"type": child}
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
             node = child
@@ -722,32 +758,10 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 
 def resolve(data: Mapping[str, Any], manager: Any | None = None) -> RunConfig:
-    """Build a :class:`RunConfig` from a raw dict, resolving each plugin section's
-    ``type`` through the plugin registries and validating its options."""
-    if manager is None:
-        from pushcut.pluginmanager import get_plugin_manager
-
-        manager = get_plugin_manager()
-    data = dict(data)
-    plugin_data = {name: data.pop(name, None) for name in PLUGIN_SECTIONS}
-    config: RunConfig = build_dataclass(RunConfig, data)
-    for section, registry_attr in PLUGIN_SECTIONS.items():
-        raw = plugin_data[section]
-        default: PluginChoice = getattr(config, section)
-        if raw is None:
-            raw = {}
-        if isinstance(raw, str):
-            raw = {"type": raw}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{section}: expected a mapping with a 'type' key, got {raw!r}")
-        raw = dict(raw)
-        type_name = raw.pop("type", default.type)
-        if not isinstance(type_name, str):
-            raise ConfigError(f"{section}.type: expected a plugin name string, got {type_name!r}")
-        entry = getattr(manager, registry_attr).get(type_name)
-        options = build_dataclass(entry.config_class, raw, section)
-        setattr(config, section, PluginChoice(type_name, options))
-    return config
+    """Build a :class:`RunConfig` from a raw dict, resolving every registered choice (``policy``,
+    ``env``, ``success``, ``rollout.transport``, and those inside a plugin's own config) through the
+    plugin registries and validating its options."""
+    return build_dataclass(RunConfig, data, manager=manager)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), manager: Any | None = None) -> RunConfig:
@@ -764,10 +778,8 @@ def dump_config(config: RunConfig) -> str:
 RESUME_SAFE = (
     "run_dir", "train.iterations", "train.eval_every", "train.save_every", "train.keep_checkpoints", "train.device",
     "train.torch_threads", "train.resume", "train.init_from", "train.eval_at_start", "rollout.num_workers",
-    "rollout.envs_per_worker", "rollout.step_timeout_s", "rollout.pipeline", "rollout.transport", "rollout.addresses",
-    "rollout.python", "rollout.startup_timeout_s", "rollout.connect_timeout_s", "rollout.connect_attempts",
-    "rollout.token_file", "rollout.tls_ca", "rollout.max_frame_mb", "rollout.ray_num_cpus", "rollout.ray_num_gpus",
-    "rollout.ray_resources", "rollout.ray_python", "rollout.ray_runtime_env", "train.backend", "train.learners",
+    "rollout.envs_per_worker", "rollout.step_timeout_s", "rollout.pipeline", "rollout.transport",
+    "rollout.startup_timeout_s", "train.backend", "train.learners",
     "train.learner_num_cpus", "train.strategy", "train.offload", "train.activation_checkpointing",
     "rollout.inference", "eval", "sft",
 )

@@ -10,18 +10,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pushcut.config import apply_overrides, build_dataclass, load_config, read_yaml, resolve, to_dict
+from pushcut.config import (
+    PluginChoice,
+    TransportConfig,
+    apply_overrides,
+    build_dataclass,
+    choice,
+    load_config,
+    read_yaml,
+    resolve,
+    resolve_choice,
+    to_dict,
+)
 from pushcut.errors import ConfigError
 
-__all__ = ["apply_overrides", "build_dataclass", "load_config", "load_section", "read_yaml", "resolve", "to_dict"]
+__all__ = ["PluginChoice", "TransportConfig", "apply_overrides", "build_dataclass", "choice", "load_config", "load_section", "read_yaml",
+           "resolve", "resolve_choice", "to_dict"]
 
 
 def load_section(path: str | Path, section: str, overrides: Sequence[str] = (), type_: str | None = None,
-                 config_class: type | None = None, hint: str = "") -> Any:
+                 config_class: type | None = None, hint: str = "", manager: Any = None) -> Any:
     """The ``section`` (e.g. ``env``) of the YAML file at ``path`` with ``section.key=value``
     ``overrides`` applied; a bare string means ``{type: string}``. With ``type_``, the section's
     ``type`` must be it (and is dropped); with ``config_class``, the rest is validated into it.
-    Anything else is one :class:`ConfigError` naming the file and ``hint`` (what a right one holds)."""
+    Anything else is one :class:`ConfigError` naming the file and ``hint`` (what a right one holds).
+    Registered choices inside it resolve through ``manager`` (default: the process-wide one)."""
     bad = [o for o in overrides if not o.startswith(f"{section}.")]
     if bad:
         raise ConfigError(f"only {section}.key=value overrides apply here, got {bad}")
@@ -35,4 +48,4 @@ def load_section(path: str | Path, section: str, overrides: Sequence[str] = (), 
     data = dict(data)
     if type_ is not None:
         data.pop("type")
-    return build_dataclass(config_class, data, section) if config_class is not None else data
+    return build_dataclass(config_class, data, section, manager) if config_class is not None else data

@@ -134,11 +134,12 @@ def gathered(policy: Policy) -> Iterator[None]:
 
 
 def plugin_refs(manager: Any, config: RunConfig) -> list[str]:
-    """Import references of the plugins that registered the run's policy, env and success
-    detector, for a rank's own registry (as :meth:`pushcut.envpool.EnvSpec.from_registry` does)."""
+    """Import references of the plugins that registered the run's policy, env, success
+    detector and transport, for a rank's own registry (as :meth:`pushcut.envpool.EnvSpec.from_registry` does)."""
     refs: list[str] = []
     for registry, name in ((manager.policies, config.policy.type), (manager.envs, config.env.type),
-                           (manager.success_detectors, config.success.type)):
+                           (manager.success_detectors, config.success.type),
+                           (manager.transports, config.rollout.transport.type)):
         plugin = registry.get(name).plugin
         info = manager.infos.get(plugin)
         ref = info.source if info is not None and info.source != "<in-process>" else import_ref(
@@ -370,9 +371,10 @@ def check_capacity(ray: Any, config: RunConfig) -> None:
                               f"{gpus}: set train.learners<={gpus} or add GPU nodes (ray start --address=...)")
     what = f"train.learners={train.learners} rank(s) × train.learner_num_cpus={train.learner_num_cpus:g}"
     cpus = train.learners * train.learner_num_cpus
-    if rollout.transport == "ray":
-        what += f" and rollout.num_workers={rollout.num_workers} env actor(s) × rollout.ray_num_cpus={rollout.ray_num_cpus:g}"
-        cpus += rollout.num_workers * rollout.ray_num_cpus
+    if rollout.transport.type == "ray":
+        actor_cpus = rollout.transport.options.num_cpus
+        what += f" and rollout.num_workers={rollout.num_workers} env actor(s) × rollout.transport.num_cpus={actor_cpus:g}"
+        cpus += rollout.num_workers * actor_cpus
     check_free(ray, cpus, 0.0, what)
 
 
@@ -386,7 +388,7 @@ def check_learner_config(config: RunConfig) -> None:
         if getattr(t, "curriculum", "none") != "none":
             raise ConfigError("train.curriculum restores demo states in the driver's env pool; with "
                               "rollout.inference=learners there is none yet: use rollout.inference=driver")
-        if r.transport == "socket":
+        if r.transport.type == "socket":
             raise ConfigError("rollout.inference=learners starts env workers on each learner rank; "
                               "rollout.transport=socket connects to fixed servers: use process or ray")
         if r.num_workers < t.learners:
@@ -405,7 +407,7 @@ class RayLearners(Learner):
         check_learner_config(config)
         t, r = config.train, config.rollout
         self.config, self.policy, self.local, self.reference = config, policy, optimizer, reference
-        env_cpus = r.num_workers * r.ray_num_cpus if r.transport == "ray" else 0.0
+        env_cpus = r.num_workers * r.transport.options.num_cpus if r.transport.type == "ray" else 0.0
         self.ray = ray = connect("train.backend=ray", t.learners * t.learner_num_cpus + env_cpus)
         check_capacity(ray, config)
         self.version = 0

@@ -275,7 +275,7 @@ class EnvServer:
             given = hello.get("token")
             given_bytes = given.encode() if isinstance(given, str) else b""
             if not hmac.compare_digest(given_bytes, self.options.token.encode()):
-                self._refuse(framed, peer, f"wrong or missing token: set {TOKEN_ENV} (or rollout.token_file) to "
+                self._refuse(framed, peer, f"wrong or missing token: set {TOKEN_ENV} (or rollout.transport.token_file) to "
                                            "this server's token")
                 return
         if hello.get("v") != PROTOCOL_VERSION:

@@ -23,6 +23,8 @@ import pluggy
 
 if TYPE_CHECKING:
     from pushcut.contracts import Env, Policy, SuccessDetector
+    from pushcut.envpool.transport import Transport
+    from pushcut.pluginmanager import PluginManager
     from pushcut.registry import Registry
 
 hookspec = pluggy.HookspecMarker("pushcut")
@@ -30,6 +32,20 @@ hookimpl = pluggy.HookimplMarker("pushcut")
 
 
 # ----------------------------------------------------------------- registration
+
+
+@hookspec(historic=True)
+def pushcut_addhooks(pluginmanager: PluginManager) -> None:
+    """Add hook specs of your own: ``pluginmanager.add_hookspecs(module)``.
+
+    Called once for each plugin as it is registered (pytest's ``pytest_addhooks``).
+    A plugin that other plugins extend declares its hooks here, in a module of its
+    own, and calls them through the manager; the real-robot plugin adds
+    ``pushcut_register_robot_drivers`` this way, and its registry appears in
+    ``pushcut plugins`` beside the core's. The hooks a plugin adds must be
+    ``pushcut_register_<kind>s(registry)`` hooks named in
+    :data:`pushcut.pluginmanager.REGISTRIES`, or hooks the plugin calls itself.
+    """
 
 
 @hookspec
@@ -74,16 +90,16 @@ def pushcut_register_success_detectors(registry: Registry[SuccessDetector]) -> N
 
 
 @hookspec
-def pushcut_register_robot_drivers(registry: Registry[Any]) -> None:
-    """Register robot drivers: ``registry.add(name, ConfigClass, DriverClass)``.
+def pushcut_register_transports(registry: Registry[Transport]) -> None:
+    """Register env-pool transports: ``registry.add(name, ConfigClass, factory)``.
 
-    ``DriverClass(config)`` returns a
-    :class:`pushcut.plugins.envs.real.driver.RobotDriver`: connect, observe
-    (camera frames + end-effector and joint state), predict where a command
-    leads, command one action, hold, stop, home. ``pushcut robot serve`` looks
-    the configured ``robot.driver`` up here and puts the robot-side safety layer
-    between the trainer and the driver. Built in: ``sim`` (any registered env
-    as a robot) and ``replay`` (records commands, canned frames).
+    A transport is how the pool reaches the workers that hold the envs
+    (:class:`pushcut.envpool.Transport`). ``ConfigClass`` is a dataclass (a
+    :class:`pushcut.configio.TransportConfig`) whose fields are the keys under
+    ``rollout.transport:`` besides ``type``; ``factory(config, rollout)`` returns
+    the transport, ``rollout`` being the run's ``rollout`` section (its
+    ``startup_timeout_s`` for transports that start workers). Built in, through
+    this same hook: ``inline``, ``process``, ``socket`` and ``ray``.
     """
 
 

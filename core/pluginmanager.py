@@ -23,10 +23,22 @@ from pushcut.registry import Registry
 
 if TYPE_CHECKING:  # the contracts import torch; an env server's venv has none
     from pushcut.contracts import Env, Policy, SuccessDetector
+    from pushcut.envpool.transport import Transport
 
 DISABLE_AUTOLOAD_ENV = "PUSHCUT_DISABLE_PLUGIN_AUTOLOAD"
 ENTRY_POINT_GROUP = "pushcut"
 OWN_DISTRIBUTION = "pushcut"
+
+REGISTRIES = (
+    # attribute, kind (messages, ``pushcut plugins``), the hook that fills it
+    ("policies", "policy", "pushcut_register_policies"),
+    ("envs", "env", "pushcut_register_envs"),
+    ("success_detectors", "success detector", "pushcut_register_success_detectors"),
+    ("transports", "transport", "pushcut_register_transports"),
+    ("robot_drivers", "robot driver", "pushcut_register_robot_drivers"),
+)
+"""Every registry the manager owns. A registry whose hook no plugin declared (the robot drivers' hook
+comes with the real-robot plugin, through :func:`~pushcut.hookspecs.pushcut_addhooks`) stays empty."""
 
 
 @dataclass
@@ -62,6 +74,7 @@ class PluginManager:
     def __init__(self, autoload: bool | None = None) -> None:
         self.pm = pluggy.PluginManager("pushcut")
         self.pm.add_hookspecs(hookspecs)
+        self.pm.hook.pushcut_addhooks.call_historic(kwargs={"pluginmanager": self})
         if autoload is None:
             autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
         self.autoload = autoload
@@ -69,6 +82,8 @@ class PluginManager:
         self.policies: Registry[Policy] = Registry("policy")
         self.envs: Registry[Env] = Registry("env")
         self.success_detectors: Registry[SuccessDetector] = Registry("success detector")
+        self.transports: Registry[Transport] = Registry("transport")
+        self.robot_drivers: Registry[Any] = Registry("robot driver")
         self._registered_once: set[str] = set()
 
     # ------------------------------------------------------------- loading
@@ -137,9 +152,20 @@ class PluginManager:
 
     def source_of(self, kind: str, name: str) -> str:
         """The plugin that registered ``name`` in the ``kind`` registry ("policy", "env", "success
-        detector"); a lookup error listing the names that exist otherwise."""
+        detector", "transport", "robot driver"); a lookup error listing the names that exist otherwise."""
         registry = {r.kind: r for r in self.registries()}[kind]
         return registry.get(name).plugin
+
+    def registry(self, attribute: str) -> Registry[Any]:
+        """The registry named ``attribute`` in :data:`REGISTRIES` (``"transports"``): what a config field
+        that picks a registered component (:func:`pushcut.config.choice`) resolves through."""
+        if attribute not in {row[0] for row in REGISTRIES}:
+            raise PluginError(f"no registry {attribute!r}; the registries are {', '.join(r[0] for r in REGISTRIES)}")
+        return getattr(self, attribute)
+
+    def add_hookspecs(self, module_or_class: object) -> None:
+        """Declare more hooks (a plugin's :func:`~pushcut.hookspecs.pushcut_addhooks` calls this)."""
+        self.pm.add_hookspecs(module_or_class)
 
     def register(self, plugin: object, name: str) -> None:
         """Register an in-process plugin (a module or object with hookimpls), e.g. in tests."""
@@ -156,7 +182,7 @@ class PluginManager:
         self._registered_once.discard(name)
 
     def registries(self) -> tuple[Registry[Any], ...]:
-        return (self.policies, self.envs, self.success_detectors)
+        return tuple(getattr(self, attribute) for attribute, _, _ in REGISTRIES)
 
     def _register_components(self) -> None:
         """Run the registration hooks of plugins not yet registered, one plugin at a
@@ -165,13 +191,11 @@ class PluginManager:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"{exc}; hook names must match pushcut's hookspecs (see docs/plugins.md)") from None
-        hooks = (
-            ("policy", self.pm.hook.pushcut_register_policies, self.policies),
-            ("env", self.pm.hook.pushcut_register_envs, self.envs),
-            ("success_detector", self.pm.hook.pushcut_register_success_detectors, self.success_detectors),
-        )
         pending = [name for name, _ in self.pm.list_name_plugin() if name not in self._registered_once]
-        for kind, hook, registry in hooks:
+        for attribute, kind, hook_name in REGISTRIES:
+            hook, registry = getattr(self.pm.hook, hook_name, None), getattr(self, attribute)
+            if hook is None:  # a hook some plugin adds, and that plugin is not loaded
+                continue
             for impl in hook.get_hookimpls():
                 if impl.plugin_name not in pending:
                     continue
@@ -190,7 +214,7 @@ class PluginManager:
                 info = self.infos.setdefault(
                     impl.plugin_name, PluginInfo(impl.plugin_name, "<in-process>", "<in-process>")
                 )
-                info.registered.setdefault(kind, []).extend(sorted(set(registry.names()) - before))
+                info.registered.setdefault(kind.replace(" ", "_"), []).extend(sorted(set(registry.names()) - before))
         self._registered_once.update(pending)
 
     def register_commands(self, subparsers: Any) -> None:

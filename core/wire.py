@@ -39,7 +39,7 @@ PROTOCOL_VERSION = 1
 NDARRAY_EXT = 1
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME_MB = 64.0
-"""Frames above this many MiB are refused (``--max-frame-mb`` / ``rollout.max_frame_mb``)."""
+"""Frames above this many MiB are refused (``--max-frame-mb`` / ``rollout.transport.max_frame_mb``)."""
 
 TOKEN_ENV = "PUSHCUT_ENV_TOKEN"
 """Environment variable holding the shared token (both sides); a token file is the alternative."""

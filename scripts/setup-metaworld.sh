@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Meta-World virtualenv (default .venv-metaworld) in one command. Meta-World 3.1 pins
 # mujoco==3.3.0 while pushcut's [libero] extra pins 3.9.0, so Meta-World runs in its own venv and
-# the trainer reaches it through the env transport (rollout.python=.venv-metaworld/bin/python, or
+# the trainer reaches it through the env transport (rollout.transport.python=.venv-metaworld/bin/python, or
 # `pushcut env serve` from this venv): see docs/metaworld.md.
 #
 #   scripts/setup-metaworld.sh [VENV_DIR]

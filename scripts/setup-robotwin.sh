@@ -2,7 +2,7 @@
 # Build the RoboTwin 2.0 virtualenv (default .venv-robotwin) and the apt packages SAPIEN needs,
 # in one command. RoboTwin has its own pins (numpy < 2 for mplib 0.2.1, sapien 3.0.x), so it
 # runs in its own venv and the trainer reaches it through the env transport
-# (rollout.python=.venv-robotwin/bin/python, or `pushcut env serve` from this venv): see
+# (rollout.transport.python=.venv-robotwin/bin/python, or `pushcut env serve` from this venv): see
 # docs/robotwin.md.
 #
 #   scripts/setup-robotwin.sh [VENV_DIR]

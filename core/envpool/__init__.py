@@ -4,8 +4,10 @@
 envs and steps them in parallel; an env crosses to its worker as an
 :class:`EnvSpec` (registered name + plain options), never as a pickle. The
 transports: ``inline`` (same process), ``process`` (a spawned worker, on this
-or another interpreter) and ``socket`` (a running ``pushcut env serve``).
-:func:`transport_from_config` picks one from a run config's ``rollout`` section.
+or another interpreter), ``socket`` (a running ``pushcut env serve``) and ``ray``
+(Ray actors), each registered with its config class like a plugin's
+(:mod:`pushcut.envpool.transports`). :func:`transport_from_config` builds the one a run
+config's ``rollout.transport`` names, through the transport registry.
 """
 
 from __future__ import annotations
@@ -25,20 +27,15 @@ __all__ = [
 ]
 
 
-def transport_from_config(rollout: Any) -> Transport:
-    """The transport a :class:`pushcut.config.RolloutConfig` names."""
-    if rollout.transport == "socket":
-        from pushcut.wire import load_token
+def transport_from_config(rollout: Any, manager: Any = None) -> Transport:
+    """The transport ``rollout.transport`` (a :class:`pushcut.config.RolloutConfig`'s) names, built by
+    its registered factory from its config."""
+    from pushcut.config import resolve_choice
+    from pushcut.pluginmanager import get_plugin_manager
 
-        return SocketTransport(rollout.addresses, load_token(rollout.token_file), rollout.tls_ca,
-                               rollout.connect_timeout_s, rollout.connect_attempts, rollout.max_frame_mb)
-    if rollout.transport == "process":
-        return ProcessTransport(rollout.python, rollout.startup_timeout_s)
-    if rollout.transport == "ray":
-        from pushcut.envpool.ray import transport_from_rollout
-
-        return transport_from_rollout(rollout)
-    return make_transport(rollout.transport)
+    manager = manager or get_plugin_manager()
+    choice = resolve_choice(rollout.transport, "transports", "process", "rollout.transport", manager)
+    return manager.transports.get(choice.type).factory(choice.options, rollout)
 
 
 def pool_from_config(config: Any, manager: Any = None) -> EnvPool:
@@ -50,4 +47,4 @@ def pool_from_config(config: Any, manager: Any = None) -> EnvPool:
     r = config.rollout
     spec = EnvSpec.from_registry(config.env.type, config.env.options, manager)
     return EnvPool(spec, num_workers=r.num_workers, envs_per_worker=r.envs_per_worker, timeout_s=r.step_timeout_s,
-                   transport=transport_from_config(r))
+                   transport=transport_from_config(r, manager))

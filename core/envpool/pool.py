@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from pushcut.envcontract import ActionSpec, Env, Observation, StepResult, TaskSpec
-from pushcut.envpool.inline import InlineChannel, InlineTransport
-from pushcut.envpool.process import ProcessTransport
+from pushcut.envpool.inline import InlineChannel
 from pushcut.envpool.spec import EnvSpec
 from pushcut.envpool.transport import Channel, FramedChannel, Transport, check_same, describe_all
 from pushcut.envpool.worker import Failure
@@ -55,16 +54,16 @@ class Ticket:
 
 
 def make_transport(name: str, startup_timeout_s: float = 300.0) -> Transport:
-    """The ``process`` or ``inline`` transport by name (``socket`` needs addresses: build a SocketTransport)."""
-    if name == "process":
-        return ProcessTransport(startup_timeout_s=startup_timeout_s)
-    if name == "inline":
-        return InlineTransport()
-    if name == "ray":  # imported here: Ray is an optional extra
-        from pushcut.envpool.ray import RayTransport
+    """The transport registered as ``name`` with its default options (``process``, ``inline``, ``ray``;
+    ``socket`` needs addresses: pass a SocketTransport, or build it with :func:`transport_from_config`)."""
+    from pushcut.config import PluginChoice, RolloutConfig
+    from pushcut.envpool import transport_from_config
+    from pushcut.errors import PushcutError
 
-        return RayTransport(startup_timeout_s=startup_timeout_s)
-    raise EnvError(f"unknown env-pool transport {name!r}; use 'process', 'inline' or 'ray' (or pass a SocketTransport)")
+    try:
+        return transport_from_config(RolloutConfig(transport=PluginChoice(name), startup_timeout_s=startup_timeout_s))
+    except PushcutError as exc:
+        raise EnvError(f"env-pool transport {name!r}: {exc}") from None
 
 
 class EnvPool:

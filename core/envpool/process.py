@@ -2,7 +2,7 @@
 
 Each worker runs :func:`pushcut.envpool.worker.main` (``PYTHON -c ... FD``) on one end of a
 socketpair, speaking the wire format (:mod:`pushcut.wire`). ``PYTHON`` is this
-interpreter by default, or another virtualenv's (``rollout.python``), so a
+interpreter by default, or another virtualenv's (``rollout.transport.python``), so a
 simulator with conflicting pins runs in its own environment. A worker that
 crashes or does not answer in time is killed and restarted.
 """
@@ -44,7 +44,7 @@ class ProcessChannel(FramedChannel):
                                             pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL)
         except OSError as exc:
             parent.close()
-            raise EnvError(f"cannot start an env worker with {python!r}: {exc}; set rollout.python to a Python "
+            raise EnvError(f"cannot start an env worker with {python!r}: {exc}; set rollout.transport.python to a Python "
                            "interpreter that has pushcut installed") from None
         finally:
             child.close()

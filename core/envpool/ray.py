@@ -4,10 +4,10 @@ An actor receives the :class:`~pushcut.envpool.spec.EnvSpec` as plain data (its
 wire form) and builds the envs through its *own* plugin registry, exactly like a
 ``process`` worker — never a pickled env. Requests and replies cross as the same
 msgpack messages as on a socket (:mod:`pushcut.wire`), so an actor running on
-another venv's interpreter (``rollout.ray_python``, Ray's ``py_executable``) with
+another venv's interpreter (``rollout.transport.python``, Ray's ``py_executable``) with
 other numpy / torch pins still understands them. Resources per actor
-(``rollout.ray_num_cpus``, ``ray_num_gpus``, ``ray_resources``) and an optional
-``runtime_env`` come from the config.
+(``rollout.transport.num_cpus``, ``num_gpus``, ``resources``) and an optional
+``runtime_env`` come from the config (:class:`~pushcut.envpool.transports.RayTransportConfig`).
 
 An actor that dies (its process killed, its node lost) fails its request with
 Ray's actor error; the pool counts the slots' episodes as lost and
@@ -77,7 +77,7 @@ def check_free(ray: Any, cpus: float, gpus: float, what: str, wait_s: float = 30
         have = float(total.get(kind, 0.0))
         if need > have + 1e-9:
             raise ConfigError(f"{what} reserve {need:g} {kind}s, the Ray cluster has {have:g} in all: reserve less "
-                              f"(rollout.ray_num_cpus / rollout.ray_num_gpus, train.learner_num_cpus), run fewer "
+                              f"(rollout.transport.num_cpus / num_gpus, train.learner_num_cpus), run fewer "
                               "workers or ranks, or add nodes (ray start --address=...)")
     deadline = time.monotonic() + wait_s
     while True:
@@ -330,9 +330,3 @@ class RayTransport(Transport):
             channel._dead = channel._dead or "replaced"
         channel.close()
         return self.start(index, spec, num_envs)
-
-
-def transport_from_rollout(rollout: Any) -> RayTransport:
-    """The ray transport a :class:`pushcut.config.RolloutConfig` describes."""
-    return RayTransport(rollout.ray_num_cpus, rollout.ray_num_gpus, dict(rollout.ray_resources), rollout.ray_python,
-                        dict(rollout.ray_runtime_env), rollout.startup_timeout_s)

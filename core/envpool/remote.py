@@ -1,6 +1,6 @@
 """The ``socket`` transport: envs served by running ``pushcut env serve`` processes.
 
-One worker per address (``rollout.addresses``). Connecting sends a versioned
+One worker per address (``rollout.transport.addresses``). Connecting sends a versioned
 hello with the token; the server's welcome must name the configured env with
 the same options, enough envs, and (checked by the pool) the same tasks and
 action spec as every other server. A server that fails (closes, stops
@@ -33,13 +33,13 @@ class SocketTransport(Transport):
 
     name = "socket"
     recovery = "reconnected"
-    down_fix = ("restart the env servers (pushcut env serve ...) or fix rollout.addresses, then resume the run "
+    down_fix = ("restart the env servers (pushcut env serve ...) or fix rollout.transport.addresses, then resume the run "
                 "(pushcut train RUN_DIR)")
 
     def __init__(self, addresses: Sequence[str], token: str = "", tls_ca: str = "", connect_timeout_s: float = 30.0,
                  connect_attempts: int = 3, max_frame_mb: float = DEFAULT_MAX_FRAME_MB) -> None:
         if not addresses:
-            raise EnvError("the socket transport needs at least one server address: set rollout.addresses=[host:port]")
+            raise EnvError("the socket transport needs at least one server address: set rollout.transport.addresses=[host:port]")
         self.addresses = [parse_address(a) for a in addresses]
         self.token = token
         self.connect_timeout_s = connect_timeout_s
@@ -50,7 +50,7 @@ class SocketTransport(Transport):
             try:
                 self.tls = ssl.create_default_context(cafile=tls_ca)
             except (OSError, ssl.SSLError) as exc:
-                raise EnvError(f"cannot load the TLS certificate {tls_ca!r}: {exc}; set rollout.tls_ca to the "
+                raise EnvError(f"cannot load the TLS certificate {tls_ca!r}: {exc}; set rollout.transport.tls_ca to the "
                                "server's certificate (or its CA) in PEM form") from None
 
     def num_workers(self, requested: int) -> int:
@@ -80,7 +80,7 @@ class SocketTransport(Transport):
                 except (ssl.SSLError, OSError) as exc:
                     sock.close()
                     raise EnvError(f"TLS handshake with {label} failed: {getattr(exc, 'reason', None) or exc}; "
-                                   "check rollout.tls_ca and that the server runs with --tls-cert") from None
+                                   "check rollout.transport.tls_ca and that the server runs with --tls-cert") from None
             channel = SocketChannel(FramedSocket(sock, self.max_frame_mb, peer=label), label)
             try:
                 channel.hello({"token": self.token, "env": spec.name, "options": spec.options, "num_envs": num_envs},
@@ -97,7 +97,7 @@ class SocketTransport(Transport):
                 raise
             return channel
         raise EnvError(f"cannot reach {label} after {self.connect_attempts} attempt(s) ({last}): start it with "
-                       f"`pushcut env serve ENV_CONFIG --port {port}` or fix rollout.addresses")
+                       f"`pushcut env serve ENV_CONFIG --port {port}` or fix rollout.transport.addresses")
 
     def recover(self, index: int, channel: Channel, spec: EnvSpec, num_envs: int) -> Channel:
         if isinstance(channel, FramedChannel):

@@ -27,7 +27,7 @@ from pushcut import hookimpl  # noqa: E402
 from pushcut.config import load_config  # noqa: E402
 from pushcut.envpool import EnvPool, SlotFailure  # noqa: E402
 from pushcut.envpool.ray import RayTransport  # noqa: E402
-from pushcut.errors import ConfigError, EnvError  # noqa: E402
+from pushcut.errors import ConfigError, EnvError, PushcutError  # noqa: E402
 from pushcut.testing import registered_plugin  # noqa: E402
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin  # noqa: E402
 from pushcut.learner import update_policy  # noqa: E402
@@ -46,7 +46,7 @@ BASE = [
     "train.minibatch_size=12", "train.micro_batch_size=7", "rollout.num_workers=2", "rollout.envs_per_worker=8",
     "train.eval_every=0", "eval.max_init_states=2", "train.save_every=1", "train.torch_threads=1",
 ]
-RAY = ["rollout.transport=ray", "rollout.ray_num_cpus=0.5", "train.backend=ray", "train.learners=2",
+RAY = ["rollout.transport=ray", "rollout.transport.num_cpus=0.5", "train.backend=ray", "train.learners=2",
        "train.learner_num_cpus=0.5"]
 
 
@@ -307,7 +307,7 @@ def test_more_learner_ranks_than_the_cluster_holds_is_one_line(cluster, manager,
 
 
 def test_more_env_actors_than_the_cluster_holds_is_one_line_at_once(cluster, manager, tmp_path):
-    cfg = load_config(None, [*BASE, "rollout.transport=ray", "rollout.num_workers=3", "rollout.ray_num_cpus=1",
+    cfg = load_config(None, [*BASE, "rollout.transport=ray", "rollout.num_workers=3", "rollout.transport.num_cpus=1",
                              f"run_dir={tmp_path}"], manager)
     t0 = time.monotonic()
     with pytest.raises(ConfigError, match=r"3 env actor\(s\) .* reserve 3 CPUs, the Ray cluster has 2 in all") as err:
@@ -318,8 +318,11 @@ def test_more_env_actors_than_the_cluster_holds_is_one_line_at_once(cluster, man
 def test_learners_above_one_need_the_ray_backend(manager):
     with pytest.raises(ConfigError, match="needs train.backend=ray"):
         load_config(None, [*BASE, "train.learners=2"], manager)
-    with pytest.raises(ConfigError, match="rollout.ray_python is only read with rollout.transport=ray"):
+    with pytest.raises(ConfigError, match="'rollout.ray_python' has moved: set rollout.transport.python "
+                                          r"\(with rollout.transport.type=ray"):
         load_config(None, [*BASE, "rollout.ray_python=/usr/bin/python3"], manager)
+    with pytest.raises(ConfigError, match="unknown config key 'rollout.transport.runtime_env'"):
+        load_config(None, [*BASE, "rollout.transport.runtime_env={}"], manager)  # the default transport is process
 
 
 def test_without_ray_installed_the_error_names_the_extra(manager, tmp_path, monkeypatch):
@@ -330,3 +333,48 @@ def test_without_ray_installed_the_error_names_the_extra(manager, tmp_path, monk
     with pytest.raises(ConfigError, match=r'train.backend=ray needs Ray.*pip install "pushcut\[ray\]"') as err:
         Trainer(cfg, manager).run()
     assert "\n" not in str(err.value)
+
+
+
+@dataclasses.dataclass
+class DyingBinConfig(BinPolicyConfig):
+    """BinPolicy options plus ``marker``: once ``marker + ".armed"`` exists, learner rank 1 dies
+    inside its next update and leaves ``marker`` (so it dies once)."""
+
+    marker: str = ""
+
+
+class DyingBinPolicy(BinPolicy):
+    def log_probs(self, obs, sample, temperature):
+        import torch.distributed as dist
+
+        marker = self.config.marker
+        if (marker and dist.is_initialized() and dist.get_rank() == 1 and os.path.exists(marker + ".armed")
+                and not os.path.exists(marker)):
+            Path(marker).write_text(str(os.getpid()))
+            os._exit(1)  # the rank's process is gone mid-update, as on a lost node
+        return super().log_probs(obs, sample, temperature)
+
+
+class DyingPolicyPlugin:
+    @hookimpl
+    def pushcut_register_policies(self, registry):
+        registry.add("dying_bins", DyingBinConfig, DyingBinPolicy)
+
+
+def test_a_sharded_rank_killed_mid_update_is_one_line_and_the_rerun_resumes(cluster, manager, tmp_path):
+    marker = tmp_path / "died"
+    fsdp = [*RAY, "train.strategy=fsdp2", "policy.type=dying_bins", f"policy.marker={marker}"]
+    with registered_plugin(DyingPolicyPlugin(), "dying_policy", manager):
+        run(manager, tmp_path / "run", "train.iterations=1", *fsdp)  # checkpoint 1
+        Path(f"{marker}.armed").touch()
+        t0 = time.monotonic()
+        with pytest.raises(PushcutError) as err:
+            run(manager, tmp_path / "run", "train.iterations=3", *fsdp)
+        assert time.monotonic() - t0 < 120  # seen when the rank dies, not after the collective's timeout
+        msg = str(err.value)
+        assert marker.is_file() and "\n" not in msg
+        assert "learner rank 1 failed to update" in msg and "train.resume=true" in msg
+        summary, lines = run(manager, tmp_path / "run", "train.iterations=3", *fsdp)  # the same command: resumes
+    assert summary["status"] == "completed"
+    assert [r["step"] for r in lines] == [0, 1, 2, 3]

@@ -132,27 +132,29 @@ def test_a_worker_killed_between_requests_is_restarted():
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"transport": "socket"}, "rollout.transport=socket needs rollout.addresses"),
-    ({"transport": "socket", "addresses": ["localhost"]}, "'localhost' must look like host:port"),
-    ({"addresses": ["127.0.0.1:7171"]}, "only read with rollout.transport=socket"),
-    ({"transport": "inline", "python": "/usr/bin/python3"}, "only read with rollout.transport=process"),
-    ({"transport": "zmq"}, "must be one of process, inline, socket"),
-    ({"connect_attempts": 0}, "rollout.connect_attempts must be >= 1"),
+    ({"transport": "socket"}, "rollout.transport=socket needs rollout.transport.addresses"),
+    ({"transport": {"type": "socket", "addresses": ["localhost"]}}, "'localhost' must look like host:port"),
+    ({"addresses": ["127.0.0.1:7171"]}, "'rollout.addresses' has moved: set rollout.transport.addresses"),
+    ({"transport": {"type": "inline", "python": "/usr/bin/python3"}},
+     "unknown config key 'rollout.transport.python'; valid keys in 'rollout.transport': "),
+    ({"transport": "zmq"}, "unknown transport 'zmq'; registered: inline, process, ray, socket"),
+    ({"transport": {"type": "socket", "addresses": ["127.0.0.1:7171"], "connect_attempts": 0}},
+     "rollout.transport.connect_attempts must be >= 1"),
 ])
 def test_transport_config_errors_name_the_fix(fields, message):
     from pushcut.config import RolloutConfig, build_dataclass
-    from pushcut.errors import ConfigError
+    from pushcut.errors import PushcutError
 
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(PushcutError, match=message):
         build_dataclass(RolloutConfig, fields, "rollout")
 
 
 def test_socket_transport_config_counts_one_worker_per_address():
     from pushcut.config import RolloutConfig, build_dataclass
 
-    cfg = build_dataclass(RolloutConfig, {"transport": "socket", "addresses": ["10.0.0.5:7171", "[::1]:7172"],
+    cfg = build_dataclass(RolloutConfig, {"transport": {"type": "socket", "addresses": ["10.0.0.5:7171", "[::1]:7172"]},
                                           "pipeline": True}, "rollout")
-    assert cfg.num_workers == 2 and cfg.addresses == ("10.0.0.5:7171", "[::1]:7172")
+    assert cfg.num_workers == 2 and cfg.transport.options.addresses == ("10.0.0.5:7171", "[::1]:7172")
 
 
 # ----------------------------------------------------------------- balanced slots and silence

@@ -158,7 +158,7 @@ def test_training_against_served_envs_equals_the_in_process_run(serve, tmp_path)
     with registered_plugin(ToyPlugin(), "toys") as manager:
         for name, extra in (("process", ["rollout.transport=process", "rollout.num_workers=2"]),
                             ("socket", ["rollout.transport=socket",
-                                        f"rollout.addresses=[{servers[0].address},{servers[1].address}]"])):
+                                        f"rollout.transport.addresses=[{servers[0].address},{servers[1].address}]"])):
             cfg = load_config(None, [*base, *extra, f"run_dir={tmp_path / name}"], manager)
             assert Trainer(cfg, manager).run()["status"] == "completed"
             lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
@@ -364,9 +364,9 @@ def test_training_whose_only_server_dies_stops_with_one_line_and_the_fix(serve, 
     with registered_plugin(ToyPlugin(), "toys") as manager, registered_plugin(KillAfter(1, server), "kill", manager):
         cfg = load_config(None, ["env.type=reach", "policy.type=bins", "algo.temperature=1.0", "train.batch_size=2",
                                  "train.iterations=3", "train.eval_every=0", "train.eval_at_start=false", "train.save_every=1",
-                                 "rollout.transport=socket", f"rollout.addresses=[{server.address}]",
-                                 "rollout.envs_per_worker=8", "rollout.connect_attempts=1",
-                                 "rollout.connect_timeout_s=2", f"run_dir={tmp_path / 'run'}"], manager)
+                                 "rollout.transport=socket", f"rollout.transport.addresses=[{server.address}]",
+                                 "rollout.envs_per_worker=8", "rollout.transport.connect_attempts=1",
+                                 "rollout.transport.connect_timeout_s=2", f"run_dir={tmp_path / 'run'}"], manager)
         t0 = time.monotonic()
         with pytest.raises(EnvError, match=r"env server 127.0.0.1:\d+ is down \(.*\); restart the env servers") as info:
             Trainer(cfg, manager).run()
@@ -379,9 +379,9 @@ def test_training_routes_around_a_dead_server_and_finishes_on_the_others(serve, 
     with registered_plugin(ToyPlugin(), "toys") as manager, registered_plugin(KillAfter(1, first), "kill", manager):
         cfg = load_config(None, ["env.type=reach", "policy.type=bins", "algo.temperature=1.0", "train.batch_size=2",
                                  "train.iterations=3", "train.eval_every=0", "train.eval_at_start=false",
-                                 "rollout.transport=socket", f"rollout.addresses=[{first.address},{second.address}]",
-                                 "rollout.envs_per_worker=4", "rollout.connect_attempts=1",
-                                 "rollout.connect_timeout_s=2", f"run_dir={tmp_path / 'run'}"], manager)
+                                 "rollout.transport=socket", f"rollout.transport.addresses=[{first.address},{second.address}]",
+                                 "rollout.envs_per_worker=4", "rollout.transport.connect_attempts=1",
+                                 "rollout.transport.connect_timeout_s=2", f"run_dir={tmp_path / 'run'}"], manager)
         with caplog.at_level("WARNING", logger="pushcut"):
             summary = Trainer(cfg, manager).run()
     assert summary["status"] == "completed"

@@ -19,26 +19,29 @@ def test_rollout_python_is_saved_absolute_with_its_venv_link_kept(tmp_path, monk
     (venv / "python").symlink_to(sys.executable)  # what every venv's bin/python is: a link to the base
     (tmp_path / "token").write_text("t")
     monkeypatch.chdir(tmp_path)
-    config = load_config(overrides=["rollout.python=sim-venv/bin/python", "rollout.token_file=token",
-                                    f"run_dir={tmp_path / 'runs' / 'a'}"])
+    config = load_config(overrides=["rollout.transport.python=sim-venv/bin/python", f"run_dir={tmp_path / 'runs' / 'a'}"])
     save_config(config, config.run_dir)
+    remote = load_config(overrides=["rollout.transport=socket", "rollout.transport.addresses=[127.0.0.1:7171]",
+                                    "rollout.transport.token_file=token", f"run_dir={tmp_path / 'runs' / 'b'}"])
+    save_config(remote, remote.run_dir)
     saved = yaml.safe_load((tmp_path / "runs" / "a" / "config.yaml").read_text())
-    assert saved["rollout"]["python"] == str(venv / "python")  # absolute, not resolved to the base interpreter
-    assert saved["rollout"]["token_file"] == str(tmp_path / "token")
+    assert saved["rollout"]["transport"]["python"] == str(venv / "python")  # absolute, not resolved to the base interpreter
+    saved = yaml.safe_load((tmp_path / "runs" / "b" / "config.yaml").read_text())
+    assert saved["rollout"]["transport"]["token_file"] == str(tmp_path / "token")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # `pushcut eval DIR` from another directory
-    loaded = load_run_config(tmp_path / "runs" / "a")
-    assert Path(loaded.rollout.python) == venv / "python" and os.path.isfile(loaded.rollout.python)
+    loaded = load_run_config(tmp_path / "runs" / "a").rollout.transport.options
+    assert Path(loaded.python) == venv / "python" and os.path.isfile(loaded.python)
 
 
 def test_an_interpreter_inside_the_run_directory_travels_with_it(tmp_path):
     run = tmp_path / "run"
     (run / "venv" / "bin").mkdir(parents=True)
     (run / "venv" / "bin" / "python").symlink_to(sys.executable)
-    config = load_config(overrides=[f"rollout.python={run / 'venv' / 'bin' / 'python'}", f"run_dir={run}"])
+    config = load_config(overrides=[f"rollout.transport.python={run / 'venv' / 'bin' / 'python'}", f"run_dir={run}"])
     save_config(config, run)
-    assert yaml.safe_load((run / "config.yaml").read_text())["rollout"]["python"] == "venv/bin/python"
+    assert yaml.safe_load((run / "config.yaml").read_text())["rollout"]["transport"]["python"] == "venv/bin/python"
     moved = tmp_path / "moved"
     run.rename(moved)
-    assert load_run_config(moved).rollout.python == str(moved / "venv" / "bin" / "python")
+    assert load_run_config(moved).rollout.transport.options.python == str(moved / "venv" / "bin" / "python")

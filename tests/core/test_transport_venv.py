@@ -75,7 +75,7 @@ def test_training_against_the_env_venv_server_equals_the_in_process_run(tmp_path
     runs = {}
     try:
         for name, extra in (("process", ["rollout.transport=process", "rollout.num_workers=1"]),
-                            ("socket", ["rollout.transport=socket", f"rollout.addresses=[{address}]"])):
+                            ("socket", ["rollout.transport=socket", f"rollout.transport.addresses=[{address}]"])):
             cfg = load_config(None, [*base, *extra, f"run_dir={tmp_path / name}"])
             assert Trainer(cfg).run()["status"] == "completed"
             lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()

@@ -74,8 +74,8 @@ class AttackSite:
 
 def test_a_foreign_page_cannot_release_the_estop_or_confirm(browser_page, tmp_path):
     config = tmp_path / "robot.yaml"
-    config.write_text(yaml.safe_dump({"env": {"type": "real", "driver": "replay", "operator_port": 0,
-                                              "driver_options": {"image_size": 16}, "confirm_reset": False}}))
+    config.write_text(yaml.safe_dump({"env": {"type": "real", "driver": {"type": "replay", "image_size": 16},
+                                              "operator_port": 0, "confirm_reset": False}}))
     proc = RobotServerProcess(config, ["--port", "0"])
     sites = []
     try:

@@ -7,7 +7,7 @@ MuJoCo), so it registers and validates ``env.type=metaworld`` everywhere; the si
 imported where the env is built, in a worker on the Meta-World venv's interpreter::
 
     bash scripts/setup-metaworld.sh                 # builds .venv-metaworld (no torch in it)
-    pushcut train configs/metaworld_mt10_tiny.yaml  # rollout.python=.venv-metaworld/bin/python
+    pushcut train configs/metaworld_mt10_tiny.yaml  # rollout.transport.python=.venv-metaworld/bin/python
 
 Tasks are Meta-World's task names (``pick-place-v3`` ...) or a benchmark (``env.benchmark``); start
 states are each task's 50 seeded variations (the last ``num_eval_init_states`` held out); actions

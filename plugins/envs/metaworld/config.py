@@ -2,7 +2,7 @@
 tables of Meta-World v3's benchmarks and a plain-English instruction for each of its 50 tasks.
 
 This module imports nothing from Meta-World or MuJoCo: the trainer's venv validates the ``env:``
-section with it, and the simulator itself runs in the Meta-World venv (``rollout.python=``).
+section with it, and the simulator itself runs in the Meta-World venv (``rollout.transport.python=``).
 The benchmark lists are Meta-World 3.1's (``metaworld.env_dict``), written out here so that a
 trainer without Meta-World can check names; a test compares them with the package's own.
 """

@@ -34,7 +34,7 @@ from pushcut.envcontract import (
 from pushcut.errors import EnvError
 from pushcut.plugins.envs.metaworld.config import INSTRUCTIONS, NUM_VARIATIONS, MetaworldConfig
 
-SETUP_FIX = ("build the Meta-World venv with `bash scripts/setup-metaworld.sh` and point rollout.python at its "
+SETUP_FIX = ("build the Meta-World venv with `bash scripts/setup-metaworld.sh` and point rollout.transport.python at its "
              "interpreter (docs/metaworld.md)")
 WRIST_CAMERA = "gripperPOV"
 

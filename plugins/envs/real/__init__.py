@@ -1,6 +1,6 @@
 """``real``: the real-robot bridge. The robot PC runs ``pushcut robot serve ROBOT_CONFIG``;
 the trainer reaches it with ``env.type=real rollout.transport=socket
-rollout.addresses=[ROBOT:PORT] rollout.envs_per_worker=1``.
+rollout.transport.addresses=[ROBOT:PORT] rollout.envs_per_worker=1``.
 
 Between the trainer and the robot sits the robot-side safety layer
 (:mod:`.safety`): per-dimension action limits, NaN/inf refusal, maximum change
@@ -8,8 +8,8 @@ per step, an end-effector workspace box and joint limits (clip or refuse), a
 command-rate watchdog, an e-stop that latches until a person resets it, an
 episode step cap, and homing (optionally confirmed by the operator) between
 episodes. Robots are :class:`~.driver.RobotDriver` plugins registered through
-``pushcut_register_robot_drivers``; built in: ``sim`` and ``replay``
-(:mod:`.drivers`). See docs/real-robot.md.
+``pushcut_register_robot_drivers``, a hook this plugin adds (:mod:`.hookspecs`);
+built in: ``sim`` and ``replay`` (:mod:`.drivers`). See docs/real-robot.md.
 """
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ __all__ = ["RealEnvConfig", "ReplayDriver", "ReplayDriverConfig", "RobotDriver",
 
 
 @hookimpl
+def pushcut_addhooks(pluginmanager) -> None:
+    from pushcut.plugins.envs.real import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+@hookimpl
 def pushcut_register_envs(registry) -> None:
     registry.add("real", RealEnvConfig, RobotEnv)
 
@@ -34,7 +41,7 @@ def pushcut_register_commands(subparsers) -> None:
     p = subparsers.add_parser("robot", help="serve a robot, behind its safety layer, to a trainer (docs/real-robot.md)")
     rsub = p.add_subparsers(dest="robot_command", metavar="SUBCOMMAND", required=True)
     serve = rsub.add_parser("serve", help="serve the robot a config's env: section (type: real) names over TCP")
-    serve.add_argument("config", help="YAML file with an env: section of type real (driver, safety, ...)")
+    serve.add_argument("config", help="YAML file with an env: section of type real (driver: {type: ...}, safety, ...)")
     serve.add_argument("overrides", nargs="*", help="env.key=value overrides")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; others need a token)")
     serve.add_argument("--port", type=int, default=7171, help="TCP port (default 7171; 0 = any free port)")

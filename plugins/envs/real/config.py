@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
-
+from pushcut.configio import PluginChoice, choice
 from pushcut.errors import ConfigError
 
 LIMIT_MODES = ("clip", "refuse")
@@ -80,10 +79,8 @@ class SafetyConfig:
 class RealEnvConfig:
     """A robot behind the safety layer: which driver, its options, the limits and the control rate."""
 
-    driver: str = "sim"
-    """Registered robot driver (``sim``, ``replay`` or a vendor plugin's)."""
-    driver_options: dict[str, Any] = field(default_factory=dict)
-    """The driver's own options, validated by its config class."""
+    driver: PluginChoice = choice("robot_drivers", "sim")
+    """The robot driver: ``{type: sim|replay|a vendor plugin's, ...that driver's own options}``."""
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     """The limits every command is checked against on the robot side."""
     control_hz: float = 0.0
@@ -103,9 +100,10 @@ class RealEnvConfig:
     """A trainer that sends nothing for this many seconds loses its session: the robot holds and the next
     trainer may connect (the silent one reconnects on its next request); 0 = never."""
 
+    moved_keys = {"driver_options": "env.driver: {type: NAME, ...the driver's options} (the options sit beside "
+                                    "the driver's type)"}
+
     def __post_init__(self) -> None:
-        if not self.driver:
-            raise ConfigError("env.driver must name a registered robot driver, e.g. sim or replay")
         if not (math.isfinite(self.control_hz) and 0 <= self.control_hz <= 1000):
             raise ConfigError(f"env.control_hz must be 0 (unpaced) .. 1000, got {self.control_hz}")
         if not self.confirm_timeout_s > 0:

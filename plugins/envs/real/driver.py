@@ -7,8 +7,9 @@ the control rate and turns it into the Env contract that ``pushcut robot
 serve`` puts on the network.
 
 Drivers are plugins: a package implements the ``pushcut_register_robot_drivers``
-hook and calls ``registry.add(name, ConfigClass, DriverClass)``, exactly like an
-env plugin registers envs. This module imports no torch (it runs on the robot PC).
+hook (:mod:`.hookspecs`) and calls ``registry.add(name, ConfigClass, DriverClass)``,
+exactly like an env plugin registers envs; the plugin manager keeps them in its
+``robot_drivers`` registry. This module imports no torch (it runs on the robot PC).
 """
 
 from __future__ import annotations
@@ -118,26 +119,3 @@ class RobotDriver(abc.ABC):
 
     def close(self) -> None:
         """Release the robot (called once when the server stops)."""
-
-
-def robot_driver_registry(manager: Any = None) -> Registry[RobotDriver]:
-    """Every robot driver registered through ``pushcut_register_robot_drivers`` by the plugins
-    ``manager`` holds (default: the process-wide plugin manager), each entry naming its plugin."""
-    from pushcut.errors import PluginError
-    from pushcut.pluginmanager import get_plugin_manager
-
-    manager = manager or get_plugin_manager()
-    registry: Registry[RobotDriver] = Registry("robot driver")
-    registry.unavailable.update(manager.envs.unavailable)
-    for impl in manager.pm.hook.pushcut_register_robot_drivers.get_hookimpls():
-        registry.current_plugin = impl.plugin_name
-        try:
-            impl.function(registry=registry)
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"plugin {impl.plugin_name!r} raised in pushcut_register_robot_drivers: "
-                              f"{type(exc).__name__}: {exc}") from None
-        finally:
-            registry.current_plugin = "<unknown>"
-    return registry

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pushcut.configio import PluginChoice, choice
 from pushcut.envcontract import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, ActionSpec, Env, TaskSpec, split_init_states
 from pushcut.errors import ConfigError, EnvError
 from pushcut.plugins.envs.real.driver import RobotDriver, RobotObservation, RobotSpec, RobotState
@@ -48,7 +49,7 @@ class CommandRecord:
 def _check_dims(name: str, dims: tuple[int, ...], size: int, what: str) -> None:
     bad = [d for d in dims if not 0 <= d < size]
     if bad:
-        raise ConfigError(f"env.driver_options.{name}: indices {bad} outside 0..{size - 1} of the {what}")
+        raise ConfigError(f"env.driver.{name}: indices {bad} outside 0..{size - 1} of the {what}")
 
 
 class _DeltaKinematics:
@@ -80,8 +81,8 @@ class _DeltaKinematics:
 class SimDriverConfig:
     """A registered simulator env driven as a robot."""
 
-    env: dict[str, Any] = field(default_factory=lambda: {"type": "tabletop"})
-    """The simulator's env section: ``type`` (a registered env) plus its options."""
+    env: PluginChoice = choice("envs", "tabletop")
+    """The simulator: ``{type: a registered env, ...its options}``."""
     ee_state_dims: tuple[int, ...] = (0, 1, 2)
     """Where the end-effector x, y, z sit in the env's ``state`` observation."""
     ee_action_dims: tuple[int, ...] = (0, 1, 2)
@@ -96,12 +97,10 @@ class SimDriverConfig:
     the measured position."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.env.get("type"), str):
-            raise ConfigError("env.driver_options.env needs a type naming a registered env, e.g. {type: tabletop}")
         if len(self.ee_state_dims) != 3 or len(self.ee_action_dims) != 3:
-            raise ConfigError("env.driver_options.ee_state_dims and ee_action_dims need 3 indices each (x, y, z)")
+            raise ConfigError("env.driver.ee_state_dims and ee_action_dims need 3 indices each (x, y, z)")
         if not self.ee_step_m > 0:
-            raise ConfigError(f"env.driver_options.ee_step_m must be > 0 metres, got {self.ee_step_m}")
+            raise ConfigError(f"env.driver.ee_step_m must be > 0 metres, got {self.ee_step_m}")
 
 
 class SimDriver(_DeltaKinematics, RobotDriver):
@@ -122,13 +121,13 @@ class SimDriver(_DeltaKinematics, RobotDriver):
         self._stops = 0
 
     def connect(self) -> RobotSpec:
-        from pushcut.configio import build_dataclass
+        from pushcut.configio import resolve_choice
         from pushcut.pluginmanager import get_plugin_manager
 
-        section = dict(self.config.env)
-        name = section.pop("type")
-        entry = (self._manager or get_plugin_manager()).envs.get(name)
-        self.env = entry.factory(build_dataclass(entry.config_class, section, "env.driver_options.env"))
+        manager = self._manager or get_plugin_manager()
+        chosen = resolve_choice(self.config.env, "envs", "tabletop", "env.driver.env", manager)
+        name = chosen.type
+        self.env = manager.envs.get(name).factory(chosen.options)
         spec = self.env.action_spec
         task = self.env.tasks()[0]
         first = self.env.reset(task.task_id, task.train_init_states[0] if task.train_init_states else 0)
@@ -136,7 +135,7 @@ class SimDriver(_DeltaKinematics, RobotDriver):
         _check_dims("ee_state_dims", self.ee_state_dims, size, "env's state vector")
         _check_dims("ee_action_dims", self.ee_action_dims, spec.action_dim, "action")
         if len(self.config.rest_action) != spec.action_dim:
-            raise ConfigError(f"env.driver_options.rest_action needs {spec.action_dim} values (the env's action_dim), "
+            raise ConfigError(f"env.driver.rest_action needs {spec.action_dim} values (the env's action_dim), "
                               f"got {len(self.config.rest_action)}")
         self.rest_action = np.array(self.config.rest_action, dtype=np.float64)
         self._last = first
@@ -233,11 +232,11 @@ class ReplayDriverConfig:
 
     def __post_init__(self) -> None:
         if self.action_dim < 3:
-            raise ConfigError(f"env.driver_options.action_dim must be >= 3 (dx, dy, dz first), got {self.action_dim}")
+            raise ConfigError(f"env.driver.action_dim must be >= 3 (dx, dy, dz first), got {self.action_dim}")
         if not self.tasks:
-            raise ConfigError("env.driver_options.tasks needs at least one task id: instruction")
+            raise ConfigError("env.driver.tasks needs at least one task id: instruction")
         if self.num_init_states < 2 or self.max_steps < 1:
-            raise ConfigError("env.driver_options: num_init_states must be >= 2 and max_steps >= 1")
+            raise ConfigError("env.driver: num_init_states must be >= 2 and max_steps >= 1")
 
 
 class ReplayDriver(_DeltaKinematics, RobotDriver):
@@ -265,7 +264,7 @@ class ReplayDriver(_DeltaKinematics, RobotDriver):
                            if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
             if not paths:
                 raise EnvError(f"replay robot: no PNG/JPEG frames in {self.config.frames_dir!r}; put some there or "
-                               "leave env.driver_options.frames_dir empty for generated frames")
+                               "leave env.driver.frames_dir empty for generated frames")
             self._frames = [np.array(Image.open(p).convert("RGB"), dtype=np.uint8) for p in paths]
         n = self.config.num_init_states
         train, evaluate = split_init_states(n, max(1, n // 5))

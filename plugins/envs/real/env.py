@@ -19,7 +19,7 @@ import numpy as np
 from pushcut.envcontract import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, ActionSpec, Env, Observation, StepResult, TaskSpec
 from pushcut.errors import EnvError
 from pushcut.plugins.envs.real.config import RealEnvConfig
-from pushcut.plugins.envs.real.driver import RobotDriver, RobotObservation, robot_driver_registry
+from pushcut.plugins.envs.real.driver import RobotDriver, RobotObservation
 from pushcut.plugins.envs.real.safety import EStop, EStopEngaged, Intervention, InterventionLog, SafetyLayer
 
 ESTOP_FIX = ("a person must reset it at the robot: type r + Enter in the `pushcut robot serve` terminal, or press "
@@ -27,11 +27,14 @@ ESTOP_FIX = ("a person must reset it at the robot: type r + Enter in the `pushcu
 
 
 def build_driver(config: RealEnvConfig, manager=None) -> RobotDriver:
-    """The driver ``config.driver`` names, built from ``config.driver_options`` through the registry."""
-    from pushcut.configio import build_dataclass
+    """The driver ``config.driver`` names (``{type: NAME, ...its options}``), built through the plugin
+    manager's ``robot_drivers`` registry (default: the process-wide manager's)."""
+    from pushcut.configio import resolve_choice
+    from pushcut.pluginmanager import get_plugin_manager
 
-    entry = robot_driver_registry(manager).get(config.driver)
-    return entry.factory(build_dataclass(entry.config_class, config.driver_options, "env.driver_options"))
+    manager = manager or get_plugin_manager()
+    chosen = resolve_choice(config.driver, "robot_drivers", "sim", "env.driver", manager)
+    return manager.robot_drivers.get(chosen.type).factory(chosen.options)
 
 
 class RobotEnv(Env):

@@ -30,15 +30,17 @@ ENV_NAME = "real"
 """The env name a trainer's hello must carry (``env.type=real``)."""
 
 
-def load_robot_config(config_path: str, overrides: list[str]) -> RealEnvConfig:
-    """The ``env:`` section (``type: real``) of ``config_path``, ``env.key=value`` overrides after it, validated."""
+def load_robot_config(config_path: str, overrides: list[str], manager: Any = None) -> RealEnvConfig:
+    """The ``env:`` section (``type: real``) of ``config_path``, ``env.key=value`` overrides after it, validated
+    (its driver resolved through ``manager``'s robot drivers; default: the process-wide manager's)."""
     from pushcut.configio import load_section
 
     if any(not o.startswith("env.") for o in overrides):
         raise ConfigError(f"`pushcut robot serve` takes env.key=value overrides only, got "
                           f"{[o for o in overrides if not o.startswith('env.')]}")
     return load_section(config_path, "env", overrides, type_=ENV_NAME, config_class=RealEnvConfig,
-                        hint="driver, driver_options, safety, ...; see configs/real_sim.yaml and docs/real-robot.md")
+                        hint="driver: {type: ...}, safety, ...; see configs/real_sim.yaml and docs/real-robot.md",
+                        manager=manager)
 
 
 class RobotServer(EnvServer):
@@ -236,16 +238,16 @@ def serve(config_path: str, overrides: list[str], options: ServeOptions, plugins
     and the driver closes on the way out."""
     options.token = options.token or load_token(token_file)
     options.check()
-    config = load_robot_config(config_path, list(overrides))
+    manager = None
+    if plugins:  # only these plugins, besides this one (its robot-driver hook and built-in drivers)
+        from pushcut.pluginmanager import PluginManager
+
+        manager = PluginManager.from_refs(dict.fromkeys([__package__, *plugins]))
+    config = load_robot_config(config_path, list(overrides), manager)
     # Until the watcher takes over (once the robot is up): SIGTERM stops, SIGUSR1 latches the e-stop at once.
     early_estop = threading.Event()
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGUSR1, lambda *_: early_estop.set())
-    manager = None
-    if plugins:
-        from pushcut.pluginmanager import PluginManager
-
-        manager = PluginManager.from_refs(plugins)
     from pushcut.plugins.envs.real.env import build_driver
 
     robot = RobotEnv(config, build_driver(config, manager))
@@ -258,7 +260,7 @@ def serve(config_path: str, overrides: list[str], options: ServeOptions, plugins
             if early_estop.is_set():
                 server.estop("SIGUSR1 (local e-stop, during start-up)")
             page = f"; operator page {server.operator_url}" if server.operator_url else ""
-            print(f"pushcut robot serve: serving robot (driver {config.driver}, {len(robot.tasks())} tasks) on "
+            print(f"pushcut robot serve: serving robot (driver {config.driver.type}, {len(robot.tasks())} tasks) on "
                   f"{host}:{port}{' with TLS' if server.tls else ''}{page}", flush=True)
             print("pushcut robot serve: e + Enter (or kill -USR1) = E-STOP, r + Enter = reset it, Enter = confirm "
                   "the next episode", flush=True)

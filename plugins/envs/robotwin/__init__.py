@@ -6,7 +6,7 @@ can register and validate ``env.type=robotwin``; the simulator is imported where
 built, in a worker on the RoboTwin venv's interpreter::
 
     scripts/setup-robotwin.sh                       # builds .venv-robotwin (+ apt: Vulkan on CPU)
-    pushcut train configs/robotwin_tiny.yaml rollout.python=.venv-robotwin/bin/python
+    pushcut train configs/robotwin_tiny.yaml rollout.transport.python=.venv-robotwin/bin/python
 
 Tasks are RoboTwin's task modules (``stack_blocks_two`` ...), initial states are seeds (expert
 verified with ``pushcut robotwin seeds``, or an unverified range), actions are 14 joint targets

@@ -2,7 +2,7 @@
 task tables of RoboTwin 2.0 and 1.0.
 
 This module imports nothing from RoboTwin or SAPIEN: the trainer's venv validates the ``env:``
-section with it, and the simulator itself runs in the RoboTwin venv (``rollout.python=``).
+section with it, and the simulator itself runs in the RoboTwin venv (``rollout.transport.python=``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``RobotwinEnv``: the :class:`pushcut.envcontract.Env` over RoboTwin 2.0's own task classes.
 
-Runs inside the RoboTwin venv (a ``process`` worker on ``rollout.python=.venv-robotwin/bin/python``
+Runs inside the RoboTwin venv (a ``process`` worker on ``rollout.transport.python=.venv-robotwin/bin/python``
 or ``pushcut env serve`` there). One instance offers every configured task; a reset rebuilds the
 task's scene with ``setup_demo(seed)`` (RoboTwin seeds numpy and torch with it, so the same seed
 gives the same scene), as RoboTwin's eval and RLinf's ``VectorEnv`` do.

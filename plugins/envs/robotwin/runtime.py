@@ -23,7 +23,7 @@ import yaml
 from pushcut.errors import EnvError
 from pushcut.plugins.envs.robotwin.config import RobotwinConfig
 
-SETUP_HINT = "run scripts/setup-robotwin.sh and point rollout.python at .venv-robotwin/bin/python"
+SETUP_HINT = "run scripts/setup-robotwin.sh and point rollout.transport.python at .venv-robotwin/bin/python"
 VULKAN_ICD_DIRS = ("/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d")
 
 _camera_types: dict[str, dict[str, float]] = {}

@@ -96,7 +96,7 @@ def test_without_libero_the_env_still_registers_and_is_refused_only_where_it_wou
     assert proc.returncode == 0, proc.stderr
     status, missing, error = proc.stdout.strip().split(" | ")
     assert status == "loaded" and missing == "libero"
-    assert "needs 'libero'" in error and "rollout.python=" in error and "\n" not in error
+    assert "needs 'libero'" in error and "rollout.transport.python=" in error and "\n" not in error
 
 
 @needs_libero

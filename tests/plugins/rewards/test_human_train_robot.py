@@ -18,8 +18,7 @@ from pushcut.plugins.envs.real.launch import RobotServerProcess
 
 ROBOT = {"env": {
     "type": "real",
-    "driver": "sim",
-    "driver_options": {"env": {"type": "tabletop", "tasks": ["press_button"], "video_size": 64}},
+    "driver": {"type": "sim", "env": {"type": "tabletop", "tasks": ["press_button"], "video_size": 64}},
     "safety": {"workspace_low": [-0.28, -0.25, 0.02], "workspace_high": [0.28, 0.22, 0.25], "watchdog_ms": 2000,
                "max_episode_steps": 8},
     "control_hz": 200.0,
@@ -33,7 +32,7 @@ def run_config(run_dir, address: str) -> dict:
         "policy": {"type": "tiny", "chunk_size": 4, "action_dim": 4},
         "success": {"type": "human", "port": 0, "timeout_s": 120, "frames_shown": 2},
         "algo": {"group_size": 2},
-        "rollout": {"transport": "socket", "addresses": [address], "envs_per_worker": 1, "max_steps": 8},
+        "rollout": {"transport": {"type": "socket", "addresses": [address]}, "envs_per_worker": 1, "max_steps": 8},
         "train": {"iterations": 2, "batch_size": 1, "max_sample_rounds": 1, "minibatch_size": 2, "eval_every": 0,
                   "save_every": 0, "eval_at_start": False, "torch_threads": 1, "lr": 1e-4},
         "eval": {"max_init_states": 1, "videos_per_task": 0},

@@ -64,7 +64,7 @@ def test_the_cli_refuses_a_bad_task_with_exit_2(tmp_path):
 
 
 def test_a_worker_without_metaworld_is_one_line_with_the_fix(tmp_path):
-    """rollout.python pointing at a venv that has pushcut but no Meta-World (this one)."""
+    """rollout.transport.python pointing at a venv that has pushcut but no Meta-World (this one)."""
     cfg = {"run_dir": str(tmp_path / "run"), "env": {"type": "metaworld", "tasks": ["reach-v3"]},
            "policy": {"type": "tiny", "action_dim": 4, "chunk_size": 4},
            "rollout": {"python": sys.executable, "num_workers": 1, "envs_per_worker": 1},
@@ -91,6 +91,6 @@ def test_envs_built_in_this_python_are_checked_for_the_simulator_here_only():
     assert entry.requires == "metaworld" and entry.missing() == "metaworld"
     for transport in (["rollout.transport=process"], ["rollout.transport=inline"]):
         config = load_config(overrides=["env.type=metaworld", *transport])
-        with pytest.raises(ConfigError, match=r"needs 'metaworld'.*rollout.python=PATH/bin/python"):
+        with pytest.raises(ConfigError, match=r"needs 'metaworld'.*rollout.transport.python=PATH/bin/python"):
             build_pool(config)
     assert get_plugin_manager().envs.get("tabletop").missing() == ""  # MuJoCo is here

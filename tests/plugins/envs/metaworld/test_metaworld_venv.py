@@ -94,7 +94,7 @@ def test_demos_through_the_transport_from_the_trainers_venv(tmp_path):
     out = tmp_path / "mw.hdf5"
     run = subprocess.run([sys.executable, "-m", "pushcut.cli", "demos", "metaworld", "--per-task", "1", "--out", str(out),
                           "env.tasks=[reach-v3,button-press-topdown-v3]", "env.image_size=32",
-                          f"rollout.python={MW_PYTHON}"], capture_output=True, text=True, timeout=900, env=ENV)
+                          f"rollout.transport.python={MW_PYTHON}"], capture_output=True, text=True, timeout=900, env=ENV)
     assert run.returncode == 0, run.stderr[-3000:]
     from pushcut.demos import read_demos
 

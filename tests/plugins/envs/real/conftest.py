@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pushcut.plugins.envs.real import RealEnvConfig, RobotEnv, SafetyConfig
+from pushcut.configio import build_dataclass
+from pushcut.plugins.envs.real import RealEnvConfig, RobotEnv
 
 SIM = {"env": {"type": "tabletop", "image_size": 32, "video_size": 32, "tasks": ["press_button", "lift_blue"]}}
 """A small tabletop (32 px) as the sim robot: quick to build and to step."""
@@ -16,8 +17,9 @@ def make_robot():
     built: list[RobotEnv] = []
 
     def make(safety: dict | None = None, **options) -> RobotEnv:
-        options.setdefault("driver_options", SIM)
-        robot = RobotEnv(RealEnvConfig(safety=SafetyConfig(**(safety or {})), **options), log=lambda line: None)
+        options.setdefault("driver", {"type": "sim", **SIM})
+        config = build_dataclass(RealEnvConfig, {**options, "safety": safety or {}}, "env")
+        robot = RobotEnv(config, log=lambda line: None)
         built.append(robot)
         return robot
 

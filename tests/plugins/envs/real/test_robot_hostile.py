@@ -31,8 +31,8 @@ TOKEN = "hostile-test-token"
 
 def robot_config(tmp_path, **env) -> str:
     record = tmp_path / "commands.jsonl"
-    data = {"env": {"type": "real", "driver": "replay", "operator_port": 0, "control_hz": 50,
-                    "driver_options": {"record_file": str(record), "image_size": 16, "max_steps": 400},
+    data = {"env": {"type": "real", "operator_port": 0, "control_hz": 50,
+                    "driver": {"type": "replay", "record_file": str(record), "image_size": 16, "max_steps": 400},
                     "safety": {"watchdog_ms": 0}, **env}}
     path = tmp_path / "robot.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pushcut.errors import ConfigError, EnvError
+from pushcut.pluginmanager import get_plugin_manager
 from pushcut.plugins.envs.real import ReplayDriver, ReplayDriverConfig, RobotEnv, RealEnvConfig, SafetyConfig
-from pushcut.plugins.envs.real.driver import robot_driver_registry
 from pushcut.plugins.envs.tabletop.scene import MAX_DELTA
 
 
@@ -24,7 +24,7 @@ def kinds(robot: RobotEnv) -> list[str]:
 
 
 def test_drivers_are_registered_through_the_hook():
-    registry = robot_driver_registry()
+    registry = get_plugin_manager().robot_drivers
     assert {"sim", "replay"} <= set(registry.names())
     assert registry.get("sim").plugin == "real"
     with pytest.raises(Exception, match="unknown robot driver 'simm'.*did you mean 'sim'"):

@@ -23,7 +23,7 @@ from pushcut.webguard import PageClient
 
 SIM = {"env": {"type": "tabletop", "image_size": 32, "video_size": 32, "tasks": ["press_button", "lift_blue"]}}
 TOKEN = "robot-test-token"
-ROBOT = {"env": {"type": "real", "driver": "sim", "driver_options": SIM, "operator_port": 0,
+ROBOT = {"env": {"type": "real", "driver": {"type": "sim", **SIM}, "operator_port": 0,
                    "safety": {"action_low": [-0.5, -0.5, -0.5, -1], "action_high": [0.5, 0.5, 0.5, 1],
                               "watchdog_ms": 150}}}
 

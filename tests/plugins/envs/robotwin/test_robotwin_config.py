@@ -190,7 +190,7 @@ def test_missing_venv_assets_and_vulkan_are_one_line_each(tmp_path, monkeypatch)
     from pushcut.plugins.envs.robotwin import runtime
 
     if importlib.util.find_spec("sapien") is None:  # the trainer's venv: no RoboTwin here
-        with pytest.raises(EnvError, match="run scripts/setup-robotwin.sh and point rollout.python"):
+        with pytest.raises(EnvError, match="run scripts/setup-robotwin.sh and point rollout.transport.python"):
             runtime.check_installed()
     monkeypatch.setenv("VK_ICD_FILENAMES", str(tmp_path / "none.json"))
     with pytest.raises(EnvError, match="mesa-vulkan-drivers"):
