@@ -21,22 +21,38 @@ value); token ids decrease as the action increases, exactly as in OpenVLA.
 
 Every function accepts numpy arrays or torch tensors of any shape and returns
 the same kind, so the same code serves rollouts (numpy) and training (torch).
+torch is imported only when a tensor comes in: an env's worker (another venv,
+no torch) uses the same normalisation on numpy arrays.
+
+:func:`sample_categorical` and :func:`categorical_entropy` are the one sampler and
+the one entropy of every token policy (bins or LLM action tokens).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
+if TYPE_CHECKING:
+    import torch
 
-OPENVLA_VOCAB_SIZE = 32000
-"""Llama-2 base vocabulary size that OpenVLA's action ids are counted back from
-(the model's embedding is padded to 32064, but the action tokenizer uses 32000)."""
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
+
+
+def _is_tensor(x: object) -> bool:
+    """True for a torch tensor (never imports torch: without it loaded, nothing is a tensor)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
 
 
 class ActionTokenizer:
@@ -49,7 +65,7 @@ class ActionTokenizer:
 
     def __init__(
         self,
-        vocab_size: int = OPENVLA_VOCAB_SIZE,
+        vocab_size: int,
         n_bins: int = 256,
         min_action: float = -1.0,
         max_action: float = 1.0,
@@ -70,9 +86,16 @@ class ActionTokenizer:
         self.bin_centers = (self.bins[:-1] + self.bins[1:]) / 2.0
         # OpenVLA's own name for the id *just below* the action range (its masks use `ids > begin_idx`).
         self.action_token_begin_idx = self.vocab_size - (self.n_bins + 1)
-        # Torch copies in float64 so torch results equal numpy's to the last bit.
-        self._edges_t = torch.from_numpy(self.bins)
-        self._centers_t = torch.from_numpy(self.bin_centers)
+
+    # Torch copies in float64 so torch results equal numpy's to the last bit (made on first torch use).
+
+    @property
+    def _edges_t(self) -> torch.Tensor:
+        return _torch().from_numpy(self.bins)
+
+    @property
+    def _centers_t(self) -> torch.Tensor:
+        return _torch().from_numpy(self.bin_centers)
 
     # ------------------------------------------------------------------ ranges
 
@@ -105,7 +128,8 @@ class ActionTokenizer:
         bin ``n_bins - 1`` (``np.digitize`` semantics). NaN is rejected, because
         ``np.digitize`` would silently put it in the top bin.
         """
-        if isinstance(actions, torch.Tensor):
+        if _is_tensor(actions):
+            torch = _torch()
             x = actions.detach().to(torch.float64)
             if torch.isnan(x).any():
                 raise ValueError("cannot discretize NaN actions")
@@ -127,10 +151,10 @@ class ActionTokenizer:
         float64 (OpenVLA's values exactly) unless ``dtype`` is given; torch
         returns ``torch.get_default_dtype()`` unless ``dtype`` is given.
         """
-        if isinstance(bins, torch.Tensor):
+        if _is_tensor(bins):
             idx = bins.long().clamp(0, self.n_bins - 2)
             out = self._centers_t.to(bins.device)[idx]
-            return out.to(dtype or torch.get_default_dtype())
+            return out.to(dtype or _torch().get_default_dtype())
         idx = np.clip(np.asarray(bins, dtype=np.int64), 0, self.n_bins - 2)
         out = self.bin_centers[idx]
         return out if dtype is None else out.astype(dtype)
@@ -139,14 +163,14 @@ class ActionTokenizer:
 
     def bins_to_token_ids(self, bins: Array) -> Array:
         """Bin indices (...) → token ids (...): ``vocab_size - 1 - bin`` (OpenVLA's ``vocab_size - digitized``)."""
-        if isinstance(bins, torch.Tensor):
+        if _is_tensor(bins):
             return (self.vocab_size - 1) - bins.long()
         return (self.vocab_size - 1) - np.asarray(bins, dtype=np.int64)
 
     def token_ids_to_bins(self, token_ids: Array) -> Array:
         """Token ids (...) → bin indices (...). Ids outside the action range are clipped into it,
         as OpenVLA's decode does (a model that emits a non-action id still yields an action)."""
-        if isinstance(token_ids, torch.Tensor):
+        if _is_tensor(token_ids):
             return ((self.vocab_size - 1) - token_ids.long()).clamp(0, self.n_bins - 1)
         return np.clip((self.vocab_size - 1) - np.asarray(token_ids, dtype=np.int64), 0, self.n_bins - 1)
 
@@ -179,7 +203,8 @@ def _bounds_like(
     for name, value in (("low", low_a), ("high", high_a), ("mask", mask_a)):
         if value.shape != (dim,):
             raise ValueError(f"action {name} must have shape ({dim},) to match actions (..., {dim}), got {value.shape}")
-    if isinstance(x, torch.Tensor):
+    if _is_tensor(x):
+        torch = _torch()
         dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
         return (torch.as_tensor(low_a, dtype=dtype, device=x.device),
                 torch.as_tensor(high_a, dtype=dtype, device=x.device),
@@ -206,7 +231,8 @@ def unnormalize_actions(
     Numpy input gives float64 (as OpenVLA); torch keeps a floating input's dtype.
     """
     lo, hi, m = _bounds_like(normalized, low, high, mask)
-    if isinstance(normalized, torch.Tensor):
+    if _is_tensor(normalized):
+        torch = _torch()
         x = normalized if normalized.is_floating_point() else normalized.to(lo.dtype)
         return torch.where(m, 0.5 * (x + 1.0) * (hi - lo + eps) + lo, x)
     x = np.asarray(normalized, dtype=np.float64)
@@ -228,7 +254,8 @@ def normalize_actions(
     zero-width dims finite.
     """
     lo, hi, m = _bounds_like(actions, low, high, mask)
-    if isinstance(actions, torch.Tensor):
+    if _is_tensor(actions):
+        torch = _torch()
         x = actions if actions.is_floating_point() else actions.to(lo.dtype)
         scaled = torch.clamp(2.0 * (x - lo) / (hi - lo + 1e-8) - 1.0, -1.0, 1.0)
         out = torch.where(m, scaled, x)
@@ -291,3 +318,24 @@ class ActionBounds:
     def unnormalize(self, normalized: Array, eps: float = 0.0) -> Array:
         """[-1, 1] (..., D) → env units (..., D); see :func:`unnormalize_actions`."""
         return unnormalize_actions(normalized, self.low, self.high, self.mask, eps=eps)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
+    """One draw per row of ``probs`` (..., K) → indices (...) int64, by inverting the CDF.
+
+    The one categorical sampler of the token policies. ~20× faster on CPU than
+    ``torch.multinomial`` (which draws K exponentials per row); bins of probability 0
+    are never drawn (``right=True`` skips flat CDF steps). Rows need not sum to 1.
+    """
+    torch = _torch()
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand(*probs.shape[:-1], 1, device=probs.device, dtype=cdf.dtype) * cdf[..., -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+def categorical_entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy (...) of the categoricals whose normalised log-probs are ``log_probs`` (..., K)."""
+    return -(log_probs.exp() * log_probs).sum(dim=-1)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from pushcut.actions import ActionBounds, ActionTokenizer, normalize_actions, unnormalize_actions
+from pushcut.actions import (
+    ActionBounds,
+    ActionTokenizer,
+    categorical_entropy,
+    normalize_actions,
+    sample_categorical,
+    unnormalize_actions,
+)
 
 WIDTH = 2.0 / 255  # distance between OpenVLA's 256 edges over [-1, 1]
 
@@ -26,7 +37,7 @@ def openvla_decode(token_ids: np.ndarray, vocab_size: int = 32000) -> np.ndarray
 
 @pytest.fixture
 def tok() -> ActionTokenizer:
-    return ActionTokenizer()
+    return ActionTokenizer(vocab_size=32000)  # Llama-2's base vocabulary, OpenVLA's action ids count back from it
 
 
 def test_edges_and_centres(tok: ActionTokenizer) -> None:
@@ -144,3 +155,25 @@ def test_bounds_from_openvla_stats() -> None:
 def test_bounds_shape_mismatch() -> None:
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         unnormalize_actions(np.zeros((2, 3)), [0.0, 0.0], [1.0, 1.0])
+
+
+def test_sampler_frequencies() -> None:
+    torch.manual_seed(0)
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    draws = sample_categorical(probs.expand(200_000, 4))
+    freq = torch.bincount(draws, minlength=4).double() / draws.numel()
+    torch.testing.assert_close(freq, probs.double(), atol=5e-3, rtol=0)
+    assert freq[1] == 0
+
+
+def test_entropy_of_uniform_and_certain_categoricals() -> None:
+    logp = torch.log_softmax(torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, -1e4, -1e4, -1e4]]), dim=-1)
+    torch.testing.assert_close(categorical_entropy(logp), torch.tensor([math.log(4), 0.0]))
+
+
+def test_numpy_normalisation_imports_no_torch() -> None:
+    """An env worker in a venv without torch uses the same normalisation (RoboTwin's min/max)."""
+    code = ("import sys; import numpy as np; from pushcut.actions import ActionBounds; "
+            "b = ActionBounds((0.0,), (2.0,), (True,)); assert b.unnormalize(np.array([0.0]))[0] == 1.0; "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

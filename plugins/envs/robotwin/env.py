@@ -37,7 +37,7 @@ from pushcut.envcontract import (
 from pushcut.errors import EnvError
 from pushcut.plugins.envs.robotwin import runtime
 from pushcut.plugins.envs.robotwin.config import FALLBACK_INSTRUCTIONS_2_0, RobotwinConfig, SeedList
-from pushcut.plugins.envs.robotwin.normalize import ActionBoundsMinMax, load_action_stats
+from pushcut.plugins.envs.robotwin.normalize import load_action_stats, minmax_bounds, unnormalize_minmax
 
 UNSTABLE_SEED_STRIDE = 10007
 """A seed whose objects do not settle is replaced by seed + k * this (k = 1, 2, ...), far from the
@@ -90,7 +90,7 @@ class RobotwinEnv(Env):
         self._joint_low, self._joint_high = low, high
         if config.action_normalization == "minmax":
             stats = load_action_stats(config.action_stats, config.action_stats_key) if config.action_stats else None
-            self.bounds = stats or ActionBoundsMinMax(tuple(low), tuple(high))
+            self.bounds = stats or minmax_bounds(low, high)
             if len(self.bounds.low) != len(low):
                 raise EnvError(f"env.action_stats has {len(self.bounds.low)}-dim bounds but the robot takes "
                                f"{len(low)} joint targets")
@@ -246,7 +246,7 @@ class RobotwinEnv(Env):
         """Policy actions → RoboTwin joint targets: un-normalised from [-1, 1] with the min/max
         bounds under ``action_normalization=minmax``, then clipped to the joint limits."""
         if self.bounds is not None:
-            chunk = self.bounds.unnormalize(chunk)
+            chunk = unnormalize_minmax(self.bounds, chunk)
         return np.clip(chunk, self._joint_low, self._joint_high)
 
     def _observe(self) -> Observation:

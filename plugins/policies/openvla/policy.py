@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LlamaConfig, LlamaModel
 
-from pushcut.actions import ActionBounds, ActionTokenizer
+from pushcut.actions import ActionBounds, ActionTokenizer, categorical_entropy, sample_categorical
 from pushcut.contracts import NO_WRIST_IMAGE_FIX, ActionSample, ObsBatch, Policy, Scores
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.plugins.policies.openvla.checkpoint import (
@@ -437,9 +437,7 @@ class OpenVLAPolicy(Policy):
             index = logits.argmax(dim=-1)
             return index, torch.zeros(index.shape, dtype=torch.float32, device=index.device)
         logp = torch.log_softmax(logits / temperature, dim=-1)
-        # Gumbel-max: an exact categorical draw, ~10× cheaper than torch.multinomial on CPU.
-        u = torch.rand(logp.shape, device=logp.device).clamp_(min=torch.finfo(torch.float32).tiny)
-        index = (logp - torch.log(-torch.log(u))).argmax(dim=-1)
+        index = sample_categorical(logp.exp())
         return index, logp.gather(-1, index[..., None]).squeeze(-1)
 
     def tokens_to_actions(self, tokens: torch.Tensor) -> np.ndarray:
@@ -572,8 +570,7 @@ class OpenVLAPolicy(Policy):
         index = self._token_to_index(tokens)
         hidden = self._action_hidden(obs, tokens)
         logp = torch.log_softmax(self._logits(hidden) / temperature, dim=-1)
-        entropy = -(logp.exp() * logp).sum(dim=-1)
-        return Scores(log_probs=logp.gather(-1, index[..., None]).squeeze(-1), entropy=entropy,
+        return Scores(log_probs=logp.gather(-1, index[..., None]).squeeze(-1), entropy=categorical_entropy(logp),
                       values=self._values_from_hidden(hidden))
 
     def expert_tokens(self, expert_actions: np.ndarray) -> torch.Tensor:

@@ -49,7 +49,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaModel, SiglipVisionConfig, SiglipVisionModel
 
-from pushcut.actions import ActionTokenizer, normalize_actions, unnormalize_actions
+from pushcut.actions import (
+    ActionTokenizer,
+    categorical_entropy,
+    normalize_actions,
+    sample_categorical,
+    unnormalize_actions,
+)
 from pushcut.contracts import NO_WRIST_IMAGE_FIX, ActionSample, ObsBatch, Policy, Scores
 from pushcut.errors import CheckpointError, ConfigError, short_list
 from pushcut.plugins.policies.tiny.config import TinyTokenVLAConfig
@@ -291,7 +297,7 @@ class TinyTokenVLA(Policy):
             log_probs = torch.zeros(bins.shape, dtype=torch.float32, device=bins.device)
         else:
             logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-            bins = _sample_categorical(logp.exp())
+            bins = sample_categorical(logp.exp())
             log_probs = logp.gather(-1, bins.unsqueeze(-1)).squeeze(-1)
         return ActionSample(
             actions=self._bins_to_env_actions(bins),
@@ -315,8 +321,7 @@ class TinyTokenVLA(Policy):
             )
         logits, hidden = self(obs)
         logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-        entropy = -(logp.exp() * logp).sum(dim=-1)
-        return Scores(log_probs=logp.gather(-1, bins.unsqueeze(-1)).squeeze(-1), entropy=entropy,
+        return Scores(log_probs=logp.gather(-1, bins.unsqueeze(-1)).squeeze(-1), entropy=categorical_entropy(logp),
                       values=self._values_from_hidden(hidden))
 
     def expert_bins(self, expert_actions: np.ndarray) -> torch.Tensor:
@@ -424,17 +429,6 @@ def _gaussian_blur(n_bins: int, std: float) -> torch.Tensor | None:
     idx = torch.arange(n_bins, dtype=torch.float32)
     weights = torch.exp(-0.5 * ((idx[:, None] - idx[None, :]) / std) ** 2)
     return weights / weights.sum(dim=0, keepdim=True)
-
-
-def _sample_categorical(probs: torch.Tensor) -> torch.Tensor:
-    """One draw per row of ``probs`` (..., K) → indices (...) int64, by inverting the CDF.
-
-    ~20× faster on CPU than ``torch.multinomial`` (which draws K exponentials per row);
-    bins of probability 0 are never drawn (``right=True`` skips flat CDF steps).
-    """
-    cdf = probs.cumsum(dim=-1)
-    u = torch.rand(*probs.shape[:-1], 1, device=probs.device, dtype=cdf.dtype) * cdf[..., -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def _normal(value: object) -> object:
