@@ -79,13 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. an OpenVLA-OFT model)")
     p.add_argument("--image", required=True, help="image file (PNG, JPEG, …) the robot camera would give")
     p.add_argument("--instruction", required=True, help="the task, e.g. 'put the bowl on the plate'")
-    p.add_argument("--unnorm-key", default=None, help="which dataset's statistics un-normalise the actions")
-    p.add_argument("--mode", choices=["autoregressive", "parallel"], default=None,
-                   help="decoding: parallel (OpenVLA-OFT, default) or autoregressive (original OpenVLA)")
     p.add_argument("--wrist-image", default=None, help="wrist camera image, for policy.num_images=2")
     p.add_argument("--state", default=None, help="proprio state as comma-separated numbers")
     p.add_argument("--policy", default="openvla", help="registered policy type (default openvla)")
-    p.add_argument("overrides", nargs="*", help="policy.key=value overrides, e.g. policy.chunk_size=25")
+    p.add_argument("overrides", nargs="*", help="policy.key=value options of the policy, e.g. policy.unnorm_key=libero_10")
     p = sub.add_parser("env", help="serve an env to trainers elsewhere (its own venv, another machine)")
     esub = p.add_subparsers(dest="env_command", metavar="SUBCOMMAND")
     serve = esub.add_parser("serve", help="serve the env a config names over TCP (see docs/remote-envs.md)")
@@ -173,8 +170,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "demos":
         return commands.demos(args.env, args.per_task, args.out, args.overrides, noise=args.noise)
     if args.command == "predict":
-        return commands.predict(args.policy, args.checkpoint, args.image, args.instruction, args.unnorm_key,
-                                args.mode, args.wrist_image, args.state, args.overrides)
+        return commands.predict(args.policy, args.checkpoint, args.image, args.instruction, args.wrist_image,
+                                args.state, args.overrides)
     if args.command == "env":
         if args.env_command != "serve":
             parser.parse_args(["env", "--help"])

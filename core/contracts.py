@@ -257,6 +257,12 @@ class Policy(torch.nn.Module, abc.ABC):
         default): the whole policy is one unit, gathered whole for each forward."""
         return []
 
+    def describe(self) -> dict[str, Any]:
+        """Settings the built policy resolved that a person checking its actions wants to see,
+        as JSON-safe values (``pushcut predict`` prints them beside the chunk): e.g. OpenVLA's
+        dataset key and decoding mode. Default: none."""
+        return {}
+
     # Optional capability, not declared here so that having it can be detected:
     # ``values(obs) -> (B,)`` and ``value_parameters()``, see :class:`ValueHead`.
 

@@ -36,6 +36,7 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import safetensors.torch
@@ -615,6 +616,11 @@ class OpenVLAPolicy(Policy):
         out.update(self._unused_proprio)
         dtypes = self._raw.dtypes
         return {k: v.to(dtypes.get(k, v.dtype)).cpu() for k, v in out.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """The dataset key whose statistics un-normalise the actions, and the decoding mode."""
+        return {name: value for name, value in (("unnorm_key", self.unnorm_key), ("mode", self.config.mode))
+                if value is not None}
 
     def save(self, directory: Path) -> None:
         """Write the checkpoint in its original layout (same names, dtypes and shard files; tokenizer

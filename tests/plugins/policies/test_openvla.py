@@ -431,18 +431,18 @@ def test_predict_prints_the_reference_ids_and_chunk(ckpt, reference, tmp_path, c
     obs = make_obs(1)
     Image.fromarray(obs.images[0]).save(image)
     args = ["predict", "--checkpoint", str(ckpt), "--image", str(image), "--instruction", INSTRUCTIONS[0]]
-    assert main([*args, "--unnorm-key", "libero_10"]) == 0
+    assert main([*args, "policy.unnorm_key=libero_10"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert np.array(out["actions"]).shape == (8, 7) and out["unnorm_key"] == LIBERO_KEY
     ids = (reference.parallel(obs.images[0], INSTRUCTIONS[0], 56).argmax(-1) + 31744).tolist()
     assert out["tokens"] == ids
     np.testing.assert_array_equal(np.array(out["actions"], dtype=np.float32),
                                   reference.actions(ids, LIBERO_KEY, 8).astype(np.float32))
-    assert main([*args, "--unnorm-key", "libero_10", "--mode", "autoregressive"]) == 0
+    assert main([*args, "policy.unnorm_key=libero_10", "policy.mode=autoregressive"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["tokens"] == reference.autoregressive(obs.images[0], INSTRUCTIONS[0], 7)[0]
     assert np.array(out["actions"]).shape == (1, 7)
-    assert main([*args, "--unnorm-key", "nope"]) == 2
+    assert main([*args, "policy.unnorm_key=nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pushcut: error: ") and LIBERO_KEY in err[0]
     assert main([*args[:-4], "--image", str(tmp_path / "missing.png"), "--instruction", "x"]) == 2
@@ -479,8 +479,8 @@ def test_unknown_timm_id_needs_vision_heads(tmp_path, ckpt, capsys):
         OpenVLAConfig(checkpoint=str(ckpt), vision_heads=[0])
     image = tmp_path / "frame.png"
     Image.fromarray(obs.images[0]).save(image)
-    args = ["predict", "--checkpoint", str(src), "--image", str(image), "--instruction", "x", "--unnorm-key",
-            "libero_10"]
+    args = ["predict", "--checkpoint", str(src), "--image", str(image), "--instruction", "x",
+            "policy.unnorm_key=libero_10"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "policy.vision_heads" in err[0]
