@@ -336,9 +336,10 @@ def _read_image(path: str, what: str):
         raise ConfigError(f"{what} {path!r} is not a readable image: {exc}") from None
 
 
-def predict(policy_type: str, checkpoint: str, image: str, instruction: str, unnorm_key: str | None,
-            mode: str | None, wrist_image: str | None, state: str | None, overrides: Sequence[str]) -> int:
-    """Build a policy from a checkpoint and print its greedy action chunk for one observation as JSON."""
+def predict(policy_type: str, checkpoint: str, image: str, instruction: str, wrist_image: str | None,
+            state: str | None, overrides: Sequence[str]) -> int:
+    """Build a policy from a checkpoint (its options as ``policy.key=value``) and print its greedy action
+    chunk for one observation as JSON, with what the policy resolved (:meth:`Policy.describe`)."""
     import numpy as np
     import torch
 
@@ -351,10 +352,6 @@ def predict(policy_type: str, checkpoint: str, image: str, instruction: str, unn
         raise ConfigError(f"`pushcut predict` takes policy.key=value overrides only, got {bad}")
     options = apply_overrides({}, overrides).get("policy", {})
     options["checkpoint"] = checkpoint
-    if unnorm_key is not None:
-        options["unnorm_key"] = unnorm_key
-    if mode is not None:
-        options["mode"] = mode
     states = None
     if state is not None:
         try:
@@ -377,10 +374,7 @@ def predict(policy_type: str, checkpoint: str, image: str, instruction: str, unn
     tokens = sample.sample.get("tokens")
     if isinstance(tokens, torch.Tensor):  # token policies: the ids, to compare against the original code
         result["tokens"] = tokens[0].tolist()
-    for name in ("unnorm_key", "mode"):
-        value = getattr(policy, name, None) or getattr(getattr(policy, "config", None), name, None)
-        if value is not None:
-            result[name] = value
+    result.update(policy.describe())
     print(json.dumps(result))
     return 0
 
