@@ -74,9 +74,21 @@ def test_the_env_contract_passes_the_real_tabletop():
 def test_the_env_suite_imports_without_torch():
     """A simulator's venv has no torch: the Env and robot-driver suites must import there."""
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import pushcut.testing as t\n"
-            "assert t.torch is None and t.EnvContract and t.RobotDriverContract\n"
+            "import pushcut.testing as t, pushcut.testing.contracts as c\n"
+            "assert c.torch is None and t.EnvContract and t.RobotDriverContract\n"
             "import pushcut.demos, pushcut.envpool.slot\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_importing_pushcut_testing_imports_neither_pytest_nor_torch():
+    """Runtime code may import pushcut.testing (registered_plugin); the suites load pytest when first named."""
+    code = ("import sys\n"
+            "from pushcut.testing import registered_plugin\n"
+            "assert 'pytest' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)\n"
+            "from pushcut.testing import EnvContract\n"
+            "assert 'pytest' in sys.modules\n"
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -1,30 +1,10 @@
-"""Reusable contract tests for plugin authors (pytest).
-
-Subclass a suite in your own test file and provide its fixtures; every
-``test_*`` method then runs against your component::
-
-    import pytest
-    from pushcut.testing import EnvContract
-
-    class TestMyEnv(EnvContract):
-        @pytest.fixture
-        def env(self):
-            env = MyEnv(MyEnvConfig())
-            yield env
-            env.close()
-
-pushcut runs these same suites over every built-in plugin. The suites check
-the contract (shapes, determinism, log-prob consistency, save/load), not
-whether your policy is good or your simulator realistic. ``EnvContract`` and
-``RobotDriverContract`` import no torch: run them in a simulator's own venv.
-"""
+"""The contract suites (pytest classes) behind :mod:`pushcut.testing`; importing this module imports pytest."""
 
 from __future__ import annotations
 
 import contextlib
 import pickle
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,18 +21,6 @@ try:  # the policy and success-detector suites need torch; the Env and robot-dri
 except ImportError:
     torch = None
 from pushcut.errors import EnvError
-from pushcut.pluginmanager import PluginManager, get_plugin_manager
-
-
-@contextlib.contextmanager
-def registered_plugin(plugin: object, name: str, manager: PluginManager | None = None) -> Iterator[PluginManager]:
-    """Register an in-process plugin for the duration of a ``with`` block."""
-    manager = manager or get_plugin_manager()
-    manager.register(plugin, name=name)
-    try:
-        yield manager
-    finally:
-        manager.unregister(name)
 
 
 def _check_observation(obs: dict, where: str) -> None:
