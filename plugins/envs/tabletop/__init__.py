@@ -36,7 +36,7 @@ By default objects, gripper and cabinet go anywhere on the table; with
 each of them by up to ±j, the way LIBERO's initial states perturb a fixed scene
 (the quickstart uses 3 cm).
 
-Experts: :func:`make_expert` / :func:`run_expert` (see :mod:`.experts`).
+Experts: :func:`make_expert` and ``env.expert_action()`` (see :mod:`.experts`).
 Rendering backend: ``gl_backend`` / ``$MUJOCO_GL`` (see :mod:`.render`).
 """
 
@@ -51,9 +51,8 @@ from pushcut.plugins.envs.tabletop.config import TASK_IDS, TabletopConfig
 # Registering the env imports only its config: a trainer whose envs run elsewhere (another
 # venv, a server) need not import MuJoCo; `requires` names it for where the env is built.
 
-_LAZY = {"TabletopEnv": "env", "ExpertDemo": "experts", "make_expert": "experts", "run_expert": "experts",
-         "TASKS": "tasks"}
-__all__ = ["TASKS", "TASK_IDS", "ExpertDemo", "TabletopConfig", "TabletopEnv", "make_expert", "run_expert"]
+_LAZY = {"TabletopEnv": "env", "make_expert": "experts", "TASKS": "tasks"}
+__all__ = ["TASKS", "TASK_IDS", "TabletopConfig", "TabletopEnv", "make_expert"]
 
 
 def __getattr__(name: str) -> Any:

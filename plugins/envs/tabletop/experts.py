@@ -13,8 +13,9 @@ API (kept small on purpose):
   (noise from ``TabletopConfig.expert_noise``, seeded by the init state).
 * ``expert = make_expert(task_id, noise=0.0, seed=0)``; ``expert.reset()`` at the
   start of an episode; ``expert.act(env.scene) -> np.ndarray (4,)`` each step.
-* ``run_expert(env, task_id, init_state, chunk_size)`` records a whole episode
-  as (observation, action chunk) pairs for behaviour cloning.
+
+Whole demonstrations are recorded by :func:`pushcut.demos.record_expert_demo`
+(``pushcut demos``), through ``env.expert_action()`` like any env's expert.
 
 Measured success (initial states 0..299 per task, no noise): 300/300 on every
 task but push_red_to_target (299/300); with noise 0.3 (states 0..99): 100 %
@@ -25,12 +26,9 @@ steps, about a third of each task's budget.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pushcut.envcontract import Observation
 from pushcut.errors import EnvError
 from pushcut.plugins.envs.tabletop.scene import (
     BUTTON_TOP,
@@ -41,9 +39,6 @@ from pushcut.plugins.envs.tabletop.scene import (
     TabletopScene,
 )
 from pushcut.plugins.envs.tabletop.tasks import TASK_IDS
-
-if TYPE_CHECKING:
-    from pushcut.plugins.envs.tabletop.env import TabletopEnv
 
 OPEN, CLOSED = -1.0, 1.0
 SAFE_Z = 0.11
@@ -271,57 +266,3 @@ def make_expert(task_id: str, noise: float = 0.0, seed: int = 0) -> Expert:
     if noise < 0:
         raise EnvError(f"expert noise must be >= 0, got {noise}")
     return _EXPERTS[task_id](noise=noise, seed=seed)
-
-
-@dataclass
-class ExpertDemo:
-    """One recorded expert episode, cut into chunks as a chunked policy sees it."""
-
-    observations: list[Observation]
-    """The observation at the start of each chunk (N entries)."""
-    actions: np.ndarray
-    """(N, chunk_size, 4) float32; a final chunk cut short by success is padded
-    with hold-still actions (no motion, same gripper command)."""
-    success: bool
-    steps: int
-    """Env steps actually executed."""
-
-
-def run_expert(
-    env: TabletopEnv,
-    task_id: str,
-    init_state: int,
-    chunk_size: int = 1,
-    noise: float = 0.0,
-    seed: int = 0,
-    max_steps: int | None = None,
-) -> ExpertDemo:
-    """Reset ``env`` to (``task_id``, ``init_state``) and let the expert act until
-    success or the step budget (``max_steps``, default the env's for the task).
-
-    The expert decides every step (closed loop); the observation kept for each
-    chunk is the one at its start, which is what a policy emitting
-    ``chunk_size`` actions per call would have seen.
-    """
-    if chunk_size < 1:
-        raise EnvError(f"chunk_size must be >= 1, got {chunk_size}")
-    expert = make_expert(task_id, noise=noise, seed=seed)
-    obs = env.reset(task_id, init_state)
-    budget = max_steps if max_steps is not None else env.max_steps(task_id)
-    observations: list[Observation] = []
-    chunks: list[np.ndarray] = []
-    steps, success = 0, False
-    while steps < budget and not success:
-        observations.append(obs)
-        chunk: list[np.ndarray] = []
-        for _ in range(chunk_size):
-            if steps >= budget or success:
-                chunk.append(np.append(np.zeros(3, np.float32), chunk[-1][3]).astype(np.float32))
-                continue
-            action = expert.act(env.scene)
-            result = env.step(action[None])
-            obs, success = result.observation, result.success
-            chunk.append(action)
-            steps += 1
-        chunks.append(np.stack(chunk))
-    return ExpertDemo(observations, np.stack(chunks).astype(np.float32), success, steps)

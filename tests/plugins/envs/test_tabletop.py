@@ -8,13 +8,14 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 pytest.importorskip("mujoco", reason="the tabletop env needs mujoco (pip install mujoco)")
 
-from pushcut.contracts import INFO_STAGE, NO_STAGE, OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE  # noqa: E402
+from pushcut.contracts import INFO_STAGE, NO_STAGE, OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, Observation  # noqa: E402
 from pushcut.errors import ConfigError, EnvError  # noqa: E402
 from pushcut.plugins.envs import tabletop  # noqa: E402
 from pushcut.plugins.envs.tabletop import (  # noqa: E402
@@ -23,10 +24,67 @@ from pushcut.plugins.envs.tabletop import (  # noqa: E402
     TabletopConfig,
     TabletopEnv,
     make_expert,
-    run_expert,
 )
 from pushcut.registry import Registry  # noqa: E402
 from pushcut.testing import EnvContract  # noqa: E402
+
+
+# The scripted expert over a whole episode, cut into chunks (a test helper: demos for training are
+# recorded by pushcut.demos.record_expert_demo through env.expert_action()).
+
+
+@dataclass
+class ExpertDemo:
+    """One recorded expert episode, cut into chunks as a chunked policy sees it."""
+
+    observations: list[Observation]
+    """The observation at the start of each chunk (N entries)."""
+    actions: np.ndarray
+    """(N, chunk_size, 4) float32; a final chunk cut short by success is padded
+    with hold-still actions (no motion, same gripper command)."""
+    success: bool
+    steps: int
+    """Env steps actually executed."""
+
+
+def run_expert(
+    env: TabletopEnv,
+    task_id: str,
+    init_state: int,
+    chunk_size: int = 1,
+    noise: float = 0.0,
+    seed: int = 0,
+    max_steps: int | None = None,
+) -> ExpertDemo:
+    """Reset ``env`` to (``task_id``, ``init_state``) and let the expert act until
+    success or the step budget (``max_steps``, default the env's for the task).
+
+    The expert decides every step (closed loop); the observation kept for each
+    chunk is the one at its start, which is what a policy emitting
+    ``chunk_size`` actions per call would have seen.
+    """
+    if chunk_size < 1:
+        raise EnvError(f"chunk_size must be >= 1, got {chunk_size}")
+    expert = make_expert(task_id, noise=noise, seed=seed)
+    obs = env.reset(task_id, init_state)
+    budget = max_steps if max_steps is not None else env.max_steps(task_id)
+    observations: list[Observation] = []
+    chunks: list[np.ndarray] = []
+    steps, success = 0, False
+    while steps < budget and not success:
+        observations.append(obs)
+        chunk: list[np.ndarray] = []
+        for _ in range(chunk_size):
+            if steps >= budget or success:
+                chunk.append(np.append(np.zeros(3, np.float32), chunk[-1][3]).astype(np.float32))
+                continue
+            action = expert.act(env.scene)
+            result = env.step(action[None])
+            obs, success = result.observation, result.success
+            chunk.append(action)
+            steps += 1
+        chunks.append(np.stack(chunk))
+    return ExpertDemo(observations, np.stack(chunks).astype(np.float32), success, steps)
 
 
 @pytest.fixture(scope="module")
