@@ -76,8 +76,10 @@ PROCESS_GROUP_TIMEOUT_S = 1800.0
 def shard_policy(policy: Policy, precision: str = "float32", offload: bool = False,
                  activation_checkpointing: bool = False) -> Policy:
     """FSDP2 over ``policy``: each of its :meth:`~pushcut.contracts.Policy.shard_units`, then
-    the policy itself (every parameter left over). ``act``, ``log_probs`` and ``values`` go
-    through FSDP's forward hooks like ``forward``, so calling them gathers what they use."""
+    the policy itself (every parameter left over). ``log_probs`` and ``values`` go through
+    FSDP's forward hooks like ``forward``, so calling them gathers what they use; ``act`` is
+    called only inside :func:`gathered` (a hooked ``act`` that calls ``forward`` would have
+    the nested hooks reshard the root after every call)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     options: dict[str, Any] = {}
@@ -90,7 +92,7 @@ def shard_policy(policy: Policy, precision: str = "float32", offload: bool = Fal
             _checkpoint_activations(unit)
         fully_shard(unit, **options)
     fully_shard(policy, **options)
-    for method in ("act", "log_probs", "values"):
+    for method in ("log_probs", "values"):  # the training passes; act runs inside gathered(), all unsharded
         if callable(getattr(policy, method, None)):
             register_fsdp_forward_method(policy, method)
     return policy
@@ -118,6 +120,10 @@ def gathered(policy: Policy) -> Iterator[None]:
     from torch.distributed.fsdp import FSDPModule
 
     units = [m for m in policy.modules() if isinstance(m, FSDPModule)]
+    if units:
+        # FSDP initialises its units at the root's first forward, resharding whatever is gathered; do it
+        # now, or a first forward inside this block would all-gather on one rank alone (a hang)
+        policy._get_fsdp_state()._lazy_init()
     for unit in units:
         unit.unshard()
     for unit in units:
@@ -448,8 +454,9 @@ class RayLearners(Learner):
                 ray.get(done[0])
             except Exception as exc:
                 rank = refs.index(done[0]) if what != "start" else 0
-                first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-                raise PushcutError(f"learner rank {rank} failed to {what} ({type(exc).__name__}: {first[:200]}); "
+                cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the rank's own exception
+                first = next((ln for ln in str(cause).splitlines() if ln.strip()), "")
+                raise PushcutError(f"learner rank {rank} failed to {what} ({type(cause).__name__}: {first[:200]}); "
                                    "the run can continue from its last checkpoint (train.resume=true)") from None
         return ray.get(refs)
 

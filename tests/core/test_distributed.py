@@ -373,7 +373,7 @@ def test_a_sharded_rank_killed_mid_update_is_one_line_and_the_rerun_resumes(clus
             run(manager, tmp_path / "run", "train.iterations=3", *fsdp)
         assert time.monotonic() - t0 < 120  # seen when the rank dies, not after the collective's timeout
         msg = str(err.value)
-        assert marker.is_file() and "\n" not in msg
+        assert marker.is_file() and "\n" not in msg, msg
         assert "learner rank 1 failed to update" in msg and "train.resume=true" in msg
         summary, lines = run(manager, tmp_path / "run", "train.iterations=3", *fsdp)  # the same command: resumes
     assert summary["status"] == "completed"

@@ -78,6 +78,9 @@ VALUE_HEAD_SEED = 0
 DATASET_STATISTICS_FILE = "dataset_statistics.json"
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _STATS_KEYS = {"q99": ("q01", "q99"), "minmax": ("min", "max")}
+SHARD_UNITS = ("LlamaDecoderLayer", "Dinov2WithRegistersLayer", "Dinov2Layer", "SiglipEncoderLayer")
+"""Module classes a sharded learner shards one by one: OpenVLA's repeated blocks."""
+
 # transformers 5.24 renamed LlamaModel.forward's ``past_key_values`` to ``cache`` (the old name goes in 5.40).
 _CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
@@ -552,6 +555,10 @@ class OpenVLAPolicy(Policy):
         prefix, valid = self._ar_prefix(obs)
         positions = (valid.long().cumsum(dim=1) - 1).clamp_(min=0)
         return self._values_from_hidden(self._ar_forward(prefix, valid, positions, None)[:, -1:])
+
+    def shard_units(self) -> list[torch.nn.Module]:
+        """The Llama decoder layers and the vision towers' transformer layers (``train.strategy=fsdp2``)."""
+        return [m for m in self.modules() if type(m).__name__ in SHARD_UNITS]
 
     def value_parameters(self):
         """The value head's parameters (trained with ``algo.critic.lr``)."""

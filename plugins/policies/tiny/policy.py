@@ -272,6 +272,10 @@ class TinyTokenVLA(Policy):
         """The value head's parameters (trained with ``algo.critic.lr``)."""
         return self.value_head.parameters()
 
+    def shard_units(self) -> list[nn.Module]:
+        """The decoder's layers and the vision encoder's (``train.strategy=fsdp2`` shards them one by one)."""
+        return [*self.decoder.layers, *self.vision.encoder.layers]
+
     def _bins_to_env_actions(self, bins: torch.Tensor) -> np.ndarray:
         """Bins (B, T) → env-unit actions (B, chunk, action_dim) float32."""
         normalized = self.action_tokenizer.bins_to_actions(bins.cpu(), dtype=torch.float64)

@@ -161,6 +161,11 @@ class TinyVLAPolicy(Policy):
             owner = _owner(key)
             p.requires_grad_(owner == self.active or (owner is None and a.train_base))
 
+    def shard_units(self) -> list[torch.nn.Module]:
+        """The GPTNeoX layers and the vision tower's encoder layers (``train.strategy=fsdp2``)."""
+        return [m for m in self.modules() if type(m).__name__ in ("GPTNeoXLayer", "CLIPEncoderLayer",
+                                                                  "SiglipEncoderLayer")]
+
     def trainable_parameters(self):
         """Without adapters every weight; with them the active adapter's LoRA (and head), plus the
         base weights when ``adapters.train_base`` is set."""
