@@ -5,7 +5,8 @@ set by the initial state and must end within ``tolerance`` of the task's
 target; each action moves it by ``step_size × a``. ``BinPolicy`` is a small MLP
 over the proprio state with OpenVLA-style discrete action bins, so it has the
 same (B, T) log-prob structure as a token VLA. Neither is registered as a
-plugin by default; tests register them in-process.
+plugin by default; tests register them in-process. (The tests' own
+``faulty_reach`` module adds a reach env that crashes or hangs on demand.)
 """
 
 from __future__ import annotations
@@ -53,10 +54,6 @@ class ReachConfig:
     """Success radius around the target."""
     step_delay_s: float = 0.0
     """Artificial cost per env step (benchmarks)."""
-    crash_on_init_state: int = -1
-    """Raise inside step() for this initial state (failure-handling tests); -1 = never."""
-    hang_on_init_state: int = -1
-    """Sleep forever inside step() for this initial state (timeout tests); -1 = never."""
     image_size: int = 8
     """Side of the (tiny) rendered image."""
 
@@ -102,10 +99,6 @@ class ReachEnv(Env):
         actions = np.asarray(actions, dtype=np.float32)
         if actions.ndim != 2 or actions.shape[1] != 1:
             raise EnvError(f"ReachEnv expects actions of shape (chunk, 1) (action_dim=1), got {actions.shape}")
-        if self.init_state == self.config.crash_on_init_state:
-            raise RuntimeError("simulated simulator crash")
-        if self.init_state == self.config.hang_on_init_state:
-            time.sleep(3600)
         frames, steps = [], 0
         for a in actions:
             self.pos = float(np.clip(self.pos + self.config.step_size * float(np.clip(a[0], -1, 1)), -1.5, 1.5))

@@ -7,12 +7,14 @@ import pytest
 
 from pushcut.envpool import EnvPool, SlotFailure
 from pushcut.errors import EnvError
+from faulty_reach import FaultyReachConfig, FaultyReachEnv
 from pushcut.toys import ReachConfig, ReachEnv
 
 
 @pytest.fixture(scope="module")
 def pool():
-    p = EnvPool(ReachEnv, ReachConfig(crash_on_init_state=3), num_workers=2, envs_per_worker=3, timeout_s=20)
+    p = EnvPool(FaultyReachEnv, FaultyReachConfig(crash_on_init_state=3), num_workers=2, envs_per_worker=3,
+                timeout_s=20)
     yield p
     p.close()
 
@@ -59,7 +61,8 @@ def test_tasks_and_action_spec(pool):
 
 
 def test_hanging_worker_is_restarted():
-    with EnvPool(ReachEnv, ReachConfig(hang_on_init_state=2), num_workers=2, envs_per_worker=2, timeout_s=3) as pool:
+    with EnvPool(FaultyReachEnv, FaultyReachConfig(hang_on_init_state=2), num_workers=2, envs_per_worker=2,
+                 timeout_s=3) as pool:
         pool.reset({0: ("reach_0", 2), 1: ("reach_0", 1), 2: ("reach_0", 1)})
         out = pool.step({0: np.zeros((1, 1), np.float32), 1: np.zeros((1, 1), np.float32),
                          2: np.zeros((1, 1), np.float32)})

@@ -25,11 +25,13 @@ from pushcut.envpool import EnvPool, EnvSpec, SlotFailure, SocketTransport
 from pushcut.errors import EnvError
 from pushcut.testing import registered_plugin
 from pushcut.toys import ReachConfig, ReachEnv, ToyPlugin
+from faulty_reach import FAULTY_PLUGIN, FaultyReachConfig
 from pushcut.trainer import Trainer
 from pushcut.wire import PROTOCOL_VERSION, FramedSocket
 
 HERE = Path(__file__).parent
 TOYS = "pushcut.toys:ToyPlugin"
+FAULTS = {"crash_on_init_state", "hang_on_init_state"}
 ZERO = np.zeros((1, 1), np.float32)
 
 
@@ -105,7 +107,7 @@ def serve(tmp_path):
 
 
 def spec(**options):
-    return EnvSpec("reach", to_dict(ReachConfig(**options)))
+    return EnvSpec("reach", to_dict(FaultyReachConfig(**options) if FAULTS & set(options) else ReachConfig(**options)))
 
 
 def socket_pool(*servers, envs=2, timeout_s=20.0, **kw):
@@ -141,7 +143,7 @@ def test_served_envs_step_like_process_workers(serve):
 
 
 def test_an_env_raising_is_a_slot_failure_and_the_session_goes_on(serve):
-    with socket_pool(serve({"crash_on_init_state": 3})) as pool:
+    with socket_pool(serve({"crash_on_init_state": 3}, plugin=FAULTY_PLUGIN)) as pool:
         pool.reset({0: ("reach_0", 3), 1: ("reach_0", 4)})
         out = pool.step({0: ZERO, 1: ZERO})
         assert isinstance(out[0], SlotFailure) and "simulated simulator crash" in out[0].reason
@@ -249,7 +251,7 @@ def test_a_server_that_stops_answering_is_detected_by_its_missing_heartbeat(serv
 
 
 def test_a_hanging_env_times_out_and_the_busy_server_is_reported(serve):
-    server = serve({"hang_on_init_state": 2})
+    server = serve({"hang_on_init_state": 2}, plugin=FAULTY_PLUGIN)
     with socket_pool(server, timeout_s=3, connect_attempts=1, connect_timeout_s=2.0) as pool:
         pool.reset({0: ("reach_0", 2), 1: ("reach_0", 1)})
         out = pool.step({0: ZERO, 1: ZERO})

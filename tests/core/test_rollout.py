@@ -11,6 +11,7 @@ from pushcut.envpool import EnvPool
 from pushcut.errors import EnvError
 from pushcut.plugins.rewards.env_success import EnvSuccess
 from pushcut.rollout import RolloutCollector, StartState
+from faulty_reach import FaultyReachConfig, FaultyReachEnv
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv
 
 
@@ -28,7 +29,8 @@ class CountingPolicy(BinPolicy):
 
 @pytest.fixture(scope="module")
 def pool():
-    p = EnvPool(ReachEnv, ReachConfig(crash_on_init_state=7), num_workers=2, envs_per_worker=4, timeout_s=30)
+    p = EnvPool(FaultyReachEnv, FaultyReachConfig(crash_on_init_state=7), num_workers=2, envs_per_worker=4,
+                timeout_s=30)
     yield p
     p.close()
 

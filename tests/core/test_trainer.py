@@ -169,9 +169,12 @@ def test_unfillable_batch_warns_and_skips_update(manager, tmp_path, caplog):
     assert "dynamic sampling cap hit" in caplog.text
 
 
-def test_crashing_env_groups_are_excluded_and_reported(manager, tmp_path, caplog):
-    _, _, lines = run(manager, tmp_path, "crash", "train.iterations=1", "env.crash_on_init_state=0",
-                      "env.num_init_states=3", "env.num_eval=1", "train.eval_at_start=false")
+def test_crashing_env_groups_are_excluded_and_reported(tmp_path, caplog):
+    from faulty_reach import FaultyToyPlugin
+
+    with registered_plugin(FaultyToyPlugin(), "toys") as manager:
+        _, _, lines = run(manager, tmp_path, "crash", "train.iterations=1", "env.crash_on_init_state=0",
+                          "env.num_init_states=3", "env.num_eval=1", "train.eval_at_start=false")
     rec = lines[-1]
     assert rec["rollout/episodes_failed"] > 0 and rec["rollout/groups_failed"] > 0
     assert "episode dropped" in caplog.text
