@@ -60,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory", type=float, default=None, metavar="GiB",
                    help="plan for GPUs of this size (default: the visible GPU's)")
     p.add_argument("--world", type=int, default=None, help="GPUs the learners use (default: train.learners)")
-    p.add_argument("--strategy", choices=("replicate", "fsdp2"), default="replicate",
-                   help="replicate: every rank holds the whole model (today's learners); fsdp2: sharded (planned)")
-    p.add_argument("--offload", action="store_true", help="optimizer states in CPU memory")
+    p.add_argument("--strategy", choices=("replicate", "fsdp2"), default=None,
+                   help="replicate: every rank holds the whole model; fsdp2: sharded (default: train.strategy)")
+    p.add_argument("--offload", action="store_true", default=None,
+                   help="optimizer states in CPU memory (default: train.offload)")
     p = sub.add_parser("sft", help="cold-start behaviour cloning on demonstrations")
     _add_config_args(p)
     p = sub.add_parser("eval", help="evaluate a run directory or checkpoint on held-out states (greedy; eval.temperature=T samples)")

@@ -117,8 +117,11 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _plan_for(cfg, gpu_gib: float | None, world: int | None, strategy: str, offload: bool):
+def _plan_for(cfg, gpu_gib: float | None, world: int | None, strategy: str | None, offload: bool | None):
     from pushcut.plan import plan, policy_shape
+
+    strategy = strategy or cfg.train.strategy
+    offload = cfg.train.offload if offload is None else offload
 
     if gpu_gib is None:
         import torch
@@ -136,17 +139,18 @@ def _plan_for(cfg, gpu_gib: float | None, world: int | None, strategy: str, offl
              lora_rank=getattr(options, "lora_rank", 0) or 0, offload=offload,
              micro_batch=min(cfg.train.micro_batch_size, 8) if cfg.policy.type == "openvla" else 8, seq_len=seq,
              checkpointing=bool(getattr(options, "gradient_checkpointing", True)),
-             rollout_batch=cfg.rollout.num_workers * cfg.rollout.envs_per_worker, gpu_gib=gpu_gib)
-    return p, shape, world
+             rollout_batch=cfg.rollout.num_workers * cfg.rollout.envs_per_worker, gpu_gib=gpu_gib,
+             rollout_on_ranks=cfg.rollout.inference == "learners")
+    return p, shape, world, strategy, offload
 
 
-def plan(config: str, overrides: Sequence[str], gpu_gib: float | None, world: int | None, strategy: str,
-         offload: bool) -> int:
+def plan(config: str, overrides: Sequence[str], gpu_gib: float | None, world: int | None, strategy: str | None,
+         offload: bool | None) -> int:
     """``pushcut plan``: print the per-GPU memory a run needs; exit 2 with the fix when it does not fit."""
     from pushcut.plan import advice, format_plan
 
     cfg = _config_or_run_dir(config, overrides)
-    p, shape, world = _plan_for(cfg, gpu_gib, world, strategy, offload)
+    p, shape, world, strategy, offload = _plan_for(cfg, gpu_gib, world, strategy, offload)
     print(format_plan(p, shape, world, strategy))
     if not p.fits:
         print(f"pushcut: error: {advice(p, world, strategy, getattr(cfg.policy.options, 'lora_rank', 0), offload)}",
@@ -165,9 +169,10 @@ def train(config: str, overrides: Sequence[str]) -> int:
     if resolved.train.device.startswith("cuda"):
         from pushcut.plan import advice
 
-        p, _, world = _plan_for(resolved, None, None, "replicate", False)
+        p, _, world, strategy, offload = _plan_for(resolved, None, None, None, None)
         if not p.fits:
-            raise ConfigError(f"this run cannot fit: {advice(p, world, 'replicate', getattr(resolved.policy.options, 'lora_rank', 0), False)} "
+            lora_rank = getattr(resolved.policy.options, "lora_rank", 0)
+            raise ConfigError(f"this run cannot fit: {advice(p, world, strategy, lora_rank, offload)} "
                               f"(pushcut plan shows the breakdown)")
     summary = Trainer(resolved).run()
     print(json.dumps(summary, indent=2))

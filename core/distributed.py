@@ -92,6 +92,9 @@ def shard_policy(policy: Policy, precision: str = "float32", offload: bool = Fal
             _checkpoint_activations(unit)
         fully_shard(unit, **options)
     fully_shard(policy, **options)
+    # the root's own weights (heads, embeddings) stay gathered from forward to backward, as FSDP does by
+    # default for a root: a policy method that calls forward and then a head still finds them whole
+    policy.set_reshard_after_forward(False, recurse=False)
     for method in ("log_probs", "values"):  # the training passes; act runs inside gathered(), all unsharded
         if callable(getattr(policy, method, None)):
             register_fsdp_forward_method(policy, method)
@@ -124,15 +127,17 @@ def gathered(policy: Policy) -> Iterator[None]:
         # FSDP initialises its units at the root's first forward, resharding whatever is gathered; do it
         # now, or a first forward inside this block would all-gather on one rank alone (a hang)
         policy._get_fsdp_state()._lazy_init()
+    groups = [unit._get_fsdp_state()._fsdp_param_group for unit in units]
+    before = [group._reshard_after_forward if group is not None else True for group in groups]
     for unit in units:
         unit.unshard()
     for unit in units:
-        unit.set_reshard_after_forward(False)
+        unit.set_reshard_after_forward(False, recurse=False)
     try:
         yield
     finally:
-        for unit in units:
-            unit.set_reshard_after_forward(True)
+        for unit, reshard in zip(units, before):  # as they were: the root keeps its weights after forward
+            unit.set_reshard_after_forward(reshard, recurse=False)
             unit.reshard()
 
 

@@ -96,10 +96,13 @@ class Plan:
     rollout: float
     gpu_bytes: float
     trainable: int
+    gathered: float = 0.0
+    """The rest of the weights a sharded rank gathers to sample rollouts itself (``rollout.inference=learners``):
+    held while it rolls out, when the update's activations are not."""
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.rollout
+        return self.weights + self.gradients + self.optimizer + max(self.activations, self.gathered) + self.rollout
 
     @property
     def fits(self) -> bool:
@@ -108,7 +111,7 @@ class Plan:
 
 def plan(shape: ModelShape, *, world: int = 1, strategy: str = "replicate", dtype_bytes: int = 2, lora_rank: int = 0,
          offload: bool = False, micro_batch: int = 8, seq_len: int = 300, checkpointing: bool = True,
-         rollout_batch: int = 64, gpu_gib: float = 80.0) -> Plan:
+         rollout_batch: int = 64, gpu_gib: float = 80.0, rollout_on_ranks: bool = False) -> Plan:
     """Per-GPU bytes of a run (see the module docstring for each term)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
@@ -123,7 +126,8 @@ def plan(shape: ModelShape, *, world: int = 1, strategy: str = "replicate", dtyp
     per_token = shape.hidden * (2 * shape.layers + 34 if checkpointing else 34 * shape.layers)
     activations = micro_batch * seq_len * per_token
     rollout = rollout_batch * 2 * shape.layers * seq_len * shape.hidden * dtype_bytes
-    return Plan(weights, gradients, optimizer, activations, rollout, gpu_gib * GIB, trainable)
+    gathered = shape.params * dtype_bytes * (1 - 1 / shard) if rollout_on_ranks and shard > 1 else 0.0
+    return Plan(weights, gradients, optimizer, activations, rollout, gpu_gib * GIB, trainable, gathered)
 
 
 def advice(p: Plan, world: int, strategy: str, lora_rank: int, offload: bool) -> str:
@@ -132,8 +136,8 @@ def advice(p: Plan, world: int, strategy: str, lora_rank: int, offload: bool) ->
     if not lora_rank:
         fixes.append("LoRA (policy.lora_rank=32)")
     if strategy != "fsdp2":
-        fixes.append("sharded learners (FSDP2, not built yet: `pushcut plan --strategy fsdp2 --world N` shows what it "
-                     "would take)")
+        fixes.append("sharded learners (train.backend=ray train.strategy=fsdp2 train.learners=N; "
+                     "`pushcut plan --strategy fsdp2 --world N` shows what it takes)")
     elif world < 8:
         fixes.append(f"more ranks (train.learners={world * 2})")
     if not offload:
@@ -146,7 +150,10 @@ def advice(p: Plan, world: int, strategy: str, lora_rank: int, offload: bool) ->
 
 def format_plan(p: Plan, shape: ModelShape, world: int, strategy: str) -> str:
     rows = [("weights", p.weights), ("gradients", p.gradients), ("optimizer states", p.optimizer),
-            ("activations / micro-batch", p.activations), ("rollout KV cache", p.rollout), ("total", p.total)]
+            ("activations / micro-batch", p.activations), ("rollout KV cache", p.rollout)]
+    if p.gathered:
+        rows.append(("weights gathered to roll out", p.gathered))
+    rows.append(("total", p.total))
     head = (f"{shape.name}: {shape.params / 1e9:.2f} B parameters, {p.trainable / 1e6:.1f} M trainable; "
             f"{strategy} over {world} GPU(s) of {p.gpu_bytes / GIB:.0f} GiB")
     body = "\n".join(f"  {name:<26} {value / GIB:8.2f} GiB" for name, value in rows)

@@ -73,17 +73,20 @@ def rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
         shard_policy(policy)
         assert len(policy.shard_units()) == 4  # 2 decoder + 2 encoder layers, each its own FSDP unit
         optimizer = torch.optim.AdamW(list(policy.trainable_parameters()), lr=cfg.train.lr)
+        obs = ObsBatch.from_observations(batch[0].observations[:1], [batch[0].instruction], [batch[0].task_id])
+        with gathered(policy), torch.no_grad():  # rollouts first, as a run's evaluation at step 0
+            before = [policy.act(obs, 0.0).actions for _ in range(1 if rank == 0 else 2)]
         metrics = [update_policy(policy, optimizer, batch, cfg, torch.Generator().manual_seed(3),
                                  shards=Shards(rank, world, sharded=True)) for _ in range(2)]
         # rollouts with the sharded weights: every unit gathered once; rank 0 makes more calls than rank 1
-        obs = ObsBatch.from_observations(batch[0].observations[:1], [batch[0].instruction], [batch[0].task_id])
         with gathered(policy), torch.no_grad():
             greedy = [policy.act(obs, 0.0).actions for _ in range(3 if rank == 0 else 1)]
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         full = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if rank == 0:
-            torch.save({"metrics": metrics, "weights": full, "greedy": greedy[0]}, os.path.join(out_dir, "sharded.pt"))
+            torch.save({"metrics": metrics, "weights": full, "greedy": greedy[0], "before": before[0]},
+                       os.path.join(out_dir, "sharded.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -101,6 +104,9 @@ def test_fsdp2_update_of_the_tiny_vla_on_two_ranks_equals_the_single_process(tmp
     policy = TinyTokenVLA(TinyTokenVLAConfig(**OPTIONS))
     batch = make_batch(policy, seed=1)
     start = {k: v.clone() for k, v in policy.state_dict().items()}
+    obs = ObsBatch.from_observations(batch[0].observations[:1], [batch[0].instruction], [batch[0].task_id])
+    with torch.no_grad():
+        before = policy.act(obs, 0.0).actions
     optimizer = torch.optim.AdamW(list(policy.trainable_parameters()), lr=cfg.train.lr)
     want = [update_policy(policy, optimizer, batch, cfg, torch.Generator().manual_seed(3)) for _ in range(2)]
 
@@ -120,6 +126,6 @@ def test_fsdp2_update_of_the_tiny_vla_on_two_ranks_equals_the_single_process(tmp
         torch.testing.assert_close(got["weights"][name], value, rtol=RTOL, atol=atol, msg=name)
         moved = max(moved, float((value - start[name]).abs().max()))
     assert moved > 1e-4  # the updates did move the weights
-    with torch.no_grad():  # the gathered weights act like the single process's
-        obs = ObsBatch.from_observations(batch[0].observations[:1], [batch[0].instruction], [batch[0].task_id])
+    np.testing.assert_allclose(got["before"], before, rtol=0, atol=1e-6)  # the gathered weights act alike
+    with torch.no_grad():
         np.testing.assert_allclose(got["greedy"], policy.act(obs, 0.0).actions, rtol=0, atol=1e-6)

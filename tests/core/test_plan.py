@@ -57,6 +57,25 @@ def test_it_fits_sharded_on_8_gpus_and_with_lora_r32_on_one():
     assert lora.returncode == 0 and "80.0 M trainable" in lora.stdout
 
 
+def test_rollouts_on_sharded_ranks_count_the_gathered_weights_instead_of_the_activations():
+    shape = llama_shape(LLAMA2_7B, 10**8, 10**7, "x")
+    train_only = plan(shape, world=8, strategy="fsdp2", micro_batch=1, seq_len=10)
+    both = plan(shape, world=8, strategy="fsdp2", micro_batch=1, seq_len=10, rollout_on_ranks=True)
+    assert both.gathered == pytest.approx(shape.params * 2 * 7 / 8)  # the 7/8 a rank does not hold
+    assert both.total == pytest.approx(train_only.total - train_only.activations + both.gathered)
+    assert plan(shape, world=8, rollout_on_ranks=True).gathered == 0  # replicated ranks hold everything anyway
+
+
+def test_the_plan_follows_the_configs_strategy_and_placement():
+    sharded = ["train.backend=ray", "train.learners=8", "train.strategy=fsdp2"]
+    out = cli_plan("--gpu-memory", "80", *sharded)
+    assert out.returncode == 0 and "fsdp2 over 8 GPU(s)" in out.stdout
+    learners = cli_plan("--gpu-memory", "80", *sharded, "rollout.inference=learners")
+    assert learners.returncode == 0 and "weights gathered to roll out" in learners.stdout
+    refused = cli_plan("--gpu-memory", "80", "train.backend=ray", "train.learners=2")
+    assert refused.returncode == 2 and "train.strategy=fsdp2" in refused.stderr and "not built" not in refused.stderr
+
+
 def test_no_gpu_and_no_size_is_one_line():
     out = cli_plan()
     if "fits" in out.stdout or "NOT fit" in out.stdout:
