@@ -311,6 +311,9 @@ class TrainConfig:
     """fsdp2: keep parameter shards and optimizer state in CPU memory between uses (less GPU memory, slower)."""
     activation_checkpointing: bool = False
     """fsdp2: recompute each shard unit's activations in the backward pass instead of keeping them."""
+    async_rollouts: bool = False
+    """One-step asynchronous training: collect iteration k+1's rollouts with iteration k's weights while
+    iteration k's update runs (rollout/stale_versions 1; the clipped ratio uses the sampling-time log-probs)."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "max_sample_rounds", "ppo_epochs", "minibatch_size",
@@ -348,6 +351,9 @@ class TrainConfig:
                               "(train.learners=1 is fine)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.async_rollouts and self.backend != "local":
+            raise ConfigError("train.async_rollouts overlaps rollouts with the update in this process: it needs "
+                              f"train.backend=local (it is {self.backend!r})")
         fsdp_only = [k for k in ("offload", "activation_checkpointing") if getattr(self, k)]
         if self.precision != "float32":
             fsdp_only.append("precision")

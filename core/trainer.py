@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import dataclasses
 import logging
@@ -197,6 +198,13 @@ class RunState:
     step: int = 0
     """The last iteration done (0 before the first)."""
     progress: Progress | None = None
+    rollout_policy: Policy | None = None
+    """The policy the collector samples with: the learner's own, or (``train.async_rollouts``) a copy one
+    update behind it."""
+    rollout_version: int = 0
+    """The weight version ``rollout_policy`` holds."""
+    prefetched: tuple[tuple[EpisodeBatch | None, dict[str, float]], int] | None = None
+    """The next iteration's rollouts, collected while this one's update ran, with their weight version."""
 
 
 class Trainer:
@@ -265,12 +273,13 @@ class Trainer:
         try:
             learner = make_learner(cfg, policy, self._optimizer(policy), reference, self.manager)
             collector = learner.collector()  # rollout.inference=learners: the ranks sample
+            rollout_policy = copy.deepcopy(policy) if t.async_rollouts else policy
             if collector is None:
                 pool = build_pool(cfg)
-                collector = build_collector(cfg, pool, policy)
+                collector = build_collector(cfg, pool, rollout_policy)
             sampler = make_sampler(t.start_sampling, list(collector.tasks.values()), cfg.seed, cfg.algo.group_size)
             sampler = with_curriculum(sampler, cfg, pool)  # train.curriculum=reverse: demo starts on hard tasks
-            run = RunState(collector, sampler, learner, generator)
+            run = RunState(collector, sampler, learner, generator, rollout_policy=rollout_policy)
             ckpt, state = self._resume_point(policy) if t.resume else (None, None)
             if ckpt is not None:
                 learner.load(ckpt, state)
@@ -278,6 +287,7 @@ class Trainer:
                 generator.set_state(state["generator"])
                 set_rng_state(state["rng"])
                 run.step = int(state["step"])
+                self._sync_rollout_policy(run)
                 log.info("resuming from %s (iteration %d)", ckpt, run.step)
             self.metrics_file.truncate_after(run.step if run.step else -1)
             self.manager.run_start(self.run_dir, to_dict(cfg), "train")
@@ -286,14 +296,17 @@ class Trainer:
                 sampler.begin(collector, self._evaluate(collector, 0, progress) if t.eval_at_start else None)
             for step in range(run.step + 1, t.iterations + 1):
                 run.step = step
-                record = self._iteration(run)
                 is_last = step == t.iterations
+                saves = is_last or bool(t.save_every and step % t.save_every == 0)
+                # async: collect the next iteration's rollouts during this update, except before a checkpoint
+                # (which holds no rollouts), so a resumed run repeats the uninterrupted one
+                record = self._iteration(run, prefetch=t.async_rollouts and not saves)
                 if is_last or (t.eval_every and step % t.eval_every == 0):
                     record.update(self._evaluate(collector, step, progress, videos=is_last))
                 # metrics first, checkpoint second: a checkpoint never exists without its metrics line
                 self.metrics_file.append(record)
                 self.manager.after_update(self.run_dir, step, record)
-                if is_last or (t.save_every and step % t.save_every == 0):
+                if saves:
                     save_checkpoint(self.run_dir, step, learner.save, {
                         "sampler": sampler.state_dict(), "generator": generator.get_state(),
                     }, keep=t.keep_checkpoints)
@@ -343,26 +356,55 @@ class Trainer:
             )
         return None, None
 
-    def _iteration(self, run: RunState) -> dict[str, Any]:
-        rollout_version = run.learner.version  # the weights the rollouts sample with
-        batch, metrics = collect_batch(run.collector, run.sampler, self.config, run.progress)
+    def _iteration(self, run: RunState, prefetch: bool = False) -> dict[str, Any]:
+        """Rollouts (or the ones prefetched during the last update), then the update; with ``prefetch``
+        the next iteration's rollouts are collected, with the weights from before this update,
+        while the update runs in a thread."""
+        t_start = time.perf_counter()
+        if run.prefetched is not None:
+            (batch, metrics), rollout_version = run.prefetched
+            run.prefetched = None
+        else:
+            rollout_version = run.rollout_version
+            batch, metrics = collect_batch(run.collector, run.sampler, self.config, run.progress)
         record: dict[str, Any] = {"step": run.step, **metrics}
         self.manager.after_rollout(self.run_dir, run.step, dict(metrics))
         t0 = time.perf_counter()
+        version = run.learner.version
         if batch is None:
             log.warning("iteration %d: no group with mixed outcomes; no update", run.step)
             record["actor/skipped_updates"] = 1.0
+            if prefetch:
+                run.prefetched = collect_batch(run.collector, run.sampler, self.config, run.progress), version
+        elif prefetch:
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pushcut-update") as pool:
+                update = pool.submit(self._update, run, batch, record, rollout_version)
+                run.prefetched = collect_batch(run.collector, run.sampler, self.config, None), run.rollout_version
+                record.update(update.result())
         else:
-            targets, actor = None, True
-            if algos.needs_values(self.config.algo.advantage):
-                run.progress.status(f"values of {sum(ep.num_chunks for ep in batch)} chunks")
-                targets, critic_metrics = critic_targets(run.learner.policy, batch, self.config)
-                record.update(critic_metrics)
-                actor = run.step > self.config.algo.critic.warmup_iterations
-            run.progress.status(f"update on {len(batch)} episodes")
-            record.update(run.learner.update(batch, run.generator, targets, actor, rollout_version))
+            record.update(self._update(run, batch, record, rollout_version))
+        self._sync_rollout_policy(run)
+        record["rollout/stale_versions"] = float(version - rollout_version)
         record["time/update_s"] = time.perf_counter() - t0
+        record["time/iteration_s"] = time.perf_counter() - t_start
         return record
+
+    def _update(self, run: RunState, batch: EpisodeBatch, record: dict[str, Any], rollout_version: int) -> dict[str, Any]:
+        targets, actor = None, True
+        if algos.needs_values(self.config.algo.advantage):
+            run.progress.status(f"values of {sum(ep.num_chunks for ep in batch)} chunks")
+            targets, critic_metrics = critic_targets(run.learner.policy, batch, self.config)
+            record.update(critic_metrics)
+            actor = run.step > self.config.algo.critic.warmup_iterations
+        run.progress.status(f"update on {len(batch)} episodes")
+        return run.learner.update(batch, run.generator, targets, actor, rollout_version)
+
+    @staticmethod
+    def _sync_rollout_policy(run: RunState) -> None:
+        """The rollout policy takes the learner's newest weights (a no-op when they are one policy)."""
+        if run.rollout_policy is not None and run.rollout_policy is not getattr(run.learner, "policy", None):
+            run.rollout_policy.load_state_dict(run.learner.policy.state_dict())
+        run.rollout_version = run.learner.version
 
     def _evaluate(self, collector: RolloutCollector, step: int, progress: Progress, videos: bool = False) -> dict[str, float]:
         e = self.config.eval
