@@ -112,7 +112,8 @@ def build_policy(args, directory: Path):
                            action_dim=args.action_dim, mode=args.mode,
                            dtype="bfloat16" if args.size == "7b" else "float32",
                            gradient_checkpointing=args.train and args.size == "7b",
-                           lora_rank=args.lora_rank, freeze_vision=args.freeze_vision)
+                           lora_rank=args.lora_rank, freeze_vision=args.freeze_vision,
+                           attn_implementation=getattr(args, "attn_implementation", "sdpa"))
     return OpenVLAPolicy(config, raw=raw).to(args.device)
 
 
