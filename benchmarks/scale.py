@@ -87,6 +87,17 @@ def main() -> None:
     parser.add_argument("--learner-cpus", type=float, default=0.5)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", default="toy", choices=["toy", "tiny", "7b"],
+                        help="toy: the paths above at toy size; tiny / 7b: OpenVLA-OFT sampling and updates "
+                             "(benchmarks/scale_openvla.py)")
+    args, _ = parser.parse_known_args()
+    if args.size != "toy":
+        import sys
+
+        from scale_openvla import main as openvla_main
+
+        openvla_main(sys.argv[1:])
+        return
     args = parser.parse_args()
     os.environ.setdefault("PUSHCUT_DISABLE_PLUGIN_AUTOLOAD", "1")
     import ray
