@@ -193,7 +193,7 @@ class RawPool:
     """``workers`` raw worker processes; a round's episodes split evenly over them."""
 
     def __init__(self, assets: str, suite: str, size: int, wrist: bool, workers: int) -> None:
-        from pushcut.envpool.process import THREAD_VARS
+        from pushcut.envpool.transports.process import THREAD_VARS
 
         ctx = mp.get_context("spawn")
         self.conns, self.procs = [], []

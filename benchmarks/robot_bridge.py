@@ -20,7 +20,7 @@ import yaml
 
 from pushcut.config import to_dict
 from pushcut.envpool import EnvPool
-from pushcut.envpool.remote import SocketTransport
+from pushcut.envpool.transports.socket import SocketTransport
 from pushcut.envpool.spec import EnvSpec
 from pushcut.plugins.envs.real import RealEnvConfig, SafetyConfig
 from pushcut.plugins.envs.real.launch import RobotServerProcess

@@ -102,7 +102,7 @@ def main() -> None:
     os.environ.setdefault("PUSHCUT_DISABLE_PLUGIN_AUTOLOAD", "1")
     import ray
 
-    from pushcut.envpool.ray import RayTransport
+    from pushcut.envpool.transports.ray import RayTransport
     from pushcut.testing import registered_plugin
     from pushcut.toys import ToyPlugin
 

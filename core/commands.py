@@ -394,8 +394,8 @@ def quickstart(overrides: Sequence[str]) -> int:
 
 
 def env_serve(args) -> int:
-    """``pushcut env serve``: serve the env a config names until interrupted (see :mod:`pushcut.envserver`)."""
-    from pushcut.envserver import ServeOptions, serve
+    """``pushcut env serve``: serve the env a config names until interrupted (see :mod:`pushcut.envpool.server`)."""
+    from pushcut.envpool.server import ServeOptions, serve
 
     options = ServeOptions(host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
                            max_frame_mb=args.max_frame_mb, hello_timeout_s=args.hello_timeout)

@@ -56,7 +56,7 @@ import torch
 
 from pushcut.config import RunConfig, resolve, to_dict
 from pushcut.contracts import Policy, TaskSpec
-from pushcut.envpool.ray import check_free, connect
+from pushcut.envpool.transports.ray import check_free, connect
 from pushcut.envpool.spec import import_ref
 from pushcut.errors import CheckpointError, ConfigError, PushcutError
 from pushcut.learner import SHARDED_DIR, ChunkTargets, Learner, Shards, update_policy

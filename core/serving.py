@@ -6,9 +6,9 @@ plugin subclasses :class:`EnvServer`). They import no torch.
 
 from __future__ import annotations
 
-from pushcut.envpool.worker import EnvHost, serve_session
-from pushcut.envserver import EnvServer, ServeOptions
+from pushcut.envpool.host import EnvHost, serve_session
+from pushcut.envpool.server import EnvServer, ServeOptions
+from pushcut.envpool.wire import load_token
 from pushcut.webguard import is_loopback
-from pushcut.wire import load_token
 
 __all__ = ["EnvHost", "EnvServer", "ServeOptions", "is_loopback", "load_token", "serve_session"]

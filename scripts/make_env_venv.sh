@@ -22,7 +22,7 @@ import importlib.util, sys
 from pathlib import Path
 assert importlib.util.find_spec("torch") is None, "torch must not be installed here"
 import mujoco, msgpack, numpy  # noqa: F401
-import pushcut.envserver  # noqa: F401
+import pushcut.envpool.server  # noqa: F401
 import pushcut.plugins.envs.tabletop  # noqa: F401
 assert Path(pushcut.__file__).resolve().parent == Path(sys.argv[1]) / "core", pushcut.__file__
 assert mujoco.__version__ == "3.9.0" and numpy.__version__ == "2.4.6"

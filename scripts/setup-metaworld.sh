@@ -25,7 +25,7 @@ venv_works() {
 import sys
 from pathlib import Path
 import metaworld, mujoco, msgpack, pytest  # noqa: F401
-import pushcut.envserver  # noqa: F401
+import pushcut.envpool.server  # noqa: F401
 import pushcut.plugins.envs.metaworld.env  # noqa: F401
 from importlib.metadata import entry_points, version
 assert "metaworld" in {ep.name for ep in entry_points(group="pushcut")}, "stale pushcut metadata"

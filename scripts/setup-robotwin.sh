@@ -67,7 +67,7 @@ import sys
 from pathlib import Path
 import numpy, sapien, mplib, msgpack  # noqa: F401
 import robotwin.envs._base_task  # noqa: F401
-import pushcut.envserver  # noqa: F401
+import pushcut.envpool.server  # noqa: F401
 import pushcut.plugins.envs.robotwin.runtime  # noqa: F401
 from importlib.metadata import entry_points
 assert "robotwin" in {ep.name for ep in entry_points(group="pushcut")}, "stale pushcut metadata"

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pushcut.envpool.inline import InlineTransport
 from pushcut.envpool.pool import EnvPool, SlotFailure, Ticket, make_transport
-from pushcut.envpool.process import ProcessTransport
-from pushcut.envpool.remote import SocketTransport
 from pushcut.envpool.spec import EnvSpec
 from pushcut.envpool.transport import Channel, Transport, WorkerInfo
+from pushcut.envpool.transports.inline import InlineTransport
+from pushcut.envpool.transports.process import ProcessTransport
+from pushcut.envpool.transports.socket import SocketTransport
 
 __all__ = [
     "Channel", "EnvPool", "EnvSpec", "InlineTransport", "ProcessTransport", "SlotFailure", "SocketTransport",

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from pushcut.envcontract import ActionSpec, Env, Observation, StepResult, TaskSpec
-from pushcut.envpool.inline import InlineChannel
+from pushcut.envpool.transports.inline import InlineChannel
 from pushcut.envpool.spec import EnvSpec
 from pushcut.envpool.transport import Channel, FramedChannel, Transport, check_same, describe_all
-from pushcut.envpool.worker import Failure
+from pushcut.envpool.host import Failure
 from pushcut.errors import EnvError
-from pushcut.wire import ChannelClosed, ChannelTimeout, ProtocolError
+from pushcut.envpool.wire import ChannelClosed, ChannelTimeout, ProtocolError
 
 SILENT_BEATS = 5
 """A busy worker that sends no heartbeat for this many of its periods (+1 s) counts as frozen."""

@@ -7,8 +7,8 @@ liveness, close. What to do when a worker fails is the transport's policy
 (:meth:`Transport.recover`): a process is killed and restarted, a socket is
 reconnected a bounded number of times, and a worker that cannot be brought
 back is reported down. The built-in transports are in
-:mod:`~pushcut.envpool.inline`, :mod:`~pushcut.envpool.process` and
-:mod:`~pushcut.envpool.socket`.
+:mod:`~pushcut.envpool.transports.inline`, :mod:`~pushcut.envpool.transports.process` and
+:mod:`~pushcut.envpool.transports.socket`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 
 from pushcut.envcontract import ActionSpec, TaskSpec
 from pushcut.envpool.spec import EnvSpec
-from pushcut.envpool.worker import Failure
+from pushcut.envpool.host import Failure
 from pushcut.errors import EnvError
-from pushcut.wire import (
+from pushcut.envpool.wire import (
     PROTOCOL_VERSION,
     FramedSocket,
     ProtocolError,
@@ -52,7 +52,7 @@ class WorkerInfo:
 @dataclass
 class Reply:
     """A worker's answer to request ``req_id``: ``items`` of (local env index, result or
-    :class:`~pushcut.envpool.worker.Failure`)."""
+    :class:`~pushcut.envpool.host.Failure`)."""
 
     req_id: int
     items: list[tuple[int, Any]]
@@ -68,7 +68,7 @@ class Channel(abc.ABC):
     @abc.abstractmethod
     def request(self, req_id: int, cmd: str, items: list[list[Any]]) -> None:
         """Send ``cmd`` (reset / step / render) for ``items`` (``[local, *args]`` each); raises
-        :class:`~pushcut.wire.ChannelClosed` when the worker is gone."""
+        :class:`~pushcut.envpool.wire.ChannelClosed` when the worker is gone."""
 
     def ready(self) -> bool:
         """True when :meth:`receive` would not block (a reply is already buffered)."""
@@ -217,7 +217,7 @@ class FramedChannel(Channel):
         if cmd is None:  # a late answer to a request given up on
             return Reply(-1, [])
         try:
-            return Reply(req_id, [(int(local), _decode_item(cmd, value)) for local, value in msg["items"]])
+            return Reply(req_id, [(int(local), decode_item(cmd, value)) for local, value in msg["items"]])
         except (TypeError, ValueError, KeyError) as exc:
             raise ProtocolError(f"{self.label} sent a malformed result: {exc}") from None
 
@@ -230,7 +230,7 @@ class FramedChannel(Channel):
         self.framed.close()
 
 
-def _decode_item(cmd: str, value: Any) -> Any:
+def decode_item(cmd: str, value: Any) -> Any:
     if isinstance(value, dict) and set(value) == {"failure"}:
         return Failure(str(value["failure"]))
     if cmd == "step":

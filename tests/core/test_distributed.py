@@ -26,7 +26,7 @@ ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install "
 from pushcut import hookimpl  # noqa: E402
 from pushcut.config import load_config  # noqa: E402
 from pushcut.envpool import EnvPool, SlotFailure  # noqa: E402
-from pushcut.envpool.ray import RayTransport  # noqa: E402
+from pushcut.envpool.transports.ray import RayTransport  # noqa: E402
 from pushcut.errors import ConfigError, EnvError, PushcutError  # noqa: E402
 from pushcut.testing import registered_plugin  # noqa: E402
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin  # noqa: E402

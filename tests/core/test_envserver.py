@@ -27,7 +27,7 @@ from pushcut.testing import registered_plugin
 from pushcut.toys import ReachConfig, ReachEnv, ToyPlugin
 from faulty_reach import FAULTY_PLUGIN, FaultyReachConfig
 from pushcut.trainer import Trainer
-from pushcut.wire import PROTOCOL_VERSION, FramedSocket
+from pushcut.envpool.wire import PROTOCOL_VERSION, FramedSocket
 
 HERE = Path(__file__).parent
 TOYS = "pushcut.toys:ToyPlugin"
@@ -476,7 +476,7 @@ def test_a_large_first_frame_is_refused_at_its_header(serve):
 def test_connections_that_never_say_hello_cannot_lock_a_trainer_out(serve):
     """Past the cap on connections not yet admitted, a new one closes the oldest: sixteen silent
     sockets cost sixteen threads at most, and a trainer still gets in."""
-    from pushcut.envserver import MAX_PENDING_HELLOS
+    from pushcut.envpool.server import MAX_PENDING_HELLOS
 
     server = serve(None, "--hello-timeout", "30")
     silent = [_raw(server) for _ in range(MAX_PENDING_HELLOS)]
@@ -498,7 +498,7 @@ def test_connections_that_never_say_hello_cannot_lock_a_trainer_out(serve):
 
 
 def test_a_first_frame_of_nested_containers_is_refused_before_it_grows():
-    from pushcut.wire import ProtocolError, decode
+    from pushcut.envpool.wire import ProtocolError, decode
 
     flood = msgpack.packb({"t": "hello", "x": [{}] * 60000})  # 60 kB of empty maps: ~60 MB once decoded
     assert len(flood) < 65536

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pushcut.envcontract import ActionSpec, StepResult, TaskSpec
-from pushcut.wire import (
+from pushcut.envpool.wire import (
     NDARRAY_EXT,
     ChannelClosed,
     ChannelTimeout,
@@ -146,7 +146,7 @@ def test_addresses():
 
 
 def test_the_serving_side_imports_no_torch():
-    code = ("import sys; import pushcut.envserver, pushcut.envpool, pushcut.wire, pushcut.cli, pushcut.commands; "
+    code = ("import sys; import pushcut.envpool.server, pushcut.envpool, pushcut.envpool.wire, pushcut.cli, pushcut.commands; "
             "import pushcut.plugins.envs.tabletop; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')); "
             "print(bad); sys.exit(1 if bad else 0)")
@@ -155,9 +155,9 @@ def test_the_serving_side_imports_no_torch():
 
 
 def test_a_result_that_cannot_cross_the_wire_fails_only_its_env():
-    from pushcut.envpool.worker import _reply
+    from pushcut.envpool.host import encode_reply
 
     obs = {"image": np.zeros((2, 2, 3), np.uint8)}
     ok, odd = StepResult(obs, 1, False, False, {"a": 1}), StepResult(obs, 1, False, False, {"a": object()})
-    items = decode(_reply(5, "step", [(0, ok), (1, odd)]))["items"]
+    items = decode(encode_reply(5, "step", [(0, ok), (1, odd)]))["items"]
     assert items[0][1]["steps"] == 1 and "cannot cross the wire" in items[1][1]["failure"]

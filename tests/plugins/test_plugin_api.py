@@ -45,8 +45,8 @@ def test_plugins_import_only_the_declared_plugin_api():
 
 def test_the_checker_catches_an_internal_import(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("from pushcut.envpool.worker import EnvHost\n\ndef f():\n    import pushcut.wire\n")
-    assert [n for _, n in pushcut_imports(bad) if not allowed(n)] == ["pushcut.envpool.worker", "pushcut.wire"]
+    bad.write_text("from pushcut.envpool.host import EnvHost\n\ndef f():\n    import pushcut.envpool.wire\n")
+    assert [n for _, n in pushcut_imports(bad) if not allowed(n)] == ["pushcut.envpool.host", "pushcut.envpool.wire"]
 
 
 def test_docs_declare_exactly_these_modules():

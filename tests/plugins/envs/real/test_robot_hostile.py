@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from pushcut.envpool import EnvPool, SlotFailure
-from pushcut.envpool.remote import SocketTransport
+from pushcut.envpool.transports.socket import SocketTransport
 from pushcut.envpool.spec import EnvSpec
 from pushcut.plugins.envs.real.launch import RobotServerProcess
 from pushcut.webguard import SECRET_HEADER, PageClient, split_host
-from pushcut.wire import PROTOCOL_VERSION, FramedSocket
+from pushcut.envpool.wire import PROTOCOL_VERSION, FramedSocket
 
 TOKEN = "hostile-test-token"
 

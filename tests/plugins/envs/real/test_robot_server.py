@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pushcut.envpool import EnvPool, SlotFailure
-from pushcut.envpool.remote import SocketTransport
+from pushcut.envpool.transports.socket import SocketTransport
 from pushcut.envpool.spec import EnvSpec
 from pushcut.errors import EnvError
 from pushcut.plugins.envs.real.launch import RobotServerProcess

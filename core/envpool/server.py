@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pushcut.envpool.worker import HEARTBEAT_S, EnvHost, serve_session
+from pushcut.envpool.host import HEARTBEAT_S, EnvHost, serve_session
 from pushcut.errors import EnvError
 from pushcut.webguard import is_loopback
-from pushcut.wire import (
+from pushcut.envpool.wire import (
     DEFAULT_MAX_FRAME_MB,
     PROTOCOL_VERSION,
     TOKEN_ENV,
@@ -350,7 +350,7 @@ def serve(config_path: str, overrides: list[str], options: ServeOptions, envs: i
     """``pushcut env serve``: build the envs, listen, serve until interrupted."""
     import signal
 
-    from pushcut.wire import load_token
+    from pushcut.envpool.wire import load_token
 
     options.token = options.token or load_token(token_file)
     options.check()

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pushcut.envpool.spec import EnvSpec
 from pushcut.envpool.transport import Channel, FramedChannel, Transport
 from pushcut.errors import EnvError
-from pushcut.wire import DEFAULT_MAX_FRAME_MB, ChannelClosed, ChannelTimeout, FramedSocket, parse_address
+from pushcut.envpool.wire import DEFAULT_MAX_FRAME_MB, ChannelClosed, ChannelTimeout, FramedSocket, parse_address
 
 BUSY = "busy:"
 """Prefix of a server's refusal that is worth retrying (its envs are still held by an old session)."""

@@ -14,7 +14,7 @@ from typing import Any
 from pushcut.envcontract import Env, can_restore_state
 from pushcut.envpool.spec import EnvSpec, build_envs
 from pushcut.envpool.transport import Channel, Reply, Transport, WorkerInfo
-from pushcut.envpool.worker import EnvHost
+from pushcut.envpool.host import EnvHost
 from pushcut.errors import EnvError
 
 

@@ -3,7 +3,7 @@
 An actor receives the :class:`~pushcut.envpool.spec.EnvSpec` as plain data (its
 wire form) and builds the envs through its *own* plugin registry, exactly like a
 ``process`` worker — never a pickled env. Requests and replies cross as the same
-msgpack messages as on a socket (:mod:`pushcut.wire`), so an actor running on
+msgpack messages as on a socket (:mod:`pushcut.envpool.wire`), so an actor running on
 another venv's interpreter (``rollout.transport.python``, Ray's ``py_executable``) with
 other numpy / torch pins still understands them. Resources per actor
 (``rollout.transport.num_cpus``, ``num_gpus``, ``resources``) and an optional
@@ -31,10 +31,10 @@ from collections import deque
 from typing import Any
 
 from pushcut.envpool.spec import EnvSpec, build_envs
-from pushcut.envpool.transport import Channel, Reply, Transport, _decode_item, check_welcome
-from pushcut.envpool.worker import EnvHost, _reply
+from pushcut.envpool.transport import Channel, Reply, Transport, check_welcome, decode_item
+from pushcut.envpool.host import EnvHost, encode_reply
 from pushcut.errors import ConfigError, EnvError
-from pushcut.wire import PROTOCOL_VERSION, ChannelClosed, ChannelTimeout, ProtocolError, decode, encode
+from pushcut.envpool.wire import PROTOCOL_VERSION, ChannelClosed, ChannelTimeout, ProtocolError, decode, encode
 
 log = logging.getLogger("pushcut")
 
@@ -119,7 +119,7 @@ class EnvActorHost:
         if self.host is None:
             return encode({"t": "error", "id": msg.get("id", 0), "reason": "the actor holds no envs"})
         cmd, req_id = msg["t"], int(msg.get("id", 0))
-        return _reply(req_id, cmd, self.host.run(cmd, msg.get("items", [])))
+        return encode_reply(req_id, cmd, self.host.run(cmd, msg.get("items", [])))
 
     def pid(self) -> int:
         return os.getpid()
@@ -209,7 +209,7 @@ class RayChannel(Channel):
         if msg["t"] != "result":
             raise ProtocolError(f"{self.label} sent {msg['t']!r} where a result was expected")
         try:
-            return Reply(req_id, [(int(local), _decode_item(cmd, value)) for local, value in msg["items"]])
+            return Reply(req_id, [(int(local), decode_item(cmd, value)) for local, value in msg["items"]])
         except (TypeError, ValueError, KeyError) as exc:
             raise ProtocolError(f"{self.label} sent a malformed result: {exc}") from None
 

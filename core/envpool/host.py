@@ -1,7 +1,7 @@
 """The serving side of an env worker: envs behind the wire protocol.
 
 :class:`EnvHost` runs requests on the envs it holds; :func:`serve_session`
-answers one peer's requests over a :class:`~pushcut.wire.FramedSocket`,
+answers one peer's requests over a :class:`~pushcut.envpool.wire.FramedSocket`,
 sending a heartbeat while a request runs. Both the ``process`` transport's
 worker (:func:`main`, possibly on another
 interpreter) and ``pushcut env serve`` use them. No torch import here.
@@ -20,7 +20,7 @@ import numpy as np
 from pushcut.envcontract import Env, can_restore_state
 from pushcut.envpool.spec import EnvSpec, build_envs
 from pushcut.errors import EnvError
-from pushcut.wire import (
+from pushcut.envpool.wire import (
     PROTOCOL_VERSION,
     ChannelClosed,
     ChannelTimeout,
@@ -126,7 +126,7 @@ def result_to_wire(cmd: str, value: Any) -> Any:
     return step_to_wire(value) if cmd == "step" else value
 
 
-def _reply(req_id: int, cmd: str, results: list[tuple[int, Any]]) -> bytes:
+def encode_reply(req_id: int, cmd: str, results: list[tuple[int, Any]]) -> bytes:
     """The encoded ``result`` message; a result that cannot be encoded (an info value of an odd
     type) becomes that env's failure instead of the whole reply's."""
     items = [[local, result_to_wire(cmd, value)] for local, value in results]
@@ -192,7 +192,7 @@ def serve_session(framed: FramedSocket, host: EnvHost, heartbeat_s: float = HEAR
             beat.req_id = req_id
             beat.busy.set()
             try:
-                reply = _reply(req_id, t, host.run(t, items))
+                reply = encode_reply(req_id, t, host.run(t, items))
             finally:
                 beat.busy.clear()
             with send_lock:

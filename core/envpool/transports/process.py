@@ -1,7 +1,7 @@
 """The ``process`` transport: one persistent worker process per worker index.
 
-Each worker runs :func:`pushcut.envpool.worker.main` (``PYTHON -c ... FD``) on one end of a
-socketpair, speaking the wire format (:mod:`pushcut.wire`). ``PYTHON`` is this
+Each worker runs :func:`pushcut.envpool.host.main` (``PYTHON -c ... FD``) on one end of a
+socketpair, speaking the wire format (:mod:`pushcut.envpool.wire`). ``PYTHON`` is this
 interpreter by default, or another virtualenv's (``rollout.transport.python``), so a
 simulator with conflicting pins runs in its own environment. A worker that
 crashes or does not answer in time is killed and restarted.
@@ -20,7 +20,7 @@ from pathlib import Path
 from pushcut.envpool.spec import EnvSpec
 from pushcut.envpool.transport import Channel, FramedChannel, Transport, check_welcome
 from pushcut.errors import EnvError
-from pushcut.wire import PROTOCOL_VERSION, ChannelClosed, ChannelTimeout, FramedSocket
+from pushcut.envpool.wire import PROTOCOL_VERSION, ChannelClosed, ChannelTimeout, FramedSocket
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 """One env worker = one core's worth of work: no BLAS/OpenMP thread pools inside it."""
@@ -29,7 +29,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 MIN_CPU_S = 0.1
 """CPU time a silent worker must have used since the last look to count as working, not frozen."""
 
-WORKER_MAIN = "import sys; from pushcut.envpool.worker import main; sys.exit(main())"
+WORKER_MAIN = "import sys; from pushcut.envpool.host import main; sys.exit(main())"
 """What a worker process runs (``-c``, not ``-m``: the package imports the module first)."""
 
 

@@ -97,27 +97,27 @@ class RayTransportConfig(TransportConfig):
 
 
 def inline_transport(config: InlineTransportConfig, rollout: Any) -> Transport:
-    from pushcut.envpool.inline import InlineTransport
+    from pushcut.envpool.transports.inline import InlineTransport
 
     return InlineTransport()
 
 
 def process_transport(config: ProcessTransportConfig, rollout: Any) -> Transport:
-    from pushcut.envpool.process import ProcessTransport
+    from pushcut.envpool.transports.process import ProcessTransport
 
     return ProcessTransport(config.python, rollout.startup_timeout_s)
 
 
 def socket_transport(config: SocketTransportConfig, rollout: Any) -> Transport:
-    from pushcut.envpool.remote import SocketTransport
-    from pushcut.wire import load_token
+    from pushcut.envpool.transports.socket import SocketTransport
+    from pushcut.envpool.wire import load_token
 
     return SocketTransport(config.addresses, load_token(config.token_file), config.tls_ca, config.connect_timeout_s,
                            config.connect_attempts, config.max_frame_mb)
 
 
 def ray_transport(config: RayTransportConfig, rollout: Any) -> Transport:
-    from pushcut.envpool.ray import RayTransport  # Ray itself is imported when the transport is built
+    from pushcut.envpool.transports.ray import RayTransport  # Ray itself is imported when the transport is built
 
     return RayTransport(config.num_cpus, config.num_gpus, dict(config.resources), config.python,
                         dict(config.runtime_env), rollout.startup_timeout_s)
