@@ -71,6 +71,12 @@ def test_the_env_contract_passes_the_real_tabletop():
         EnvContract().test_early_stop_and_step_bookkeeping(env)
 
 
+def assert_runs(code: str) -> None:
+    """``code`` runs in a fresh interpreter and prints ok."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_the_env_suite_imports_without_torch():
     """A simulator's venv has no torch: the Env and robot-driver suites must import there."""
     code = ("import sys; sys.modules['torch'] = None\n"
@@ -78,8 +84,7 @@ def test_the_env_suite_imports_without_torch():
             "assert c.torch is None and t.EnvContract and t.RobotDriverContract\n"
             "import pushcut.demos, pushcut.envpool.slot\n"
             "print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert_runs(code)
 
 
 def test_importing_pushcut_testing_imports_neither_pytest_nor_torch():
@@ -90,8 +95,7 @@ def test_importing_pushcut_testing_imports_neither_pytest_nor_torch():
             "from pushcut.testing import EnvContract\n"
             "assert 'pytest' in sys.modules\n"
             "print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert_runs(code)
 
 
 class Jittery(Mutated):
