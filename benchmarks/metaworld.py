@@ -1,9 +1,9 @@
 """The cold start on a published benchmark: Meta-World MT10 with ONE expert demonstration per task
 -> SFT of the tiny VLA -> GRPO -> greedy evaluation on held-out task variations, beside the same SFT
-from 10 and 50 demos per task (SimpleVLA-RL's "1 demo + RL vs many demos" comparison).
+from 10 and 40 demos per task (SimpleVLA-RL's "1 demo + RL vs many demos" comparison).
 
     bash scripts/setup-metaworld.sh
-    MUJOCO_GL=egl python benchmarks/metaworld.py --seeds 0 1 [--demos 1 10 50] [--iterations 40] [overrides...]
+    MUJOCO_GL=egl python benchmarks/metaworld.py --seeds 0 1 [--demos 1 10 40] [--iterations 40] [overrides...]
 
 Meta-World runs in its own venv (``--python``, default .venv-metaworld/bin/python) behind the env
 transport; the trainer stays in this one. Per seed it writes, under ``--root`` (runs/bench_metaworld):
@@ -51,6 +51,16 @@ def subset(src: Path, dst: Path, per_task: int) -> None:
     write_demos(dst, demos, env_name="metaworld")
 
 
+def env_overrides(extra: list[str]) -> list[str]:
+    """The config's ``env:`` options as overrides (then the command line's), for ``pushcut demos``,
+    which takes no config file: demos must observe what the policy will (e.g. ``env.state_goal``)."""
+    import yaml
+
+    env = yaml.safe_load(CONFIG.read_text())["env"]
+    return [f"env.{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in env.items() if k != "type"] + [o for o in extra if o.startswith("env.")]
+
+
 def eval_report(run: Path) -> dict:
     return json.loads((run / "eval.json").read_text())
 
@@ -64,7 +74,7 @@ def one_seed(seed: int, args: argparse.Namespace, extra: list[str]) -> dict:
     full = root / f"demos_{max(args.demos)}.hdf5"
     if not full.exists():
         times["demos_s"] = cli("demos", "metaworld", "--per-task", str(max(args.demos)), "--out", str(full),
-                               f"rollout.transport.python={args.python}", *[o for o in extra if o.startswith("env.")], log=log)
+                               f"rollout.transport.python={args.python}", *env_overrides(extra), log=log)
     arms: dict[str, dict] = {}
     for k in sorted(args.demos):
         demos = root / f"demos_{k}.hdf5"
@@ -119,7 +129,8 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--demos", type=int, nargs="+", default=[1, 10, 50], help="SFT sizes (demos per task)")
+    parser.add_argument("--demos", type=int, nargs="+", default=[1, 10, 40],
+                        help="SFT sizes (demos per task; at most 40: one per train variation, the last 10 are held out)")
     parser.add_argument("--rl-from", type=int, nargs="*", default=[1], help="SFT sizes RL starts from")
     parser.add_argument("--iterations", type=int, default=40, help="GRPO iterations")
     parser.add_argument("--python", default=str(REPO / ".venv-metaworld/bin/python"), help="the Meta-World venv")
@@ -127,6 +138,9 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     if not Path(args.python).is_file():
         raise SystemExit(f"no Meta-World venv at {args.python}: run bash scripts/setup-metaworld.sh")
+    if max(args.demos) > 40:
+        raise SystemExit(f"--demos {max(args.demos)}: a task has 40 train variations (50, the last 10 held out) and the "
+                         "scripted expert is deterministic, so at most 40 distinct demos per task")
     results = [one_seed(seed, args, extra) for seed in args.seeds]
     for r in results:
         print(json.dumps({"seed": r["seed"], "mean": r["mean"], "lost": r["lost"], "times": r["times"]}))

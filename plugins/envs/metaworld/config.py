@@ -125,6 +125,10 @@ class MetaworldConfig:
     """The camera the policy sees through: corner, corner2, corner3, corner4, topview, behindGripper, gripperPOV."""
     wrist_camera: bool = False
     """Also observe ``wrist_image`` from the gripper's own camera (gripperPOV)."""
+    state_goal: bool = False
+    """Append the task's goal position (x, y, z; Meta-World's last 3 state entries) to the 4-D state: a
+    7-D state (set ``policy.state_dim: 7``). The goal of reach, push and pick-place is a 2 cm marker,
+    ~3 pixels of a 64 px corner frame; the MT benchmarks put it in the state, the ML ones hide it."""
     gl_backend: str = "auto"
     """OpenGL platform for offscreen rendering: auto, egl or osmesa (see docs/metaworld.md)."""
 
@@ -151,6 +155,9 @@ class MetaworldConfig:
             raise ConfigError(f"env.image_size must be 32..512 pixels, got {self.image_size}")
         if not 32 <= self.video_size <= 1024:
             raise ConfigError(f"env.video_size must be 32..1024 pixels, got {self.video_size}")
+        if self.state_goal and not self.tasks and self.benchmark.startswith("ml"):
+            raise ConfigError(f"env.state_goal: Meta-World's {self.benchmark} hides the goal from the state "
+                              "(meta-learning); use an MT benchmark or an explicit env.tasks list")
         if self.gl_backend not in GL_BACKENDS:
             raise ConfigError(f"env.gl_backend must be one of {', '.join(GL_BACKENDS)}, got {self.gl_backend!r}")
 
@@ -158,6 +165,11 @@ class MetaworldConfig:
     def task_names(self) -> tuple[str, ...]:
         """The tasks this env offers, in order."""
         return self.tasks or BENCHMARKS[self.benchmark]
+
+    @property
+    def state_dim(self) -> int:
+        """Size of the ``state`` observation: 4, or 7 with ``state_goal``."""
+        return 7 if self.state_goal else 4
 
     @property
     def variation_source(self) -> str:

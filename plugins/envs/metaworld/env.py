@@ -179,8 +179,10 @@ class MetaworldEnv(Env):
         obs: Observation = {OBS_IMAGE: self._frame(self.config.camera, self.config.image_size)}
         if self.config.wrist_camera:
             obs[OBS_WRIST_IMAGE] = self._frame(WRIST_CAMERA, self.config.image_size)
-        # proprio: end-effector x, y, z (m) and the gripper opening, the first 4 entries of Meta-World's state
-        obs[OBS_STATE] = np.asarray(self._raw[:4], dtype=np.float32)
+        # proprio: end-effector x, y, z (m) and the gripper opening, the first 4 entries of Meta-World's state;
+        # with state_goal also the goal position, its last 3 (zero where the benchmark hides the goal)
+        state = np.concatenate([self._raw[:4], self._raw[-3:]]) if self.config.state_goal else self._raw[:4]
+        obs[OBS_STATE] = np.asarray(state, dtype=np.float32)
         return obs
 
     def _frame(self, camera: str, size: int) -> np.ndarray:

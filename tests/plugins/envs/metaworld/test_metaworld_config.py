@@ -46,6 +46,7 @@ def test_tasks_benchmarks_and_instructions():
     ({"tasks": ["reach-v3", "reach-v3"]}, r"lists a task twice"),
     ({"num_eval_init_states": 50}, r"num_eval_init_states must be 1..49"),
     ({"max_steps": 600}, r"max_steps must be 1..500"),
+    ({"benchmark": "ml10-train", "state_goal": True}, r"ml10-train hides the goal"),
 ])
 def test_bad_options_are_one_line_with_the_closest_match(options, message):
     with pytest.raises(ConfigError, match=message) as info:
@@ -67,7 +68,7 @@ def test_a_worker_without_metaworld_is_one_line_with_the_fix(tmp_path):
     """rollout.transport.python pointing at a venv that has pushcut but no Meta-World (this one)."""
     cfg = {"run_dir": str(tmp_path / "run"), "env": {"type": "metaworld", "tasks": ["reach-v3"]},
            "policy": {"type": "tiny", "action_dim": 4, "chunk_size": 4},
-           "rollout": {"python": sys.executable, "num_workers": 1, "envs_per_worker": 1},
+           "rollout": {"transport": {"type": "process", "python": sys.executable}, "num_workers": 1, "envs_per_worker": 1},
            "train": {"iterations": 1, "batch_size": 1, "eval_every": 0, "eval_at_start": False}}
     path = tmp_path / "mw.yaml"
     path.write_text(yaml.safe_dump(cfg))

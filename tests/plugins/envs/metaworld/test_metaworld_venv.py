@@ -90,6 +90,26 @@ def test_every_mt10_task_resets_and_its_expert_succeeds_through_the_transport(mt
     assert not np.array_equal(env.reset("pick-place-v3", 2)["image"], other["image"])
 
 
+def test_state_goal_appends_the_tasks_goal_to_the_state():
+    """env.state_goal: the 4-D state (end effector, gripper) plus the goal Meta-World drew for this
+    variation; the default stays 4-D, and different variations have different goals."""
+    out = in_venv(
+        "import json, numpy as np\n"
+        "from pushcut.plugins.envs.metaworld.env import MetaworldEnv\n"
+        "from pushcut.plugins.envs.metaworld.config import MetaworldConfig\n"
+        "plain = MetaworldEnv(MetaworldConfig(tasks=('reach-v3',), image_size=32, video_size=32))\n"
+        "goal = MetaworldEnv(MetaworldConfig(tasks=('reach-v3',), image_size=32, video_size=32, state_goal=True))\n"
+        "a, b = plain.reset('reach-v3', 3)['state'], goal.reset('reach-v3', 3)['state']\n"
+        "target = goal._env._target_pos.tolist()\n"
+        "c = goal.reset('reach-v3', 4)['state']\n"
+        "print(json.dumps({'plain': a.tolist(), 'goal': b.tolist(), 'other': c.tolist(), 'target': target}))").splitlines()[-1]
+    got = json.loads(out)
+    assert len(got["plain"]) == 4 and len(got["goal"]) == 7
+    np.testing.assert_allclose(got["goal"][:4], got["plain"], atol=1e-6)
+    np.testing.assert_allclose(got["goal"][4:], got["target"], atol=1e-5)
+    assert not np.allclose(got["goal"][4:], got["other"][4:])
+
+
 def test_demos_through_the_transport_from_the_trainers_venv(tmp_path):
     out = tmp_path / "mw.hdf5"
     run = subprocess.run([sys.executable, "-m", "pushcut.cli", "demos", "metaworld", "--per-task", "1", "--out", str(out),
@@ -111,7 +131,8 @@ def test_train_one_iteration_and_eval_with_the_tiny_policy(tmp_path):
     cfg.update({"run_dir": str(run_dir)})
     cfg["env"].update({"tasks": ["reach-v3", "drawer-close-v3"], "image_size": 32, "max_steps": 40})
     cfg["policy"]["image_size"] = 32
-    cfg["rollout"].update({"python": MW_PYTHON, "num_workers": 1, "envs_per_worker": 4})
+    cfg["rollout"]["transport"]["python"] = MW_PYTHON
+    cfg["rollout"].update({"num_workers": 1, "envs_per_worker": 4})
     cfg["train"].update({"iterations": 1, "batch_size": 1, "max_sample_rounds": 1, "minibatch_size": 8,
                          "eval_every": 0, "eval_at_start": False})
     cfg["algo"]["group_size"] = 4
