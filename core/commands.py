@@ -11,16 +11,14 @@ from pathlib import Path
 
 from pushcut.config import (
     PluginChoice,
-    RUN_CONFIG_FILE,
     dump_config,
     field_docs,
     load_config,
-    load_run_config,
     read_yaml,
 )
 from pushcut.errors import ConfigError, PluginError
 from pushcut.pluginmanager import PluginManager
-from pushcut.rundir import CHECKPOINT_POLICY, CHECKPOINT_STATE, RunDir
+from pushcut.rundir import CHECKPOINT_POLICY, CHECKPOINT_STATE, CONFIG_FILE, RunDir
 
 
 def plugins(as_json: bool = False) -> int:
@@ -105,9 +103,9 @@ def _config_or_run_dir(target: str, overrides: Sequence[str]):
     """A YAML file, or a run directory (its saved config.yaml: resume / reproduce)."""
     path = Path(target)
     if path.is_dir():
-        return load_run_config(path, overrides)
-    if path.name == RUN_CONFIG_FILE and path.is_file() and (read_yaml(path) or {}).get("run_dir") == ".":
-        return load_run_config(path.parent, overrides)  # a run's own config.yaml: the run it belongs to
+        return RunDir(path).load_config(overrides)
+    if path.name == CONFIG_FILE and path.is_file() and (read_yaml(path) or {}).get("run_dir") == ".":
+        return RunDir(path.parent).load_config(overrides)  # a run's own config.yaml: the run it belongs to
     return load_config(path, overrides)
 
 
@@ -215,7 +213,7 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
     _setup_logging()
     run_dir, weights = _eval_target(target)
     paths = RunDir(run_dir)
-    cfg = load_run_config(run_dir, overrides)
+    cfg = RunDir(run_dir).load_config(overrides)
     if weights is None:
         from pushcut.errors import CheckpointError
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from pushcut.checkpoint import list_checkpoints
-from pushcut.config import RunConfig, check_continues, load_config, save_config
+from pushcut.config import RunConfig, load_config
 from pushcut.contracts import OBS_WRIST_IMAGE
 from pushcut.demos import record_demo_file
 from pushcut.rundir import RunDir
@@ -50,7 +50,7 @@ def run_quickstart(overrides: list[str], config_path: str | Path | None = None) 
     # checkpoints are the Trainer's to check).
     finished = ("env", "policy", "sft", "seed") if sft_dir.exists() else ("env",) if demo_path.exists() else ()
     if finished:
-        check_continues(cfg, run_dir, allowed=QUICKSTART_SETS, only=finished)
+        RunDir(run_dir).check_continues(cfg, allowed=QUICKSTART_SETS, only=finished)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.train.torch_threads:  # env workers share the cores: oversubscribed torch threads crawl
         torch.set_num_threads(cfg.train.torch_threads)
@@ -65,7 +65,7 @@ def run_quickstart(overrides: list[str], config_path: str | Path | None = None) 
             record_demo_file(env, cfg.env.type, cfg.sft.demos_per_task, demo_path, noise=cfg.sft.demo_noise)
         timings["demos_s"] = time.perf_counter() - t
     if not list_checkpoints(run_dir):  # once RL has begun, its config is the Trainer's to keep
-        save_config(cfg, run_dir)
+        RunDir(run_dir).save_config(cfg)
     cfg.sft.demos = (str(demo_path),)
     if not cfg.sft.wrist_image_key and _has_wrist_images(demo_path):
         cfg.sft.wrist_image_key = OBS_WRIST_IMAGE  # the env's wrist camera is on: SFT reads it from the demos too

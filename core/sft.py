@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pushcut.build import build_policy
-from pushcut.config import RunConfig, save_config
+from pushcut.config import RunConfig
 from pushcut.contracts import ObsBatch, Policy
 from pushcut.demos import Demo, DemoKeys, chunk_targets, read_demos
 from pushcut.errors import ConfigError, DataError
@@ -147,7 +147,7 @@ def run_sft(config: RunConfig) -> Path:
     """``pushcut sft``: train the configured policy on ``sft.demos``; returns the saved policy directory."""
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir)
+    RunDir(run_dir).save_config(config)
     if config.train.torch_threads:
         torch.set_num_threads(config.train.torch_threads)
     torch.manual_seed(config.seed)

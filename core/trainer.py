@@ -40,7 +40,7 @@ from pushcut.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pushcut.config import RunConfig, check_continues, save_config, to_dict
+from pushcut.config import RunConfig, to_dict
 from pushcut.contracts import INFO_COUNTERS, ObsBatch, Policy, TaskSpec, has_value_head
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.evaluate import eval_metrics, evaluate, stage_reach, write_report
@@ -248,8 +248,8 @@ class Trainer:
             if not t.resume:
                 raise ConfigError(f"{self.run_dir} already holds checkpoints and train.resume=false: "
                                   "use a new run_dir, or resume (train.resume=true)")
-            check_continues(cfg, self.run_dir, manager=self.manager)
-        save_config(cfg, self.run_dir)
+            RunDir(self.run_dir).check_continues(cfg, manager=self.manager)
+        RunDir(self.run_dir).save_config(cfg)
         clean_partial(self.run_dir)
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)

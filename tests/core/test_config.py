@@ -11,15 +11,12 @@ from pushcut.config import (
     PluginChoice,
     RunConfig,
     apply_overrides,
-    check_continues,
-    config_changes,
     dump_config,
     field_docs,
     load_config,
-    load_run_config,
-    save_config,
 )
 from pushcut.errors import ConfigError
+from pushcut.rundir import RunDir, config_changes
 from pushcut.testing import registered_plugin
 
 
@@ -171,8 +168,8 @@ def test_bad_override_syntax():
 
 def test_saved_config_reproduces_run(manager, tmp_path):
     cfg = load_config(None, [*TOY, "algo.group_size=4", "policy.hidden=7", "env.tasks=[x]", "algo.clip_ratio_c=3"], manager)
-    save_config(cfg, tmp_path / "run")
-    again = load_run_config(tmp_path / "run", [], manager)
+    RunDir(tmp_path / "run").save_config(cfg)
+    again = RunDir(tmp_path / "run").load_config([], manager)
     assert again.run_dir == str(tmp_path / "run")  # the directory it was loaded from, not a recorded name
     assert dataclasses.replace(again, run_dir=cfg.run_dir) == cfg
     data = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
@@ -252,13 +249,13 @@ def test_config_changes_lists_what_a_continued_run_may_not_change(manager):
 
 
 def test_check_continues_names_each_change_and_passes_a_fresh_directory(manager, tmp_path):
-    check_continues(load_config(None, TOY, manager), tmp_path / "new", manager=manager)  # nothing saved: no check
-    save_config(load_config(None, [*TOY, f"run_dir={tmp_path}"], manager), tmp_path)
-    check_continues(load_config(None, [*TOY, "train.iterations=7"], manager), tmp_path, manager=manager)
+    RunDir(tmp_path / "new").check_continues(load_config(None, TOY, manager), manager=manager)  # nothing saved: no check
+    RunDir(tmp_path).save_config(load_config(None, [*TOY, f"run_dir={tmp_path}"], manager))
+    RunDir(tmp_path).check_continues(load_config(None, [*TOY, "train.iterations=7"], manager), manager=manager)
     with pytest.raises(ConfigError, match=r"policy.dropout: 0.0 there, 0.5 now; algo.group_size: 8 there, 4 now\. "
                                           r"Pick a fresh run_dir"):
-        check_continues(load_config(None, [*TOY, "algo.group_size=4", "policy.dropout=0.5"], manager), tmp_path,
-                        manager=manager)
+        RunDir(tmp_path).check_continues(load_config(None, [*TOY, "algo.group_size=4", "policy.dropout=0.5"], manager),
+                                         manager=manager)
 
 
 def test_run_paths_are_relative_inside_the_run_and_absolute_outside(manager, tmp_path, monkeypatch):
@@ -266,7 +263,7 @@ def test_run_paths_are_relative_inside_the_run_and_absolute_outside(manager, tmp
     (tmp_path / "outside").mkdir()
     cfg = load_config(None, [*TOY, "run_dir=runs/a", "train.init_from=runs/a/sft/policy",
                              "sft.demos=[runs/a/demos.hdf5,outside/more.hdf5]"], manager)
-    save_config(cfg, cfg.run_dir)
+    RunDir(cfg.run_dir).save_config(cfg)
     data = yaml.safe_load((tmp_path / "runs/a/config.yaml").read_text())
     assert data["run_dir"] == "."
     assert data["train"]["init_from"] == "sft/policy"
@@ -274,18 +271,18 @@ def test_run_paths_are_relative_inside_the_run_and_absolute_outside(manager, tmp
     # moved, and loaded from another working directory: inside paths follow the run, outside ones stay
     (tmp_path / "runs/a").rename(tmp_path / "moved")
     monkeypatch.chdir(tmp_path / "outside")
-    moved = load_run_config(tmp_path / "moved", [], manager)
+    moved = RunDir(tmp_path / "moved").load_config([], manager)
     assert moved.run_dir == str(tmp_path / "moved")
     assert moved.train.init_from == str(tmp_path / "moved/sft/policy")
     assert moved.sft.demos == (str(tmp_path / "moved/demos.hdf5"), str(tmp_path / "outside/more.hdf5"))
     # a path given on the command line is relative to the working directory, as always
-    assert load_run_config(tmp_path / "moved", ["train.init_from=p"], manager).train.init_from == "p"
-    assert load_run_config(tmp_path / "moved", [f"run_dir={tmp_path / 'moved'}"], manager).run_dir == str(
+    assert RunDir(tmp_path / "moved").load_config(["train.init_from=p"], manager).train.init_from == "p"
+    assert RunDir(tmp_path / "moved").load_config([f"run_dir={tmp_path / 'moved'}"], manager).run_dir == str(
         tmp_path / "moved")
     with pytest.raises(ConfigError, match=r"run_dir=elsewhere differs from the run directory given .*cp -r"):
-        load_run_config(tmp_path / "moved", ["run_dir=elsewhere"], manager)
+        RunDir(tmp_path / "moved").load_config(["run_dir=elsewhere"], manager)
     with pytest.raises(ConfigError, match="without config.yaml"):
-        load_run_config(tmp_path / "outside", [], manager)
+        RunDir(tmp_path / "outside").load_config([], manager)
 
 
 def test_policy_device_has_moved_to_train_device(manager):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from pushcut.config import load_config, load_run_config, save_config
+from pushcut.config import load_config
+from pushcut.rundir import RunDir
 
 
 def test_rollout_python_is_saved_absolute_with_its_venv_link_kept(tmp_path, monkeypatch):
@@ -20,10 +21,10 @@ def test_rollout_python_is_saved_absolute_with_its_venv_link_kept(tmp_path, monk
     (tmp_path / "token").write_text("t")
     monkeypatch.chdir(tmp_path)
     config = load_config(overrides=["rollout.transport.python=sim-venv/bin/python", f"run_dir={tmp_path / 'runs' / 'a'}"])
-    save_config(config, config.run_dir)
+    RunDir(config.run_dir).save_config(config)
     remote = load_config(overrides=["rollout.transport=socket", "rollout.transport.addresses=[127.0.0.1:7171]",
                                     "rollout.transport.token_file=token", f"run_dir={tmp_path / 'runs' / 'b'}"])
-    save_config(remote, remote.run_dir)
+    RunDir(remote.run_dir).save_config(remote)
     saved = yaml.safe_load((tmp_path / "runs" / "a" / "config.yaml").read_text())
     assert saved["rollout"]["transport"]["python"] == str(venv / "python")  # absolute, not resolved to the base interpreter
     saved = yaml.safe_load((tmp_path / "runs" / "b" / "config.yaml").read_text())
@@ -31,7 +32,7 @@ def test_rollout_python_is_saved_absolute_with_its_venv_link_kept(tmp_path, monk
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # `pushcut eval DIR` from another directory
-    loaded = load_run_config(tmp_path / "runs" / "a").rollout.transport.options
+    loaded = RunDir(tmp_path / "runs" / "a").load_config().rollout.transport.options
     assert Path(loaded.python) == venv / "python" and os.path.isfile(loaded.python)
 
 
@@ -40,8 +41,8 @@ def test_an_interpreter_inside_the_run_directory_travels_with_it(tmp_path):
     (run / "venv" / "bin").mkdir(parents=True)
     (run / "venv" / "bin" / "python").symlink_to(sys.executable)
     config = load_config(overrides=[f"rollout.transport.python={run / 'venv' / 'bin' / 'python'}", f"run_dir={run}"])
-    save_config(config, run)
+    RunDir(run).save_config(config)
     assert yaml.safe_load((run / "config.yaml").read_text())["rollout"]["transport"]["python"] == "venv/bin/python"
     moved = tmp_path / "moved"
     run.rename(moved)
-    assert load_run_config(moved).rollout.transport.options.python == str(moved / "venv" / "bin" / "python")
+    assert RunDir(moved).load_config().rollout.transport.options.python == str(moved / "venv" / "bin" / "python")

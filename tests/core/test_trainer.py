@@ -15,7 +15,7 @@ import torch
 
 from pushcut import hookimpl
 from pushcut.checkpoint import latest_checkpoint, list_checkpoints, verify_checkpoint
-from pushcut.config import TrainConfig, load_config, load_run_config, save_config
+from pushcut.config import TrainConfig, load_config
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.rundir import RunDir
 from pushcut.testing import registered_plugin
@@ -67,7 +67,7 @@ def test_metrics_tensorboard_config_and_eval_files(manager, tmp_path):
     assert (run_dir / "config.yaml").is_file() and (run_dir / "evals" / "step_000002.json").is_file()
     assert (run_dir / "success.png").stat().st_size > 5000  # every finished run draws its curves
     assert not (run_dir / "stages.png").exists()  # the toy env names no stages
-    again = load_run_config(run_dir, [], manager)
+    again = RunDir(run_dir).load_config([], manager)
     assert again.run_dir == str(run_dir) and dataclasses.replace(again, run_dir=cfg.run_dir) == cfg
     # RunDir names exactly what the run wrote: nothing elsewhere, nothing it names missing
     paths = RunDir(run_dir)
@@ -336,9 +336,9 @@ def test_a_copied_or_moved_run_resumes_in_place_from_anywhere(manager, tmp_path,
     common = ["train.iterations=2", "train.save_every=1", "train.eval_every=0", "eval.max_init_states=2"]
     run(manager, tmp_path, "runs/original", *common)
     (tmp_path / "runs/original/sft/policy").mkdir(parents=True)  # a path inside the run, as the quickstart records
-    cfg = load_run_config(tmp_path / "runs/original", [], manager)
+    cfg = RunDir(tmp_path / "runs/original").load_config([], manager)
     cfg.train.init_from = "runs/original/checkpoints/step_000001/policy"  # relative to the cwd when given
-    save_config(cfg, tmp_path / "runs/original")
+    RunDir(tmp_path / "runs/original").save_config(cfg)
     assert "init_from: checkpoints/step_000001/policy" in (tmp_path / "runs/original/config.yaml").read_text()
     before = _digests(tmp_path / "runs/original")
     shutil.copytree(tmp_path / "runs/original", tmp_path / "elsewhere/copy")
