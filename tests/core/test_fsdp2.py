@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pushcut.config import load_config
+from pushcut.configio import load_config
 from pushcut.contracts import ObsBatch
 from pushcut.learner import update_policy
 from pushcut.plugins.policies.tiny.config import TinyTokenVLAConfig
@@ -57,7 +57,7 @@ def make_batch(policy: TinyTokenVLA, seed: int) -> EpisodeBatch:
     return batch.with_advantages(adv)
 
 
-def rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
+def rank_main(rank: int, world: int, port: int, out_dir: str, checkpointing: bool) -> None:
     import torch.distributed as dist
 
     from pushcut.distributed import gathered, shard_policy
@@ -70,7 +70,7 @@ def rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.manual_seed(0)
         policy = TinyTokenVLA(TinyTokenVLAConfig(**OPTIONS))
         batch = make_batch(policy, seed=1)
-        shard_policy(policy)
+        shard_policy(policy, activation_checkpointing=checkpointing)
         assert len(policy.shard_units()) == 4  # 2 decoder + 2 encoder layers, each its own FSDP unit
         optimizer = torch.optim.AdamW(list(policy.trainable_parameters()), lr=cfg.train.lr)
         obs = ObsBatch.from_observations(batch[0].observations[:1], [batch[0].instruction], [batch[0].task_id])
@@ -98,7 +98,8 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_fsdp2_update_of_the_tiny_vla_on_two_ranks_equals_the_single_process(tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "activation-checkpointing"])
+def test_fsdp2_update_of_the_tiny_vla_on_two_ranks_equals_the_single_process(tmp_path, checkpointing):
     cfg = load_config(None, OVERRIDES)
     torch.manual_seed(0)
     policy = TinyTokenVLA(TinyTokenVLAConfig(**OPTIONS))
@@ -110,7 +111,8 @@ def test_fsdp2_update_of_the_tiny_vla_on_two_ranks_equals_the_single_process(tmp
     optimizer = torch.optim.AdamW(list(policy.trainable_parameters()), lr=cfg.train.lr)
     want = [update_policy(policy, optimizer, batch, cfg, torch.Generator().manual_seed(3)) for _ in range(2)]
 
-    mp.start_processes(rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(rank_main, args=(2, free_port(), str(tmp_path), checkpointing), nprocs=2, join=True,
+                       start_method="spawn")
     got = torch.load(tmp_path / "sharded.pt", weights_only=False)
 
     for w, g in zip(want, got["metrics"]):
