@@ -76,7 +76,7 @@ def sampling(policy, args: argparse.Namespace, label: str) -> dict[int, float]:
 
 def chunk_batch(policy, args: argparse.Namespace, n: int):
     """An EpisodeBatch of ``n`` one-chunk episodes sampled from ``policy``, in two groups with mixed rewards."""
-    from pushcut.rollout import Episode, EpisodeBatch
+    from pushcut.batch import Episode, EpisodeBatch
 
     obs = ovb.observations(n, ovb.SIZES[args.size]["image"])
     with torch.no_grad():
@@ -95,7 +95,7 @@ def chunk_batch(policy, args: argparse.Namespace, n: int):
 
 def update(args: argparse.Namespace, directory: Path, label: str, lora_rank: int, sharded: bool) -> float:
     """Tokens/s of one optimiser step over ``args.update_batch`` chunks; prints the line."""
-    from pushcut.config import load_config
+    from pushcut.configio import load_config
     from pushcut.learner import Shards, update_policy
 
     reset_peak(args.device)

@@ -14,7 +14,8 @@ import torch
 
 from pushcut.config import EVAL_SPLITS
 from pushcut.contracts import INFO_STAGE, NO_STAGE
-from pushcut.rollout import Episode, RolloutCollector
+from pushcut.batch import Episode
+from pushcut.rollout import RolloutCollector
 from pushcut.sampling import StartState
 
 log = logging.getLogger("pushcut")

@@ -32,7 +32,7 @@ from pushcut import algos
 from pushcut.config import RunConfig, TrainConfig
 from pushcut.contracts import Policy
 from pushcut.errors import CheckpointError
-from pushcut.rollout import EpisodeBatch
+from pushcut.batch import EpisodeBatch
 from pushcut.rundir import CHECKPOINT_POLICY
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ import pytest
 from pushcut.commands import _print_eval
 from pushcut.contracts import INFO_STAGE, NO_STAGE, TaskSpec
 from pushcut.evaluate import format_stages, stage_reach, summarize
-from pushcut.rollout import Episode
+from pushcut.batch import Episode
 
 
 def episode(task: str, success: bool, stage: str | None = None, failure: str | None = None) -> Episode:

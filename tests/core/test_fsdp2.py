@@ -25,7 +25,7 @@ from pushcut.contracts import ObsBatch
 from pushcut.learner import update_policy
 from pushcut.plugins.policies.tiny.config import TinyTokenVLAConfig
 from pushcut.plugins.policies.tiny.policy import TinyTokenVLA
-from pushcut.rollout import Episode, EpisodeBatch
+from pushcut.batch import Episode, EpisodeBatch
 
 RTOL, ATOL = 1e-4, 1e-5
 OPTIONS = dict(chunk_size=2, action_dim=2, use_state=True, state_dim=3, image_size=32)

@@ -182,7 +182,7 @@ def test_a_detector_that_answers_the_wrong_number_of_verdicts_is_an_error(pool):
 
 
 def test_an_episode_batch_finds_groups_by_their_id_not_their_position(pool):
-    from pushcut.rollout import EpisodeBatch
+    from pushcut.batch import EpisodeBatch
 
     batch, _ = RolloutCollector.for_policy(pool, BinPolicy(BinPolicyConfig(chunk_size=2)), EnvSuccess()).collect(
         [StartState("reach_0", 1), StartState("reach_1", 2), StartState("reach_0", 3)], 2, 1.6, group_offset=5)

@@ -6,7 +6,7 @@ import torch
 
 from pushcut import algos
 from pushcut.errors import ConfigError
-from pushcut.rollout import Episode
+from pushcut.batch import Episode
 from pushcut.sampling import (
     SAMPLERS, BandSampler, MixedSampler, StartState, UniformSampler, make_sampler, mixed_group_chance,
 )
