@@ -49,7 +49,7 @@ def toy(args: argparse.Namespace) -> None:
     import os
 
     os.environ.setdefault("PUSHCUT_DISABLE_PLUGIN_AUTOLOAD", "1")
-    from pushcut.config import load_config
+    from pushcut.configio import load_config
     from pushcut.testing import registered_plugin
     from pushcut.toys import ToyPlugin
     from pushcut.trainer import Trainer

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pushcut.config import to_dict
+from pushcut.configio import to_dict
 from pushcut.envpool import EnvPool
 from pushcut.envpool.transports.socket import SocketTransport
 from pushcut.envpool.spec import EnvSpec
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
 
-    from pushcut.config import build_dataclass
+    from pushcut.configio import build_dataclass
 
     options = robot_options(args.image_size, 0.0)
     config = build_dataclass(RealEnvConfig, options, "env")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pushcut.config import build_dataclass, to_dict
+from pushcut.configio import build_dataclass, to_dict
 from pushcut.envpool import EnvPool, EnvSpec, ProcessTransport
 from pushcut.plugins.envs.robotwin.config import RobotwinConfig
 

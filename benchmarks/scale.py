@@ -44,7 +44,7 @@ def env_rate(transport, workers: int, envs: int, step_ms: float, rounds: int) ->
 
 def learner_rate(args, manager, learners: int, repeats: int) -> tuple[float, float]:
     from pushcut.build import build_collector
-    from pushcut.config import load_config
+    from pushcut.configio import load_config
     from pushcut.distributed import RayLearners
     from pushcut.envpool import EnvPool
     from pushcut.sampling import make_sampler

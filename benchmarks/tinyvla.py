@@ -29,7 +29,7 @@ def one_seed(seed: int, root: Path, b_demos: int, b_sft_steps: int, overrides: l
 
     from pushcut.build import build_collector, build_policy, build_pool
     from pushcut.checkpoint import latest_checkpoint
-    from pushcut.config import load_config
+    from pushcut.configio import load_config
     from pushcut.demos import record_demo_file
     from pushcut.evaluate import evaluate
     from pushcut.plots import eval_reports

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pushcut.config import to_dict
+from pushcut.configio import to_dict
 from pushcut.envpool import EnvPool, EnvSpec, ProcessTransport, SocketTransport
 from pushcut.plugins.envs.tabletop import TabletopConfig
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pushcut.config import RunConfig, check_device
+from pushcut.config import RunConfig
+from pushcut.configio import check_device
 from pushcut.contracts import Policy, SuccessDetector
 from pushcut.envpool import EnvPool, pool_from_config
 from pushcut.errors import CheckpointError

@@ -9,13 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pushcut.config import (
-    PluginChoice,
-    dump_config,
-    field_docs,
-    load_config,
-    read_yaml,
-)
+from pushcut.config import PluginChoice
+from pushcut.configio import dump_config, field_docs, load_config, read_yaml
 from pushcut.errors import ConfigError, PluginError
 from pushcut.pluginmanager import PluginManager
 from pushcut.rundir import CHECKPOINT_POLICY, CHECKPOINT_STATE, CONFIG_FILE, RunDir
@@ -294,13 +289,13 @@ def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str], no
     bad = [o for o in overrides if not o.startswith(("env.", "rollout."))]
     if bad:
         raise ConfigError(f"`pushcut demos` takes env.key=value and rollout.key=value overrides only, got {bad}")
-    from pushcut.config import apply_overrides
+    from pushcut.configio import apply_overrides
 
     data = apply_overrides({}, overrides)
     out = out or f"demos/{env}.hdf5"
     if "rollout" in data:
         return _demos_through_transport(env, per_task, out, data, noise)
-    from pushcut.config import build_dataclass
+    from pushcut.configio import build_dataclass
     from pushcut.pluginmanager import get_plugin_manager
 
     entry = get_plugin_manager().envs.get(env)
@@ -313,7 +308,7 @@ def demos(env: str, per_task: int, out: str | None, overrides: Sequence[str], no
 
 def _demos_through_transport(env: str, per_task: int, out: str, data: dict, noise: float) -> int:
     from pushcut.build import build_pool
-    from pushcut.config import resolve
+    from pushcut.configio import resolve
     from pushcut.demos import record_demo_file
     from pushcut.envpool.slot import SlotEnv
 
@@ -346,7 +341,7 @@ def predict(policy_type: str, checkpoint: str, image: str, instruction: str, wri
     import numpy as np
     import torch
 
-    from pushcut.config import apply_overrides, build_dataclass
+    from pushcut.configio import apply_overrides, build_dataclass
     from pushcut.contracts import ObsBatch
     from pushcut.pluginmanager import get_plugin_manager
 

@@ -54,7 +54,8 @@ from typing import Any
 
 import torch
 
-from pushcut.config import RunConfig, resolve, to_dict
+from pushcut.config import RunConfig
+from pushcut.configio import resolve, to_dict
 from pushcut.contracts import Policy, TaskSpec
 from pushcut.envpool.transports.ray import check_free, connect
 from pushcut.envpool.spec import import_ref

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from pushcut.checkpoint import list_checkpoints
-from pushcut.config import RunConfig, load_config
+from pushcut.config import RunConfig
+from pushcut.configio import load_config
 from pushcut.contracts import OBS_WRIST_IMAGE
 from pushcut.demos import record_demo_file
 from pushcut.rundir import RunDir

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pushcut.config import PluginChoice, RunConfig, apply_overrides, dump_config, read_yaml, resolve, to_dict
+from pushcut.config import PluginChoice, RunConfig
+from pushcut.configio import apply_overrides, dump_config, read_yaml, resolve, to_dict
 from pushcut.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"

@@ -40,7 +40,8 @@ from pushcut.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pushcut.config import RunConfig, to_dict
+from pushcut.config import RunConfig
+from pushcut.configio import to_dict
 from pushcut.contracts import INFO_COUNTERS, ObsBatch, Policy, TaskSpec, has_value_head
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.evaluate import eval_metrics, evaluate, stage_reach, write_report

@@ -30,7 +30,7 @@ __all__ = [
 def transport_from_config(rollout: Any, manager: Any = None) -> Transport:
     """The transport ``rollout.transport`` (a :class:`pushcut.config.RolloutConfig`'s) names, built by
     its registered factory from its config."""
-    from pushcut.config import resolve_choice
+    from pushcut.configio import resolve_choice
     from pushcut.pluginmanager import get_plugin_manager
 
     manager = manager or get_plugin_manager()

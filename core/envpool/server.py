@@ -311,7 +311,7 @@ class EnvServer:
 def build_host(config_path: str, overrides: list[str], envs: int, plugins: list[str]) -> EnvHost:
     """``envs`` instances of the env that ``config_path``'s ``env:`` section names (a run config
     works), resolved through this process's own registry plus ``plugins`` (import references)."""
-    from pushcut.config import apply_overrides, build_dataclass, read_yaml, to_dict
+    from pushcut.configio import apply_overrides, build_dataclass, read_yaml, to_dict
     from pushcut.errors import ConfigError
     from pushcut.pluginmanager import PluginManager, get_plugin_manager
 

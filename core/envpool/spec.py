@@ -43,7 +43,7 @@ class EnvSpec:
     @classmethod
     def from_factory(cls, factory: Callable[[Any], Env], config: Any) -> EnvSpec:
         """The spec of ``factory(config)``: a top-level class or function and a dataclass (or plain) config."""
-        from pushcut.config import to_dict
+        from pushcut.configio import to_dict
 
         ref = import_ref(factory)
         if dataclasses.is_dataclass(config) and not isinstance(config, type):
@@ -55,7 +55,7 @@ class EnvSpec:
     def from_registry(cls, name: str, options: Any, manager: Any) -> EnvSpec:
         """The spec of registered env ``name`` with ``options`` (its config dataclass), naming the
         plugin that registered it so a worker loads only that one."""
-        from pushcut.config import to_dict
+        from pushcut.configio import to_dict
 
         entry = manager.envs.get(name)
         info = manager.infos.get(entry.plugin)
@@ -94,7 +94,7 @@ def import_ref(obj: Any) -> str:
 def resolve_factory(spec: EnvSpec, plugins: Sequence[str] | None = None) -> tuple[Callable[[Any], Env], Any]:
     """``(factory, config)`` for ``spec`` in this process, through this process's own registry.
     Raises whatever the lookup or the config validation raises (a PushcutError names the fix)."""
-    from pushcut.config import build_dataclass
+    from pushcut.configio import build_dataclass
 
     if spec.factory:
         factory = load_ref(spec.factory)

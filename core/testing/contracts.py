@@ -134,7 +134,7 @@ class EnvContract:
 
     def test_config_is_plain_data(self, env: Env) -> None:
         """Envs are rebuilt in their workers from the config as plain data (never a pickle)."""
-        from pushcut.config import build_dataclass, to_dict
+        from pushcut.configio import build_dataclass, to_dict
 
         config = getattr(env, "config", None)
         if config is None:

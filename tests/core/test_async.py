@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from pushcut.config import load_config
+from pushcut.configio import load_config
 from pushcut.errors import ConfigError
 from pushcut.testing import registered_plugin
 from pushcut.toys import ToyPlugin

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import pytest
 
 from pushcut import hookimpl
-from pushcut.config import PluginChoice, apply_overrides, choice, load_config, resolve
+from pushcut.config import PluginChoice, choice
+from pushcut.configio import apply_overrides, load_config, resolve
 from pushcut.configio import build_dataclass
 from pushcut.envpool.transports import ProcessTransportConfig, SocketTransportConfig
 from pushcut.errors import ConfigError, PluginError

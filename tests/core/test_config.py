@@ -6,15 +6,8 @@ import pytest
 import yaml
 
 from pushcut import hookimpl
-from pushcut.config import (
-    AlgoConfig,
-    PluginChoice,
-    RunConfig,
-    apply_overrides,
-    dump_config,
-    field_docs,
-    load_config,
-)
+from pushcut.config import AlgoConfig, PluginChoice, RunConfig
+from pushcut.configio import apply_overrides, dump_config, field_docs, load_config
 from pushcut.errors import ConfigError
 from pushcut.rundir import RunDir, config_changes
 from pushcut.testing import registered_plugin
@@ -212,7 +205,7 @@ def test_shipped_configs_resolve():
     """Every YAML in configs/ whose plugins are available resolves and validates."""
     from pathlib import Path
 
-    from pushcut.config import read_yaml
+    from pushcut.configio import read_yaml
     from pushcut.pluginmanager import get_plugin_manager
 
     manager = get_plugin_manager()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pushcut.cli import main
-from pushcut.config import load_config
+from pushcut.configio import load_config
 from pushcut.demos import DemoKeys, chunk_targets, read_demos, record_demos, write_demos
 from pushcut.errors import ConfigError, DataError
 from pushcut.sft import train_sft

@@ -24,7 +24,7 @@ import torch
 ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install "pushcut[ray]"')
 
 from pushcut import hookimpl  # noqa: E402
-from pushcut.config import load_config  # noqa: E402
+from pushcut.configio import load_config  # noqa: E402
 from pushcut.envpool import EnvPool, SlotFailure  # noqa: E402
 from pushcut.envpool.transports.ray import RayTransport  # noqa: E402
 from pushcut.errors import ConfigError, EnvError, PushcutError  # noqa: E402

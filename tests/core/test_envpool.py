@@ -104,7 +104,7 @@ def test_call_runs_a_function_on_the_inline_transport_only(pool):
 def test_an_env_crosses_as_its_name_and_plain_options(tmp_path):
     """A registered env (here registered in-process) reaches a process worker as name + options +
     the import reference of the plugin that registered it: the worker's own registry builds it."""
-    from pushcut.config import load_config
+    from pushcut.configio import load_config
     from pushcut.envpool import EnvSpec, pool_from_config
     from pushcut.testing import registered_plugin
     from pushcut.toys import ToyPlugin
@@ -145,7 +145,8 @@ def test_a_worker_killed_between_requests_is_restarted():
      "rollout.transport.connect_attempts must be >= 1"),
 ])
 def test_transport_config_errors_name_the_fix(fields, message):
-    from pushcut.config import RolloutConfig, build_dataclass
+    from pushcut.config import RolloutConfig
+    from pushcut.configio import build_dataclass
     from pushcut.errors import PushcutError
 
     with pytest.raises(PushcutError, match=message):
@@ -153,7 +154,8 @@ def test_transport_config_errors_name_the_fix(fields, message):
 
 
 def test_socket_transport_config_counts_one_worker_per_address():
-    from pushcut.config import RolloutConfig, build_dataclass
+    from pushcut.config import RolloutConfig
+    from pushcut.configio import build_dataclass
 
     cfg = build_dataclass(RolloutConfig, {"transport": {"type": "socket", "addresses": ["10.0.0.5:7171", "[::1]:7172"]},
                                           "pipeline": True}, "rollout")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from pushcut import hookimpl
-from pushcut.config import load_config, to_dict
+from pushcut.configio import load_config, to_dict
 from pushcut.envpool import EnvPool, EnvSpec, SlotFailure, SocketTransport
 from pushcut.errors import EnvError
 from pushcut.testing import registered_plugin

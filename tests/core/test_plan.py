@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pushcut.config import load_config
+from pushcut.configio import load_config
 from pushcut.plan import GIB, LLAMA2_7B, llama_shape, plan, policy_shape
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pushcut.cli import main
-from pushcut.config import TrainConfig, load_config
+from pushcut.config import TrainConfig
+from pushcut.configio import load_config
 from pushcut.contracts import ActionSample, ObsBatch
 from pushcut.demos import SIM_STATES, read_demo_states, record_demos, write_demos
 from pushcut.envcontract import can_restore_state

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from pushcut.config import load_config
+from pushcut.configio import load_config
 from pushcut.rundir import RunDir
 
 

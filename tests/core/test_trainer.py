@@ -15,7 +15,8 @@ import torch
 
 from pushcut import hookimpl
 from pushcut.checkpoint import latest_checkpoint, list_checkpoints, verify_checkpoint
-from pushcut.config import TrainConfig, load_config
+from pushcut.config import TrainConfig
+from pushcut.configio import load_config
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.rundir import RunDir
 from pushcut.testing import registered_plugin

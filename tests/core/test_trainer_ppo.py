@@ -11,7 +11,7 @@ import torch
 
 from pushcut import algos, hookimpl
 from pushcut.cli import main
-from pushcut.config import load_config
+from pushcut.configio import load_config
 from pushcut.contracts import ObsBatch, Scores, has_value_head
 from pushcut.errors import ConfigError
 from pushcut.testing import registered_plugin

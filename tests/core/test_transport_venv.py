@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from pushcut.config import load_config, to_dict
+from pushcut.configio import load_config, to_dict
 from pushcut.envpool import EnvPool, EnvSpec, ProcessTransport
 from pushcut.plugins.envs.tabletop import TabletopConfig
 from pushcut.trainer import Trainer

@@ -81,7 +81,7 @@ def test_without_libero_the_env_still_registers_and_is_refused_only_where_it_wou
         import sys
         sys.modules["libero"] = None  # what an environment without the package looks like to find_spec
         from pushcut.pluginmanager import get_plugin_manager
-        from pushcut.config import load_config
+        from pushcut.configio import load_config
         from pushcut.build import build_pool
         from pushcut.errors import ConfigError
         manager = get_plugin_manager()
@@ -171,7 +171,7 @@ def test_config_defaults_follow_the_published_protocol() -> None:
 
 @needs_libero
 def test_the_yaml_configs_resolve() -> None:
-    from pushcut.config import load_config
+    from pushcut.configio import load_config
 
     tiny = load_config(REPO / "configs" / "libero_spatial_tiny.yaml", [])
     assert tiny.env.type == "libero" and tiny.env.options.suite == "libero_spatial"

@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("peft", reason="the tinyvla policy needs the [tinyvla] extra (peft)")
 
-from pushcut.config import load_config  # noqa: E402
+from pushcut.configio import load_config  # noqa: E402
 from pushcut.contracts import ObsBatch  # noqa: E402
 from pushcut.demos import Demo  # noqa: E402
 from pushcut.errors import CheckpointError, ConfigError  # noqa: E402
@@ -455,7 +455,7 @@ def test_registered_and_config_round_trips() -> None:
     tinyvla_plugin.pushcut_register_policies(registry)
     entry = registry.get("tinyvla")
     assert entry.config_class is TinyVLAConfig
-    from pushcut.config import build_dataclass, to_dict
+    from pushcut.configio import build_dataclass, to_dict
 
     config = adapter_config()
     assert build_dataclass(TinyVLAConfig, to_dict(config), "policy") == config

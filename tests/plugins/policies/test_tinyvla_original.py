@@ -370,7 +370,7 @@ def test_grpo_with_the_trainer_on_the_tabletop(tmp_path):
     press_button with the embedded tabletop's two cameras; close_drawer's parameters stay bit-identical
     and the checkpoint is the original layout."""
     pytest.importorskip("mujoco", reason="the tabletop env needs mujoco")
-    from pushcut.config import load_config
+    from pushcut.configio import load_config
     from pushcut.trainer import Trainer
 
     shapes = {**__import__("tinyvla_original_tiny").SHAPES, "action_dim": 4, "state_dim": 4}

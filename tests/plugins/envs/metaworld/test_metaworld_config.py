@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pushcut.config import load_config
+from pushcut.configio import load_config
 from pushcut.errors import ConfigError
 from pushcut.pluginmanager import get_plugin_manager
 from pushcut.plugins.envs.metaworld.config import BENCHMARKS, INSTRUCTIONS, MT10, MetaworldConfig

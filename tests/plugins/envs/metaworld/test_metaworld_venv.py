@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pushcut.config import to_dict
+from pushcut.configio import to_dict
 from pushcut.envpool import EnvPool, EnvSpec, ProcessTransport
 from pushcut.envpool.slot import SlotEnv
 from pushcut.plugins.envs.metaworld.config import BENCHMARKS, INSTRUCTIONS, MT10, MetaworldConfig

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pushcut.actions import normalize_actions, unnormalize_actions
-from pushcut.config import build_dataclass, load_config, to_dict
+from pushcut.configio import build_dataclass, load_config, to_dict
 from pushcut.errors import ConfigError, EnvError
 from pushcut.plugins.envs import robotwin
 from pushcut.plugins.envs.robotwin.config import (

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pushcut.config import build_dataclass, to_dict
+from pushcut.configio import build_dataclass, to_dict
 from pushcut.envcontract import ActionSpec, Env, StepResult, TaskSpec
 from pushcut.envpool import EnvPool, EnvSpec, ProcessTransport, SlotFailure
 from pushcut.errors import EnvError
