@@ -54,14 +54,15 @@ from typing import Any
 
 import torch
 
+from pushcut.batch import EpisodeBatch
 from pushcut.config import RunConfig
 from pushcut.configio import resolve, to_dict
 from pushcut.contracts import Policy, TaskSpec
-from pushcut.envpool.transports.ray import check_free, connect
 from pushcut.envpool.spec import import_ref
+from pushcut.envpool.transports.ray import check_free, connect
 from pushcut.errors import CheckpointError, ConfigError, PushcutError
 from pushcut.learner import SHARDED_DIR, ChunkTargets, Learner, Shards, update_policy
-from pushcut.rollout import EpisodeBatch, RolloutStats
+from pushcut.rollout import RolloutStats
 from pushcut.rundir import CHECKPOINT_POLICY
 from pushcut.sampling import StartState
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from pushcut import algos
+from pushcut.batch import EpisodeBatch
 from pushcut.build import build_collector, build_policy, build_pool
 from pushcut.checkpoint import (
     clean_partial,
@@ -46,10 +47,10 @@ from pushcut.contracts import INFO_COUNTERS, ObsBatch, Policy, TaskSpec, has_val
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.evaluate import eval_metrics, evaluate, stage_reach, write_report
 from pushcut.events import MetricsFile, Progress, TensorBoardLogger
-from pushcut.pluginmanager import PluginManager, get_plugin_manager
-from pushcut.plots import plot_run
-from pushcut.rollout import EpisodeBatch, RolloutCollector
 from pushcut.learner import ChunkTargets, Learner, make_learner
+from pushcut.plots import plot_run
+from pushcut.pluginmanager import PluginManager, get_plugin_manager
+from pushcut.rollout import RolloutCollector
 from pushcut.rundir import CHECKPOINT_POLICY, RunDir
 from pushcut.sampling import StartStateSampler, make_sampler, with_curriculum
 
