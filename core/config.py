@@ -301,8 +301,10 @@ class TrainConfig:
     activation_checkpointing: bool = False
     """fsdp2: recompute each shard unit's activations in the backward pass instead of keeping them."""
     async_rollouts: bool = False
-    """One-step asynchronous training: collect iteration k+1's rollouts with iteration k's weights while
-    iteration k's update runs (rollout/stale_versions 1; the clipped ratio uses the sampling-time log-probs)."""
+    """One-step asynchronous training: iteration k+1's rollouts overlap iteration k's update.
+
+    The rollouts sample with iteration k's weights while the update runs in a thread
+    (``rollout/stale_versions`` 1; the clipped ratio uses the sampling-time log-probs)."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "max_sample_rounds", "ppo_epochs", "minibatch_size",
