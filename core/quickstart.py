@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -42,47 +44,78 @@ def default_config_path() -> Path:
     return Path(str(files("pushcut.configs") / "quickstart.yaml"))
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One step of the quickstart: what it writes (it is skipped when that exists, unless ``always``),
+    which stages' outputs it reads, the config sections that must not change once it has run (a rerun
+    continues), and what the later stages take from its output whether it ran now or before."""
+
+    name: str
+    output: Callable[[RunDir], Path]
+    depends_on: tuple[str, ...]
+    fixes: tuple[str, ...]
+    run: Callable[[RunConfig, RunDir], None]
+    then: Callable[[RunConfig, RunDir], None] | None = None
+    always: bool = False
+
+
+def _record_demos(cfg: RunConfig, paths: RunDir) -> None:
+    with get_plugin_manager().envs.get(cfg.env.type).build(cfg.env.options) as env:
+        record_demo_file(env, cfg.env.type, cfg.sft.demos_per_task, paths.demos, noise=cfg.sft.demo_noise)
+
+
+def _use_demos(cfg: RunConfig, paths: RunDir) -> None:
+    """The demos the later stages train on: the ones just recorded, or a rerun's (checked to match)."""
+    check_cached_demos(paths.demos, cfg)
+    if not list_checkpoints(paths.root):  # once RL has begun, its config is the Trainer's to keep
+        paths.save_config(cfg)
+    cfg.sft.demos = (str(paths.demos),)
+    if not cfg.sft.wrist_image_key and _has_wrist_images(paths.demos):
+        cfg.sft.wrist_image_key = OBS_WRIST_IMAGE  # the env's wrist camera is on: SFT reads it from the demos too
+
+
+def _rl(cfg: RunConfig, paths: RunDir) -> None:
+    cfg.train.init_from = str(paths.sft_policy)
+    cfg.train.eval_at_start = True  # the step-0 evaluation is the SFT policy's
+    Trainer(cfg).run()
+
+
+STAGES = (
+    Stage("demos", lambda p: p.demos, (), ("env",), _record_demos, then=_use_demos),
+    Stage("sft", lambda p: p.sft_policy, ("demos",), ("env", "policy", "sft", "seed"), lambda cfg, _: run_sft(cfg)),
+    # RL continues from its own checkpoints, whose config the Trainer checks: it always runs
+    Stage("rl", lambda p: p.summary, ("sft",), (), _rl, always=True),
+)
+"""demos (scripted expert, ``sft.demos_per_task`` per task) → SFT → GRPO with greedy evals before and after."""
+
+
 def run_quickstart(overrides: list[str], config_path: str | Path | None = None) -> dict[str, Any]:
     cfg = load_config(config_path or default_config_path(), overrides)
-    run_dir = Path(cfg.run_dir)
-    demo_path = RunDir(run_dir).demos
-    sft_dir = RunDir(run_dir).sft_policy  # where run_sft saves
-    # A rerun continues the stages that have output; they must not change under it (RL's own
-    # checkpoints are the Trainer's to check).
-    finished = ("env", "policy", "sft", "seed") if sft_dir.exists() else ("env",) if demo_path.exists() else ()
-    if finished:
-        RunDir(run_dir).check_continues(cfg, allowed=QUICKSTART_SETS, only=finished)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = RunDir(cfg.run_dir)
+    done = [stage for stage in STAGES if stage.output(paths).exists()]
+    fixed = tuple(dict.fromkeys(section for stage in done for section in stage.fixes))
+    if fixed:  # a rerun continues the stages that have output; they must not change under it
+        paths.check_continues(cfg, allowed=QUICKSTART_SETS, only=fixed)
+    paths.root.mkdir(parents=True, exist_ok=True)
     if cfg.train.torch_threads:  # env workers share the cores: oversubscribed torch threads crawl
         torch.set_num_threads(cfg.train.torch_threads)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-
-    if demo_path.exists():
-        check_cached_demos(demo_path, cfg)
-    else:
-        t = time.perf_counter()
-        with get_plugin_manager().envs.get(cfg.env.type).build(cfg.env.options) as env:
-            record_demo_file(env, cfg.env.type, cfg.sft.demos_per_task, demo_path, noise=cfg.sft.demo_noise)
-        timings["demos_s"] = time.perf_counter() - t
-    if not list_checkpoints(run_dir):  # once RL has begun, its config is the Trainer's to keep
-        RunDir(run_dir).save_config(cfg)
-    cfg.sft.demos = (str(demo_path),)
-    if not cfg.sft.wrist_image_key and _has_wrist_images(demo_path):
-        cfg.sft.wrist_image_key = OBS_WRIST_IMAGE  # the env's wrist camera is on: SFT reads it from the demos too
-    if not sft_dir.exists():
-        t = time.perf_counter()
-        run_sft(cfg)
-        timings["sft_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    cfg.train.init_from = str(sft_dir)
-    cfg.train.eval_at_start = True  # the step-0 evaluation is the SFT policy's
-    Trainer(cfg).run()
-    timings["rl_s"] = time.perf_counter() - t
+    outputs = {stage.name: stage.output for stage in STAGES}
+    for stage in STAGES:
+        if stage.always or not stage.output(paths).exists():
+            missing = [name for name in stage.depends_on if not outputs[name](paths).exists()]
+            if missing:
+                raise ConfigError(f"quickstart stage {stage.name!r} needs the output of {', '.join(missing)}, "
+                                  f"missing from {paths.root}; delete the run directory to start over")
+            t = time.perf_counter()
+            stage.run(cfg, paths)
+            timings[f"{stage.name}_s"] = time.perf_counter() - t
+        if stage.then is not None:
+            stage.then(cfg, paths)
     timings["total_s"] = time.perf_counter() - t0
 
-    summary = summarize(cfg, run_dir, timings)
+    summary = summarize(cfg, paths.root, timings)
     print_table(summary)
     return summary
 
