@@ -236,7 +236,13 @@ def update_policy(
                     if shards is None or not shards.sharded:
                         break
                     loss = loss * 0.0  # sharded: every rank still runs its backward; the step is skipped below
-                if shards is not None and shards.sharded:
+                if not loss.requires_grad:  # rows served only by frozen weights (a TinyVLA task's frozen adapter)
+                    if shards is not None and shards.sharded:
+                        raise RuntimeError(
+                            "a micro-batch has no gradient path (its rows use only frozen weights) on a sharded learner "
+                            "rank, which must still join the gradient reduction: train such a policy with "
+                            "train.strategy=replicate")
+                elif shards is not None and shards.sharded:
                     (loss * shards.world).backward()  # FSDP2 averages gradients over ranks; the update needs their sum
                 else:
                     loss.backward()

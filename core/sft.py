@@ -118,9 +118,10 @@ def train_sft(policy: Policy, demos: list[Demo], config: RunConfig, log_path: Pa
         if not torch.isfinite(loss):
             raise DataError(f"SFT loss became {float(loss)} at step {step}: check the demo actions for NaN / huge values")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip)
-        optimizer.step()
+        if loss.requires_grad:  # a batch served only by frozen weights (a frozen task adapter) teaches nothing
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip)
+            optimizer.step()
         schedule.step()
         losses.append(float(loss.detach()))
         if progress is not None and (step % 10 == 0 or step == s.steps):

@@ -576,7 +576,7 @@ class OriginalTinyVLAPolicy(Policy):
             return lp, ent.reshape(m, -1)
 
         log_probs, entropy = self._per_group(obs, score)
-        return Scores(log_probs=self._keep_graph(log_probs), entropy=entropy.detach())
+        return Scores(log_probs=log_probs, entropy=entropy.detach())
 
     def sft_loss(self, obs: ObsBatch, expert_actions: np.ndarray) -> torch.Tensor:
         """The original's training loss: ε-prediction MSE at a uniform t, actions min/max-normalised to [-1, 1]."""
@@ -597,13 +597,7 @@ class OriginalTinyVLAPolicy(Policy):
             return (((eps - noise) ** 2).mean(dim=(1, 2)),)
 
         (per_row,) = self._per_group(obs, loss)
-        return self._keep_graph(per_row).mean()
-
-    def _keep_graph(self, value: torch.Tensor) -> torch.Tensor:
-        if value.requires_grad or not torch.is_grad_enabled():
-            return value
-        params = self.trainable_parameters()
-        return value + 0.0 * sum(p.reshape(-1)[0] for p in params) if params else value
+        return per_row.mean()  # rows served only by frozen adapters: no gradient path, and the engine skips them
 
     # ------------------------------------------------------------------ original files
 

@@ -354,7 +354,7 @@ class TinyVLAPolicy(Policy):
             return lp, ent.reshape(m, -1)
 
         log_probs, entropy = self._per_group(obs, score)
-        return Scores(log_probs=self._keep_graph(log_probs), entropy=entropy.detach())
+        return Scores(log_probs=log_probs, entropy=entropy.detach())
 
     def sft_loss(self, obs: ObsBatch, expert_actions: np.ndarray) -> torch.Tensor:
         """ε-prediction MSE: x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε at a uniform t; mean over all rows and elements."""
@@ -374,17 +374,7 @@ class TinyVLAPolicy(Policy):
             return (((eps - noise) ** 2).mean(dim=(1, 2)),)
 
         (per_row,) = self._per_group(obs, loss)
-        return self._keep_graph(per_row).mean()
-
-    def _keep_graph(self, value: torch.Tensor) -> torch.Tensor:
-        """A batch served only by frozen adapters has no gradient path; tie it to the trainable weights
-        with a zero so the engine's backward() still works (the update it makes is exactly zero)."""
-        if value.requires_grad or not torch.is_grad_enabled():
-            return value
-        params = self.trainable_parameters()
-        if not params:
-            return value
-        return value + 0.0 * sum(p.reshape(-1)[0] for p in params)
+        return per_row.mean()  # rows served only by frozen adapters: no gradient path, and the engine skips them
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -460,3 +460,32 @@ def test_registered_and_config_round_trips() -> None:
     config = adapter_config()
     assert build_dataclass(TinyVLAConfig, to_dict(config), "policy") == config
     assert dataclasses.asdict(config)["adapters"]["tasks"] == TASKS
+
+
+def test_an_update_on_rows_of_frozen_adapters_only_runs_and_changes_nothing() -> None:
+    """Rows whose task adapter is frozen have no gradient path: the engine skips their backward (no
+    zero-tie to the trainable weights in the policy) and the update leaves every weight as it was."""
+    from pushcut.batch import Episode, EpisodeBatch
+    from pushcut.learner import update_policy
+
+    config = adapter_config(head="unet", rl_steps=3)  # active adapter: push; the rows below are pick's
+    policy = TinyVLAPolicy(config)
+    perturb_adapters(policy)
+    obs = make_obs(config, ("pick",) * 4)
+    with torch.no_grad():
+        sample = policy.act(obs, 1.6)
+    episodes = []
+    for k in range(4):
+        ep = Episode("pick", INSTRUCTIONS["pick"], k, 0)
+        seen = {"image": obs.images[k]} if obs.states is None else {"image": obs.images[k], "state": obs.states[k]}
+        ep.add_step(seen, {key: v[k] for key, v in sample.sample.items()}, sample.log_probs[k], sample.mask[k])
+        ep._finalize()
+        episodes.append(ep)
+    batch = EpisodeBatch(episodes, 4).with_advantages(torch.tensor([1.0, -1.0, 1.0, -1.0]))
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-2)
+    cfg = load_config(None, ["policy.type=tinyvla", "train.minibatch_size=4", "train.micro_batch_size=2"])
+    metrics = update_policy(policy, optimizer, batch, cfg, torch.Generator().manual_seed(0))
+    assert metrics["actor/skipped_updates"] == 0 and metrics["actor/optimizer_steps"] == 1
+    for k, v in policy.state_dict().items():
+        assert torch.equal(v, before[k]), k
