@@ -11,6 +11,7 @@ Targets (issue 27): RL adds >= +20 points on B; A unchanged; two seeds under 30 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -69,9 +70,8 @@ def one_seed(seed: int, root: Path, b_demos: int, b_sft_steps: int, overrides: l
         try:
             collector = build_collector(cfg, pool, build_policy(cfg, weights))
             e = cfg.eval
-            greedy, _ = evaluate(collector, e.max_init_states, seed=cfg.seed)
-            sampled, _ = evaluate(collector, e.max_init_states, temperature=e.temperature,
-                                  samples_per_state=e.samples_per_state, seed=cfg.seed)
+            greedy, _ = evaluate(collector, dataclasses.replace(e, temperature=0.0, samples_per_state=1), seed=cfg.seed)
+            sampled, _ = evaluate(collector, e, seed=cfg.seed)
         finally:
             pool.close()
         return {"greedy": greedy["per_task"][task]["success_rate"], "sampled": sampled["per_task"][task]["success_rate"],

@@ -221,10 +221,8 @@ def evaluate(target: str, overrides: Sequence[str]) -> int:
     try:
         collector = build_collector(cfg, pool, policy)
         progress = Progress(1, "eval")
-        report, videos = run_eval(collector, cfg.eval.max_init_states, cfg.eval.videos_per_task,
-                                  paths.videos, "eval", cfg.eval.fps,
-                                  lambda done, total: progress.status(f"{done}/{total} episodes"),
-                                  cfg.eval.temperature, cfg.eval.samples_per_state, cfg.seed, cfg.eval.split)
+        report, videos = run_eval(collector, cfg.eval, seed=cfg.seed, video_dir=paths.videos,
+                                  progress=lambda done, total: progress.status(f"{done}/{total} episodes"))
         progress.close()
     finally:
         pool.close()

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pushcut.config import EVAL_SPLITS
-from pushcut.contracts import INFO_STAGE, NO_STAGE
+from pushcut.config import EVAL_SPLITS, EvalConfig
 from pushcut.batch import Episode
+from pushcut.contracts import INFO_STAGE, NO_STAGE
 from pushcut.rollout import RolloutCollector
 from pushcut.sampling import StartState
 
@@ -47,18 +47,18 @@ def write_video(frames: list[np.ndarray], path: Path, fps: int = 10) -> Path:
 
 def evaluate(
     collector: RolloutCollector,
-    max_init_states: int = 0,
-    videos_per_task: int = 0,
+    config: EvalConfig,
+    *,
+    seed: int = 0,
     video_dir: Path | None = None,
     video_prefix: str = "eval",
-    fps: int = 10,
-    progress=None,
-    temperature: float = 0.0,
-    samples_per_state: int = 1,
-    seed: int = 0,
-    split: str = "eval",
+    split: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
-    """``samples_per_state`` rollouts per eval start state at ``temperature`` (0: greedy).
+    """``config.samples_per_state`` rollouts per eval start state (``config.max_init_states`` per
+    task, 0: all) at ``config.temperature`` (0: greedy); ``config.videos_per_task`` MP4s at
+    ``config.fps`` into ``video_dir`` when it is given. ``split`` overrides ``config.split``
+    (a training run's evaluations always use the held-out states).
 
     ``split`` "train" evaluates on the initial states RL trains on instead of the held-out
     ones; the gap between the two shows how much a policy fits its training states.
@@ -74,6 +74,9 @@ def evaluate(
     ``samples_per_state`` and ``split``. Videos show the first episode of the first start
     states; a train-split eval names them ``<video_prefix>_train_…``.
     """
+    split = config.split if split is None else split
+    max_init_states, videos_per_task, fps = config.max_init_states, config.videos_per_task, config.fps
+    temperature, samples_per_state = config.temperature, config.samples_per_state
     starts = eval_starts(collector, max_init_states, split)
     first_of_task: dict[str, list[int]] = defaultdict(list)
     for k, s in enumerate(starts):

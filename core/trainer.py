@@ -415,9 +415,8 @@ class Trainer:
             progress.status(f"eval {done}/{total}")
 
         t0 = time.perf_counter()
-        report, paths = evaluate(collector, e.max_init_states, e.videos_per_task if videos else 0,
-                                 self.paths.videos if videos else None, f"step{step:06d}", e.fps, show,
-                                 e.temperature, e.samples_per_state, self.config.seed)
+        report, paths = evaluate(collector, e, seed=self.config.seed, video_dir=self.paths.videos if videos else None,
+                                 video_prefix=f"step{step:06d}", split="eval", progress=show)
         report["step"] = step
         write_report(report, self.paths.eval_report(step))
         metrics = eval_metrics(report)
