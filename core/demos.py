@@ -197,21 +197,26 @@ def _instruction(f, group, fallback: str) -> str:
     raise DataError(f"{f.filename}: {group.name} has no 'instruction' attribute and data has no problem_info")
 
 
-def read_demos(path: str | Path, keys: DemoKeys | None = None, instruction: str = "") -> list[Demo]:
-    """Read every ``data/demo_*`` group; a wrong layout is a :class:`DataError`
-    naming what was expected and what was found."""
+def _open_demo_file(path: str | Path):
+    """``path`` opened read-only with h5py; a missing file or one that is not HDF5 is one :class:`DataError`."""
     import h5py
 
-    keys = keys or DemoKeys()
     path = Path(path)
     if not path.is_file():
         raise DataError(f"demo file {str(path)!r} does not exist (record some with `pushcut demos`)")
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as exc:
         raise DataError(f"{str(path)!r} is not an HDF5 file: {exc}") from None
+
+
+def read_demos(path: str | Path, keys: DemoKeys | None = None, instruction: str = "") -> list[Demo]:
+    """Read every ``data/demo_*`` group; a wrong layout is a :class:`DataError`
+    naming what was expected and what was found."""
+    keys = keys or DemoKeys()
+    path = Path(path)
     demos = []
-    with f:
+    with _open_demo_file(path) as f:
         if "data" not in f:
             raise DataError(f"{str(path)!r}: expected a top-level 'data' group (robomimic/LIBERO layout), "
                             f"found {sorted(f.keys())}")
@@ -253,20 +258,13 @@ def read_demos(path: str | Path, keys: DemoKeys | None = None, instruction: str 
 
 def read_demo_states(paths: str | Path | Sequence[str | Path]) -> dict[str, list[tuple[int, np.ndarray]]]:
     """The simulator states of every demo in ``paths``, by task: ``{task_id: [(init_state, (L, S)
-    float64), ...]}`` (the init-state index the demo started from, -1 if unknown), in file and demo order (what the reverse curriculum starts episodes from). Reads no images.
+    float64), ...]}`` (the init-state index the demo started from, -1 if unknown), in file and demo
+    order (what the reverse curriculum starts episodes from). Reads no images.
     A file whose demos carry no ``states`` is a :class:`DataError` saying how to get them."""
-    import h5py
-
     out: dict[str, list[tuple[int, np.ndarray]]] = {}
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
         path = Path(path)
-        if not path.is_file():
-            raise DataError(f"demo file {str(path)!r} does not exist (record some with `pushcut demos`)")
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise DataError(f"{str(path)!r} is not an HDF5 file: {exc}") from None
-        with f:
+        with _open_demo_file(path) as f:
             names = sorted((n for n in f.get("data", {}) if n.startswith("demo_")), key=lambda n: int(n.split("_")[1]))
             if not names:
                 raise DataError(f"{str(path)!r}: no data/demo_N groups (robomimic/LIBERO layout)")

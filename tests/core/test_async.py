@@ -1,8 +1,6 @@
 """One-step asynchronous training (``train.async_rollouts``): iteration k+1's rollouts are collected
 with iteration k's weights while iteration k's update runs in a thread."""
 
-import json
-
 import pytest
 import torch
 
@@ -10,7 +8,7 @@ from pushcut.configio import load_config
 from pushcut.errors import ConfigError
 from pushcut.testing import registered_plugin
 from pushcut.toys import ToyPlugin
-from pushcut.trainer import Trainer
+from toyrun import train
 
 BASE = [
     "env.type=reach", "policy.type=bins", "algo.temperature=1.0", "train.lr=0.03", "train.batch_size=6",
@@ -26,9 +24,7 @@ def manager():
 
 
 def run(manager, run_dir, *overrides):
-    cfg = load_config(None, [*BASE, f"run_dir={run_dir}", *overrides], manager)
-    summary = Trainer(cfg, manager).run()
-    return summary, [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return train(manager, BASE, run_dir, *overrides)[1:]
 
 
 def weights(run_dir, step):

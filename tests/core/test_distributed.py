@@ -9,7 +9,6 @@ are compared exactly (rollouts sample from weights this close with the same rand
 """
 
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -32,6 +31,7 @@ from pushcut.testing import registered_plugin  # noqa: E402
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin  # noqa: E402
 from pushcut.learner import update_policy  # noqa: E402
 from pushcut.trainer import Trainer  # noqa: E402
+from toyrun import train  # noqa: E402
 
 RTOL, ATOL = 1e-5, 1e-6
 RUN_RTOL, RUN_ATOL = 1e-4, 5e-5
@@ -64,10 +64,7 @@ def manager():
 
 
 def run(manager, run_dir, *overrides):
-    cfg = load_config(None, [*BASE, f"run_dir={run_dir}", *overrides], manager)
-    summary = Trainer(cfg, manager).run()
-    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return summary, lines
+    return train(manager, BASE, run_dir, *overrides)[1:]
 
 
 def final_state(run_dir, step):

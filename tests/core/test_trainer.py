@@ -16,13 +16,12 @@ import torch
 from pushcut import hookimpl
 from pushcut.checkpoint import latest_checkpoint, list_checkpoints, verify_checkpoint
 from pushcut.config import TrainConfig
-from pushcut.configio import load_config
 from pushcut.errors import CheckpointError, ConfigError
 from pushcut.rundir import RunDir
 from pushcut.testing import registered_plugin
 from pushcut.toys import BinPolicy, BinPolicyConfig, ReachConfig, ReachEnv, ToyPlugin
 from pushcut.learner import warmup_lr
-from pushcut.trainer import Trainer
+from toyrun import train
 
 
 BASE = [
@@ -38,10 +37,7 @@ def manager():
 
 
 def run(manager, tmp_path, name, *overrides):
-    cfg = load_config(None, [*BASE, f"run_dir={tmp_path / name}", *overrides], manager)
-    summary = Trainer(cfg, manager).run()
-    lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-    return cfg, summary, lines
+    return train(manager, BASE, tmp_path / name, *overrides)
 
 
 def test_success_rises_from_the_engine_alone(manager, tmp_path):

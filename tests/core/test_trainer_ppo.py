@@ -21,6 +21,7 @@ from pushcut.trainer import Trainer, chunk_values, collect_batch, critic_targets
 from pushcut.build import build_collector, build_policy, build_pool
 from pushcut.rundir import RunDir
 from pushcut.sampling import make_sampler
+from toyrun import train
 
 BASE = [
     "env.type=reach", "policy.type=bins_v", "algo.temperature=1.0", "train.lr=0.03", "train.batch_size=8",
@@ -70,10 +71,7 @@ def manager():
 
 
 def run(manager, tmp_path, name, *overrides):
-    cfg = load_config(None, [*BASE, f"run_dir={tmp_path / name}", *overrides], manager)
-    summary = Trainer(cfg, manager).run()
-    lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-    return cfg, summary, lines
+    return train(manager, BASE, tmp_path / name, *overrides)
 
 
 def test_ppo_with_gae_learns_and_logs_the_critic(manager, tmp_path):
