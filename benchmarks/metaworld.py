@@ -1,9 +1,9 @@
 """The cold start on a published benchmark: Meta-World MT10 with ONE expert demonstration per task
 -> SFT of the tiny VLA -> GRPO -> greedy evaluation on held-out task variations, beside the same SFT
-from 10 and 40 demos per task (SimpleVLA-RL's "1 demo + RL vs many demos" comparison).
+from 10 and 30 demos per task (SimpleVLA-RL's "1 demo + RL vs many demos" comparison).
 
     bash scripts/setup-metaworld.sh
-    MUJOCO_GL=egl python benchmarks/metaworld.py --seeds 0 1 [--demos 1 10 40] [--iterations 40] [overrides...]
+    MUJOCO_GL=egl python benchmarks/metaworld.py --seeds 0 1 [--demos 1 10 30] [--iterations 40] [overrides...]
 
 Meta-World runs in its own venv (``--python``, default .venv-metaworld/bin/python) behind the env
 transport; the trainer stays in this one. Per seed it writes, under ``--root`` (runs/bench_metaworld):
@@ -129,8 +129,8 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--demos", type=int, nargs="+", default=[1, 10, 40],
-                        help="SFT sizes (demos per task; at most 40: one per train variation, the last 10 are held out)")
+    parser.add_argument("--demos", type=int, nargs="+", default=[1, 10, 30],
+                        help="SFT sizes (demos per task; at most 40, one per train variation)")
     parser.add_argument("--rl-from", type=int, nargs="*", default=[1], help="SFT sizes RL starts from")
     parser.add_argument("--iterations", type=int, default=40, help="GRPO iterations")
     parser.add_argument("--python", default=str(REPO / ".venv-metaworld/bin/python"), help="the Meta-World venv")
