@@ -139,8 +139,8 @@ def main() -> None:
     if not Path(args.python).is_file():
         raise SystemExit(f"no Meta-World venv at {args.python}: run bash scripts/setup-metaworld.sh")
     if max(args.demos) > 40:
-        raise SystemExit(f"--demos {max(args.demos)}: a task has 40 train variations (50, the last 10 held out) and the "
-                         "scripted expert is deterministic, so at most 40 distinct demos per task")
+        raise SystemExit(f"--demos {max(args.demos)}: a task has 40 train variations (50, the last 10 held out) "
+                         "and the scripted expert is deterministic, so at most 40 distinct demos per task")
     results = [one_seed(seed, args, extra) for seed in args.seeds]
     for r in results:
         print(json.dumps({"seed": r["seed"], "mean": r["mean"], "lost": r["lost"], "times": r["times"]}))

@@ -68,7 +68,8 @@ def test_a_worker_without_metaworld_is_one_line_with_the_fix(tmp_path):
     """rollout.transport.python pointing at a venv that has pushcut but no Meta-World (this one)."""
     cfg = {"run_dir": str(tmp_path / "run"), "env": {"type": "metaworld", "tasks": ["reach-v3"]},
            "policy": {"type": "tiny", "action_dim": 4, "chunk_size": 4},
-           "rollout": {"transport": {"type": "process", "python": sys.executable}, "num_workers": 1, "envs_per_worker": 1},
+           "rollout": {"transport": {"type": "process", "python": sys.executable}, "num_workers": 1,
+                       "envs_per_worker": 1},
            "train": {"iterations": 1, "batch_size": 1, "eval_every": 0, "eval_at_start": False}}
     path = tmp_path / "mw.yaml"
     path.write_text(yaml.safe_dump(cfg))

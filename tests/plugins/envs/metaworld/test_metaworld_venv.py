@@ -102,8 +102,8 @@ def test_state_goal_appends_the_tasks_goal_to_the_state():
         "a, b = plain.reset('reach-v3', 3)['state'], goal.reset('reach-v3', 3)['state']\n"
         "target = goal._env._target_pos.tolist()\n"
         "c = goal.reset('reach-v3', 4)['state']\n"
-        "print(json.dumps({'plain': a.tolist(), 'goal': b.tolist(), 'other': c.tolist(), 'target': target}))").splitlines()[-1]
-    got = json.loads(out)
+        "print(json.dumps({'plain': a.tolist(), 'goal': b.tolist(), 'other': c.tolist(), 'target': target}))")
+    got = json.loads(out.splitlines()[-1])
     assert len(got["plain"]) == 4 and len(got["goal"]) == 7
     np.testing.assert_allclose(got["goal"][:4], got["plain"], atol=1e-6)
     np.testing.assert_allclose(got["goal"][4:], got["target"], atol=1e-5)
