@@ -114,6 +114,21 @@ class HelloLineEnv(Env):
             frames=frames,
         )
 
+    def get_state(self) -> np.ndarray:
+        """Optional: the whole world as a flat float array (here, the dot's position), so that
+        ``pushcut demos`` stores it along each demonstration and the reverse curriculum
+        (``train.curriculum=reverse``) can start episodes part-way along one."""
+        return np.array([self._x], dtype=np.float64)
+
+    def restore_state(self, task_id: str, state: np.ndarray) -> Observation:
+        """Optional, with :meth:`get_state`: a new episode of ``task_id`` from a recorded state."""
+        state = np.asarray(state, dtype=np.float64)
+        if state.shape != (1,) or not np.isfinite(state).all():
+            raise EnvError(f"hello_line: a state is [x] (one finite number), got shape {state.shape}")
+        self.reset(task_id, 0)
+        self._x = float(np.clip(state[0], -1.0, 1.0))
+        return self._observe()
+
     def expert_action(self) -> np.ndarray:
         """A scripted expert: head for the target at full speed (no overshoot). Optional: it lets
         ``pushcut demos`` record demonstrations and ``EnvContract`` check early stop."""

@@ -161,8 +161,8 @@ def test_train_one_iteration_and_eval_with_the_tiny_policy(tmp_path):
     cfg = {"run_dir": str(run_dir), "seed": 0, "env": env,
            "policy": {"type": "tiny", "action_dim": 14, "chunk_size": 25, "image_size": 32},
            "algo": {"group_size": 2, "temperature": 1.6},
-           "rollout": {"num_workers": 1, "envs_per_worker": 2, "python": ROBOTWIN_PYTHON, "step_timeout_s": 300,
-                       "max_steps": 50},
+           "rollout": {"num_workers": 1, "envs_per_worker": 2, "step_timeout_s": 300, "max_steps": 50,
+                       "transport": {"type": "process", "python": ROBOTWIN_PYTHON}},
            "train": {"iterations": 1, "batch_size": 1, "max_sample_rounds": 1, "minibatch_size": 4,
                      "eval_every": 0, "torch_threads": 1},
            "eval": {"max_init_states": 1, "videos_per_task": 0}}
