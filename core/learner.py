@@ -178,20 +178,18 @@ def update_policy(
         for start in range(0, len(order), train.minibatch_size):
             mb = order[start:start + train.minibatch_size]
             ep_weights = algos.aggregation_weights(batch.episode_mask(mb), algo.loss_agg_mode)
-            rows = batch.rows(mb)
-            n_rows = len(rows)
-            if shards is not None:
-                rows = shards.take(rows)
+            all_rows = batch.rows(mb)
+            rows = shards.take(all_rows) if shards is not None else all_rows
             optimizer.zero_grad(set_to_none=True)
             mb_loss = mb_value_loss = 0.0
             finite = True
-            n_micro = shards.micro_batches(len(rows), n_rows, train.micro_batch_size) if shards else \
+            n_micro = shards.micro_batches(len(rows), len(all_rows), train.micro_batch_size) if shards else \
                 math.ceil(len(rows) / train.micro_batch_size)
             for m in range(n_micro):
                 micro = rows[m * train.micro_batch_size:(m + 1) * train.micro_batch_size]
                 padding = not micro  # a sharded rank past its share: one zero-weight pass keeps the collectives paired
                 if padding:
-                    micro = [batch.rows(mb)[0]]
+                    micro = all_rows[:1]
                 obs, sample, old, mask = batch.gather([(mb[i], r) for i, r in micro])
                 weights = torch.stack([ep_weights[i, r * t_len:(r + 1) * t_len] for i, r in micro]).to(device)
                 if padding:

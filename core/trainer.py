@@ -250,8 +250,8 @@ class Trainer:
             if not t.resume:
                 raise ConfigError(f"{self.run_dir} already holds checkpoints and train.resume=false: "
                                   "use a new run_dir, or resume (train.resume=true)")
-            RunDir(self.run_dir).check_continues(cfg, manager=self.manager)
-        RunDir(self.run_dir).save_config(cfg)
+            self.paths.check_continues(cfg, manager=self.manager)
+        self.paths.save_config(cfg)
         clean_partial(self.run_dir)
         if t.torch_threads:
             torch.set_num_threads(t.torch_threads)
@@ -376,8 +376,9 @@ class Trainer:
         if batch is None:
             log.warning("iteration %d: no group with mixed outcomes; no update", run.step)
             record["actor/skipped_updates"] = 1.0
-            if prefetch:
-                run.prefetched = collect_batch(run.collector, run.sampler, self.config, run.progress), version
+            if prefetch:  # nothing to overlap with: the next rollouts now, with the same weights
+                next_rollouts = collect_batch(run.collector, run.sampler, self.config, run.progress)
+                run.prefetched = next_rollouts, run.rollout_version
         elif prefetch:
             with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pushcut-update") as pool:
                 update = pool.submit(self._update, run, batch, record, rollout_version)
