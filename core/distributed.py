@@ -398,7 +398,7 @@ def check_learner_config(config: RunConfig) -> None:
         raise ConfigError("algo.kl_coef > 0 needs a reference model, which train.strategy=fsdp2 does not shard yet: "
                           "use train.strategy=replicate, or the recipe's algo.kl_coef=0")
     if r.inference == "learners":
-        if getattr(t, "curriculum", "none") != "none":
+        if t.curriculum != "none":
             raise ConfigError("train.curriculum restores demo states in the driver's env pool; with "
                               "rollout.inference=learners there is none yet: use rollout.inference=driver")
         if r.transport.type == "socket":
@@ -476,14 +476,15 @@ class RayLearners(Learner):
         if self._pushed:
             return
         ray = self.ray
-        weights = ray.put({k: v.detach().cpu() for k, v in self.policy.state_dict().items()})
+        checkpoint = str(self._checkpoint) if self._checkpoint is not None else None
+        weights = None if checkpoint is not None else ray.put(  # the ranks read a sharded checkpoint themselves
+            {k: v.detach().cpu() for k, v in self.policy.state_dict().items()})
         optimizer = self._optimizer_state
         if optimizer is not None and self.sharded:  # the single-process format, keyed by parameter name
             from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
             optimizer = _to_cpu(get_optimizer_state_dict(self.policy, self.local))
         ref_weights = None if self.reference is None else {k: v.cpu() for k, v in self.reference.state_dict().items()}
-        checkpoint = str(self._checkpoint) if self._checkpoint is not None else None
         self._get([rank.load.remote(weights, optimizer, ref_weights, self.version, checkpoint) for rank in self.ranks],
                   None, "load the driver's weights")
         self._pushed = True
